@@ -1,0 +1,23 @@
+# QuantFace Bench: the whole study as one DAG. Rules are thin wrappers around the `quantface` CLI;
+# all logic lives in the Python package. See README.md and config/README.md.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/quantize.smk"
+include: "workflow/rules/restore.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_outputs(),

@@ -1,0 +1,340 @@
+"""`quantface` command line: the contract the Snakemake rules (and users) rely on.
+
+Every path is explicit; every option a rule passes is also a documented flag. User errors
+(`QuantFaceError`) print one line naming the file/key and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may wait on a network
+
+from quantface.errors import QuantFaceError  # noqa: E402
+
+log = logging.getLogger("quantface")
+
+
+def _json(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise QuantFaceError(f"--options is not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise QuantFaceError("--options must be a JSON object")
+    return value
+
+
+def _versions() -> str:
+    import diffusers
+    import torch
+
+    import quantface
+
+    return (f"quantface {quantface.__version__}, torch {torch.__version__}, diffusers "
+            f"{diffusers.__version__}, python {platform.python_version()}")
+
+
+def _setup(args: argparse.Namespace) -> None:
+    import torch
+
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    log.info("command: %s", " ".join(sys.argv[1:]))
+    log.info("versions: %s", _versions())
+
+
+# --- subcommands -------------------------------------------------------------------------------
+def cmd_prepare_data(args: argparse.Namespace) -> None:
+    from quantface.registry import DATASETS
+
+    opts = _json(args.options)
+    manifest = DATASETS.get(args.dataset)().prepare(Path(args.out), opts, args.seed)
+    log.info("wrote %d images of %s to %s", manifest["n_images"], args.dataset, args.out)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from quantface.models.checkpoint import save_bundle
+    from quantface.models.train import train_restorer
+
+    opts = _json(args.options)
+    model = train_restorer(args.model, opts.get("arch", {}), opts.get("train", {}),
+                           opts.get("degradation", {}), args.seed)
+    save_bundle(model, args.out, meta={"method": "fp", "seed": args.seed, "options": opts})
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    import numpy as np
+    import torch
+
+    from quantface.data.synthetic_faces import generate_face
+    from quantface.io import list_images, read_image, to_tensor
+    from quantface.models.checkpoint import load_bundle
+    from quantface.quant.calibration import collect_calibration
+    from quantface.restore import fit_to_model
+
+    bundle, layout, _ = load_bundle(args.model)
+    if layout:
+        raise QuantFaceError(f"{args.model} is already quantized; calibrate the FP model")
+    if args.images:
+        arrays = [read_image(p) for p in list_images(args.images)[: args.n_images]]
+    else:  # faces the model never saw in training nor in the test sets
+        base = np.random.SeedSequence([args.seed, 7_777]).generate_state(1)[0] % 100_000_000
+        arrays = [generate_face(int(base) + i, bundle.image_size) for i in range(args.n_images)]
+    images = torch.stack([fit_to_model(to_tensor(a), bundle.image_size) for a in arrays])
+    calib = collect_calibration(bundle, images, args.batch_size, args.sample_rows, args.seed)
+    calib.save(args.out)
+    log.info("calibration statistics for %d sites from %d images", len(calib.meta["sites"]),
+             len(images))
+
+
+def cmd_quantize(args: argparse.Namespace) -> None:
+    import torch
+
+    from quantface.io import atomic_write_text
+    from quantface.models.checkpoint import load_bundle, save_bundle
+    from quantface.quant.apply import current_layout, plan_of
+    from quantface.quant.calibration import CalibrationSet
+    from quantface.quant.cost import cost_table
+    from quantface.quant.plan import BitPlan, parse_bits
+    from quantface.registry import METHODS
+
+    setting = parse_bits(args.bits)
+    method = METHODS.get(args.method)()
+    fp, layout, _ = load_bundle(args.model)
+    if layout:
+        raise QuantFaceError(f"{args.model} is already quantized; quantize the FP model")
+    calib = CalibrationSet.load(args.calib)
+    if setting.mixed:
+        raise QuantFaceError(f"method '{args.method}' has no mixed-precision mode for "
+                             f"'{args.bits}'")
+    plan = BitPlan.uniform(fp.quant_targets(), setting.w_bits, setting.a_bits)
+    torch.manual_seed(args.seed)
+    t0 = time.perf_counter()
+    model = method.quantize(fp, calib, plan, _json(args.options))
+    seconds = time.perf_counter() - t0
+    log.info("%s %s quantization took %.1f s", args.method, args.bits, seconds)
+    _check_finite(model)
+    out = Path(args.out)
+    final_plan = plan_of(model, getattr(model, "plan_notes", None))
+    final_plan.save(out / "plan.json")
+    cost = cost_table(model, final_plan)
+    cost["method"], cost["bits"], cost["calibration_seconds"] = args.method, args.bits, seconds
+    atomic_write_text(out / "cost.json", json.dumps(cost, indent=1))
+    save_bundle(model, out / "model.pt", layout=current_layout(model),
+                meta={"method": args.method, "bits": args.bits, "seed": args.seed,
+                      "simulated": True})
+    t = cost["total"]
+    log.info("param bits %.3g (%.2f%% fewer than FP32), BOPs %.3g (%.2f%% fewer)",
+             t["param_bits"], 100 * t["param_bits_reduction"], t["bops"],
+             100 * t["bops_reduction"])
+
+
+def _check_finite(model) -> None:
+    import torch
+
+    from quantface.errors import NumericsError
+
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise NumericsError(f"quantization produced non-finite values in {name}; "
+                                f"nothing was written")
+
+
+def cmd_cost(args: argparse.Namespace) -> None:
+    from quantface.io import atomic_write_text
+    from quantface.models.checkpoint import load_bundle
+    from quantface.quant.apply import plan_of
+    from quantface.quant.cost import cost_table
+
+    model, _, meta = load_bundle(args.model)
+    cost = cost_table(model, plan_of(model))
+    cost["method"], cost["bits"] = meta.get("method", "fp"), meta.get("bits", "fp32")
+    atomic_write_text(args.out, json.dumps(cost, indent=1))
+
+
+def cmd_restore(args: argparse.Namespace) -> None:
+    from quantface.restore import restore_folder
+
+    restore_folder(args.model, args.input, args.output, args.batch_size)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from quantface.evaluate import evaluate_folder
+
+    evaluate_folder(
+        pred=Path(args.pred), ref=Path(args.ref) if args.ref else None,
+        fp=Path(args.fp) if args.fp else None,
+        metrics=[m for m in args.metrics.split(",") if m], out=Path(args.out),
+        labels={"model": args.model_name, "method": args.method, "bits": args.bits,
+                "dataset": args.dataset, "seed": args.seed},
+        weights_dir=Path(args.weights_dir), batch_size=args.batch_size,
+    )
+
+
+def cmd_aggregate(args: argparse.Namespace) -> None:
+    from quantface.report.aggregate import aggregate_costs, aggregate_metrics
+
+    if args.metrics:
+        aggregate_metrics([Path(p) for p in args.metrics], Path(args.out))
+    if args.costs:
+        aggregate_costs([Path(p) for p in args.costs], Path(args.cost_out))
+
+
+def cmd_tables(args: argparse.Namespace) -> None:
+    from quantface.report.tables import write_tables
+
+    write_tables(Path(args.metrics), Path(args.cost) if args.cost else None, Path(args.out),
+                 synthetic=args.synthetic.split(",") if args.synthetic else [],
+                 realworld=args.realworld.split(",") if args.realworld else [],
+                 footnote=args.footnote or [])
+
+
+def cmd_figures(args: argparse.Namespace) -> None:
+    from quantface.report.figures import write_figures
+
+    write_figures(Path(args.metrics), Path(args.out), qualitative=_json(args.qualitative))
+
+
+def cmd_list(registry_name: str):
+    def run(args: argparse.Namespace) -> None:
+        from quantface import registry
+
+        reg = getattr(registry, registry_name)
+        for name, doc in reg.describe().items():
+            print(f"{name:22s} {doc}")
+
+    return run
+
+
+# --- parser ------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="quantface", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(func=func)
+        return sp
+
+    def common(sp: argparse.ArgumentParser, seed: bool = True) -> None:
+        if seed:
+            sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+
+    sp = add("prepare-data", cmd_prepare_data, "write a dataset folder (lq/, hq/, manifest.json)")
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--options", help="JSON: n_images, image_size, degradation")
+    common(sp)
+
+    sp = add("train", cmd_train, "train a restorer (the embedded tiny model) and save it")
+    sp.add_argument("--model", default="tiny", help="registered model name")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--options", help="JSON: {arch: {...}, train: {...}, degradation: {...}}")
+    common(sp)
+
+    sp = add("calibrate", cmd_calibrate, "collect and cache calibration activation statistics")
+    sp.add_argument("--model", required=True)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--images", help="folder of calibration images (default: synthetic faces)")
+    sp.add_argument("--n-images", type=int, default=32)
+    sp.add_argument("--batch-size", type=int, default=8)
+    sp.add_argument("--sample-rows", type=int, default=512)
+    common(sp)
+
+    sp = add("quantize", cmd_quantize, "quantize an FP model with a method at a bit setting")
+    sp.add_argument("--model", required=True)
+    sp.add_argument("--method", required=True)
+    sp.add_argument("--bits", required=True, help="wXaY (e.g. w4a4) or mpX")
+    sp.add_argument("--calib", required=True)
+    sp.add_argument("--out", required=True, help="output folder (model.pt, plan.json, cost.json)")
+    sp.add_argument("--options", help="JSON method options")
+    common(sp)
+
+    sp = add("cost", cmd_cost, "cost accounting of a saved model (cost.json)")
+    sp.add_argument("--model", required=True)
+    sp.add_argument("--out", required=True)
+
+    sp = add("restore", cmd_restore, "restore a folder of face images")
+    sp.add_argument("--model", required=True)
+    sp.add_argument("--input", required=True)
+    sp.add_argument("--output", required=True)
+    sp.add_argument("--batch-size", type=int, default=8)
+    common(sp, seed=False)
+
+    sp = add("evaluate", cmd_evaluate, "score restored images (long-format metrics CSV)")
+    sp.add_argument("--pred", required=True)
+    sp.add_argument("--ref", help="HQ folder (full-reference metrics)")
+    sp.add_argument("--fp", help="FP model output folder (fidelity metrics)")
+    sp.add_argument("--metrics", required=True, help="comma-separated metric names")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--weights-dir", default=os.path.join("results", ".weights"))
+    sp.add_argument("--batch-size", type=int, default=8)
+    sp.add_argument("--model-name", default="")
+    sp.add_argument("--method", default="")
+    sp.add_argument("--bits", default="")
+    sp.add_argument("--dataset", default="")
+    common(sp)
+
+    sp = add("aggregate", cmd_aggregate, "merge per-job metrics CSVs / cost.json files")
+    sp.add_argument("--metrics", nargs="*", default=[])
+    sp.add_argument("--out")
+    sp.add_argument("--costs", nargs="*", default=[])
+    sp.add_argument("--cost-out")
+
+    sp = add("tables", cmd_tables, "paper-style tables from results/metrics.csv")
+    sp.add_argument("--metrics", required=True)
+    sp.add_argument("--cost")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--synthetic", help="comma-separated datasets for Table 1")
+    sp.add_argument("--realworld", help="comma-separated datasets for Table 3")
+    sp.add_argument("--footnote", action="append", help="a footnote line (repeatable)")
+
+    sp = add("figures", cmd_figures, "figures from results/metrics.csv (and restored images)")
+    sp.add_argument("--metrics", required=True)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--qualitative", help="JSON: {dataset, bits, n_images, folders: {...}}")
+
+    for name, reg in (("methods", "METHODS"), ("metrics", "METRICS"),
+                      ("datasets", "DATASETS"), ("models", "MODELS")):
+        add(name, cmd_list(reg), f"list the registered {name}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,
+    )
+    t0 = time.perf_counter()
+    try:
+        if args.command not in ("methods", "metrics", "datasets", "models"):
+            _setup(args)
+        args.func(args)
+    except QuantFaceError as e:
+        print(f"quantface {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except PermissionError as e:
+        print(f"quantface {args.command}: error: cannot write {e.filename}: {e.strerror}",
+              file=sys.stderr)
+        return 2
+    if args.command not in ("methods", "metrics", "datasets", "models"):
+        log.info("%s done in %.1f s", args.command, time.perf_counter() - t0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

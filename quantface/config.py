@@ -1,0 +1,83 @@
+"""Load and validate the workflow config: schema first, then registry names and bit strings.
+
+Validation happens before any job starts (the Snakefile calls `validate_config` at parse time)
+and every failure is one `ConfigError` line naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from quantface.errors import ConfigError
+from quantface.quant.plan import parse_bits
+from quantface.registry import DATASETS, METHODS, METRICS, MODELS
+
+SCHEMA_FILE = "config.schema.yaml"
+
+
+def schema() -> dict[str, Any]:
+    text = resources.files("quantface.schemas").joinpath(SCHEMA_FILE).read_text()
+    return yaml.safe_load(text)
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Raise ConfigError naming the first offending key; return the config unchanged if valid."""
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        e = errors[0]
+        raise ConfigError(f"config key '{_key(e.absolute_path)}': {e.message}")
+
+    def check(names, registry, key: str) -> None:
+        for name in names:
+            if name not in registry:
+                raise ConfigError(f"config key '{key}': unknown {registry.kind} '{name}'; "
+                                  f"known: {', '.join(registry.names())}")
+
+    check([config["model"]["name"]], MODELS, "model.name")
+    check(config["methods"], METHODS, "methods")
+    check(config["data"]["datasets"], DATASETS, "data.datasets")
+    metric_keys = ("full_reference", "no_reference", "fidelity")
+    for k in metric_keys:
+        check(config["metrics"].get(k, []), METRICS, f"metrics.{k}")
+    for b in config["bits"]:
+        try:
+            parse_bits(b)
+        except ConfigError as e:
+            raise ConfigError(f"config key 'bits': {e}") from None
+    for k in ("synthetic", "realworld"):
+        for name in config["report"].get(k, []):
+            if name not in config["data"]["datasets"]:
+                raise ConfigError(f"config key 'report.{k}': dataset '{name}' is not in "
+                                  f"data.datasets ({', '.join(config['data']['datasets'])})")
+    qb = config["report"].get("qualitative_bits")
+    if qb is not None and qb not in config["bits"]:
+        raise ConfigError(f"config key 'report.qualitative_bits': '{qb}' is not one of bits "
+                          f"({', '.join(config['bits'])})")
+    for name in config.get("method_options", {}):
+        if name not in METHODS:
+            raise ConfigError(f"config key 'method_options.{name}': unknown method '{name}'; "
+                              f"known: {', '.join(METHODS.names())}")
+    return config
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(config, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys")
+    return validate_config(config)

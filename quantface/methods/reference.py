@@ -1,0 +1,23 @@
+"""The full-precision reference 'method' (the FP rows of every table)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from quantface.models.base import RestorerBundle
+from quantface.quant.calibration import CalibrationSet
+from quantface.quant.plan import BitPlan
+from quantface.registry import METHODS
+
+
+@METHODS.register("fp")
+class FullPrecision:
+    """Full-precision (FP32) reference: the model as trained, nothing quantized."""
+
+    name = "fp"
+
+    def quantize(
+        self, fp: RestorerBundle, calib: CalibrationSet, plan: BitPlan, cfg: dict[str, Any]
+    ) -> RestorerBundle:
+        return copy.deepcopy(fp)

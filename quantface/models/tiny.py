@@ -1,0 +1,89 @@
+"""`tiny`: the embedded default restorer, OSDFace in miniature, built from real diffusers blocks.
+
+- VAE: a small `AutoencoderKL` (down factor 4, 4 latent channels, mid-block self-attention);
+- UNet: a small `UNet2DConditionModel` with cross-attention down/up blocks, evaluated once at t=399;
+- visual prompt embedder: a strided conv encoder of the LQ image whose 8x8 feature map becomes 64
+  context tokens, projected by OSDFace's two-layer 1x1 Conv1d head (no VQ dictionary: with a
+  model this small a codebook adds nothing measurable, so it is left out on purpose).
+
+It is trained end to end by `quantface train` (see `models/train.py`) on synthetic face pairs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from torch import Tensor, nn
+
+from quantface.models.base import RestorerBundle
+from quantface.registry import MODELS
+
+DEFAULT_ARCH: dict[str, Any] = {
+    "image_size": 128,
+    "vae_channels": [16, 32, 64],
+    "latent_channels": 4,
+    "unet_channels": [32, 64, 64],
+    "context_dim": 64,
+    "attention_head_dim": 8,
+    "embed_tokens_side": 8,
+    "timestep": 399,
+    "latent_scale": 0.18215,
+}
+
+
+class VisualPromptEmbedder(nn.Module):
+    """LQ image -> (B, tokens, context_dim) visual prompt, like OSDFace's VRE + 1x1 projection."""
+
+    def __init__(self, context_dim: int, tokens_side: int) -> None:
+        super().__init__()
+        c = context_dim
+        self.encoder = nn.Sequential(
+            nn.Conv2d(3, c // 2, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(c // 2, c, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(c, c, 3, stride=2, padding=1), nn.SiLU(),
+            nn.AdaptiveAvgPool2d(tokens_side),
+        )
+        self.project = nn.Sequential(
+            nn.Conv1d(c, c, 1), nn.SiLU(), nn.Conv1d(c, c, 1), nn.SiLU(),
+        )
+
+    def forward(self, lq: Tensor) -> Tensor:
+        f = self.encoder(lq * 2 - 1).flatten(2)  # (B, C, tokens)
+        return self.project(f).transpose(1, 2)
+
+
+@MODELS.register("tiny")
+class TinyRestorer(RestorerBundle):
+    """Embedded one-step latent-diffusion face restorer (diffusers AutoencoderKL + UNet2DConditionModel), trained on CPU in minutes."""
+
+    name = "tiny"
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        cfg = {**DEFAULT_ARCH, **(config or {})}
+        super().__init__(cfg)
+        vc, uc = cfg["vae_channels"], cfg["unet_channels"]
+        groups = min(16, vc[0], uc[0])
+        self.vae = AutoencoderKL(
+            in_channels=3, out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * len(vc),
+            up_block_types=("UpDecoderBlock2D",) * len(vc),
+            block_out_channels=tuple(vc), layers_per_block=1,
+            latent_channels=cfg["latent_channels"], norm_num_groups=groups,
+            sample_size=cfg["image_size"],
+        )
+        n = len(uc)
+        self.unet = UNet2DConditionModel(
+            sample_size=cfg["image_size"] // 2 ** (len(vc) - 1),
+            in_channels=cfg["latent_channels"], out_channels=cfg["latent_channels"],
+            block_out_channels=tuple(uc), layers_per_block=1,
+            down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+            up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+            cross_attention_dim=cfg["context_dim"], attention_head_dim=cfg["attention_head_dim"],
+            norm_num_groups=groups,
+        )
+        # Zero-initialised noise head: at step 0 the restorer is "decode(encode(lq))", so training
+        # starts from a sensible image instead of decoding a random UNet output.
+        nn.init.zeros_(self.unet.conv_out.weight)
+        nn.init.zeros_(self.unet.conv_out.bias)
+        self.embedder = VisualPromptEmbedder(cfg["context_dim"], cfg["embed_tokens_side"])

@@ -1,0 +1,101 @@
+"""Shared steps of applying a quantization recipe: layouts from a plan, and range setting.
+
+Methods differ in transforms and optimisation, not in these mechanics; keeping them here means a
+W4A4 weight quantizer is set up the same way in every method unless its paper says otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import nn
+
+from quantface.models.base import RestorerBundle
+from quantface.quant.calibration import CalibrationSet
+from quantface.quant.layers import LayerQuant, QuantLayerMixin, QuantMatMul, quantizers
+from quantface.quant.observers import make_observer
+from quantface.quant.plan import BitPlan, LayerBits
+from quantface.quant.quantizer import QuantSpec
+
+
+def standard_layout(
+    sites: Mapping[str, str], plan: BitPlan, *, weight_symmetric: bool = False,
+    act_symmetric: bool = False, act_dynamic: bool = False, act_granularity: str = "tensor",
+) -> dict[str, LayerQuant]:
+    """DESIGN §5 defaults: weights per output channel, activations per tensor (static).
+
+    Sites missing from the plan stay full precision. Matmul operands are both activations.
+    """
+    layout = {}
+    for name, bits in plan.items():
+        kind = sites[name]
+        act_dim = 1 if kind == "conv2d" else -1
+        a = QuantSpec(bits.a_bits, act_symmetric, act_granularity, dynamic=act_dynamic,
+                      channel_dim=act_dim)
+        if kind == "matmul":
+            w = QuantSpec(bits.a_bits, act_symmetric, act_granularity, dynamic=act_dynamic,
+                          channel_dim=-1)
+        else:
+            w = QuantSpec(bits.w_bits, weight_symmetric, "channel", channel_dim=0)
+        layout[name] = LayerQuant(kind, a, w)
+    return layout
+
+
+def current_layout(model: nn.Module) -> dict[str, LayerQuant]:
+    """The layout a wrapped model carries (derived from its modules, never stored twice)."""
+    layout = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, QuantLayerMixin):
+            kind = "linear" if isinstance(mod, nn.Linear) else "conv2d"
+        elif isinstance(mod, QuantMatMul):
+            kind = "matmul"
+        else:
+            continue
+        layout[name] = LayerQuant(kind, mod.act_quantizer.spec, mod.weight_quantizer.spec)
+    return layout
+
+
+def plan_of(model: nn.Module, notes: Mapping[str, str] | None = None) -> BitPlan:
+    """The bits the model actually runs at (matmuls: both operands at their activation bits)."""
+    return BitPlan(
+        {n: LayerBits(lq.w.bits, lq.a.bits) for n, lq in current_layout(model).items()}, notes
+    )
+
+
+def calibrate_weights(model: nn.Module, observer: str = "minmax", **kwargs) -> None:
+    """Set every weight quantizer's range from its own weight tensor."""
+    for mod in model.modules():
+        if isinstance(mod, QuantLayerMixin):
+            q = mod.weight_quantizer
+            obs = make_observer(observer, q.spec, **kwargs)
+            obs.update(mod.weight)
+            q.set_range(*obs.compute())
+
+
+def set_activation_ranges(
+    model: RestorerBundle, calib: CalibrationSet, observer: str = "minmax", **kwargs
+) -> None:
+    """Static activation ranges from the cached FP statistics (no forward pass needed).
+
+    minmax uses the exact calibration-set extremes; percentile/mse search the cached row sample.
+    Dynamic quantizers need nothing.
+    """
+    for qname, q in quantizers(model).items():
+        site, _, qattr = qname.rpartition(".")
+        mod = model.get_submodule(site)
+        if q.spec.dynamic or (isinstance(mod, QuantLayerMixin) and qattr == "weight_quantizer"):
+            continue
+        if isinstance(mod, QuantMatMul):
+            operand = "a" if qattr == "act_quantizer" else "b"
+        else:
+            operand = "input"
+        stats = calib.input_stats(site, operand)
+        if observer == "minmax" and q.spec.granularity == "tensor":
+            q.set_range(stats["min"], stats["max"])
+            continue
+        if q.spec.granularity != "tensor":
+            raise ValueError(f"{qname}: static activation ranges are per tensor; use dynamic for "
+                             f"per-{q.spec.granularity} activations")
+        obs = make_observer(observer, q.spec, **kwargs)
+        obs.update(stats["rows"])
+        q.set_range(*obs.compute())

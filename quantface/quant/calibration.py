@@ -1,0 +1,138 @@
+"""Calibration: run the FP model once on calibration images and cache what every method needs.
+
+Collected once per model (`results/{model}/calib/activations.pt`) and shared by all methods and
+bit settings, so no method re-runs the FP model just to see its activation ranges. Per quantization
+site (Linear/Conv2d input, each attention matmul operand) we keep:
+
+  min, max          per-tensor range over the whole calibration set
+  ch_min, ch_max    per-input-channel range (SmoothQuant/PassionSR/QuantFace scaling statistics)
+  rows              a seeded sample of activation rows (tokens / pixels x channels) for
+                    percentile and MSE range searches and for distribution plots
+
+plus the calibration LQ images themselves, so methods that reconstruct layer outputs or distil
+from the FP model can replay the exact inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from quantface.errors import CheckpointError
+from quantface.io import atomic_torch_save
+from quantface.models.base import RestorerBundle
+from quantface.quant.layers import LayerQuant, quantizers, unwrap_model, wrap_model
+from quantface.quant.quantizer import QuantSpec
+
+log = logging.getLogger(__name__)
+FORMAT = "quantface-calibration"
+
+
+class StatsObserver:
+    """Accumulates range statistics and a row sample of one activation operand."""
+
+    def __init__(self, channel_dim: int, sample_rows: int, seed: int) -> None:
+        self.channel_dim = channel_dim
+        self.sample_rows = sample_rows
+        self.gen = torch.Generator().manual_seed(seed)
+        self.min = self.max = self.ch_min = self.ch_max = None
+        self.rows: list[Tensor] = []
+
+    def update(self, x: Tensor) -> None:
+        x = x.detach().float()
+        rows = x.movedim(self.channel_dim % x.dim(), -1).reshape(-1, x.shape[self.channel_dim])
+        lo, hi = rows.amin(0), rows.amax(0)
+        if self.ch_min is None:
+            self.ch_min, self.ch_max = lo, hi
+        else:
+            self.ch_min, self.ch_max = torch.minimum(self.ch_min, lo), torch.maximum(self.ch_max, hi)
+        self.min, self.max = self.ch_min.min(), self.ch_max.max()
+        take = min(self.sample_rows, rows.shape[0])
+        idx = torch.randperm(rows.shape[0], generator=self.gen)[:take]
+        self.rows.append(rows[idx].clone())
+
+    def result(self) -> dict[str, Tensor]:
+        rows = torch.cat(self.rows)
+        if rows.shape[0] > self.sample_rows:
+            rows = rows[torch.randperm(rows.shape[0], generator=self.gen)[: self.sample_rows]]
+        return {"min": self.min, "max": self.max, "ch_min": self.ch_min, "ch_max": self.ch_max,
+                "rows": rows}
+
+
+@dataclass
+class CalibrationSet:
+    """Calibration images and per-site activation statistics of the FP model."""
+
+    images: Tensor  # [N,3,H,W] in [0,1]
+    stats: dict[str, dict[str, Tensor]]  # "<site>.input" / "<site>.a" / "<site>.b" -> stats
+    meta: dict
+
+    def input_stats(self, site: str, operand: str = "input") -> dict[str, Tensor]:
+        return self.stats[f"{site}.{operand}"]
+
+    def save(self, path: str | Path) -> None:
+        atomic_torch_save(
+            {"format": FORMAT, "images": self.images, "stats": self.stats, "meta": self.meta}, path
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> CalibrationSet:
+        path = Path(path)
+        try:
+            d = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError as e:
+            raise CheckpointError(f"calibration file not found: {path}") from e
+        except Exception as e:
+            raise CheckpointError(f"cannot read calibration file {path}: {e}") from e
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise CheckpointError(f"{path} is not a calibration file")
+        return cls(d["images"], d["stats"], d["meta"])
+
+
+def _operand_names(kind: str) -> tuple[str, str]:
+    return ("a", "b") if kind == "matmul" else ("input", "weight")
+
+
+@torch.no_grad()
+def collect_calibration(
+    bundle: RestorerBundle, images: Tensor, batch_size: int = 8, sample_rows: int = 512,
+    seed: int = 0,
+) -> CalibrationSet:
+    """Run the FP bundle on `images` with pass-through observers at every site."""
+    sites = bundle.quant_targets()
+    spec = QuantSpec(8)
+    layout = {name: LayerQuant(kind, spec, spec) for name, kind in sites.items()}
+    wrap_model(bundle, layout)
+    observers: dict[str, StatsObserver] = {}
+    try:
+        for i, (qname, q) in enumerate(sorted(quantizers(bundle).items())):
+            site, _, qattr = qname.rpartition(".")
+            if site not in sites:
+                continue
+            kind = sites[site]
+            first, second = _operand_names(kind)
+            is_first = qattr == "act_quantizer"
+            if kind != "matmul" and not is_first:
+                q.mode = "off"  # weights are not activations: nothing to observe
+                continue
+            operand = first if is_first else second
+            channel_dim = 1 if kind == "conv2d" else -1
+            obs = StatsObserver(channel_dim, sample_rows, seed * 100_003 + i)
+            q.mode, q.observer = "observe", obs
+            observers[f"{site}.{operand}"] = obs
+        t0 = time.perf_counter()
+        for start in tqdm(range(0, len(images), batch_size), desc="calibrate", disable=None):
+            bundle.restore(images[start:start + batch_size])
+        log.info("calibration forward over %d images: %.1f s", len(images),
+                 time.perf_counter() - t0)
+    finally:
+        unwrap_model(bundle)
+    stats = {name: obs.result() for name, obs in observers.items()}
+    return CalibrationSet(images, stats, {"sites": sites, "sample_rows": sample_rows,
+                                          "seed": seed})

@@ -1,0 +1,237 @@
+"""Quantized drop-in layers and the wrap/unwrap of a whole model.
+
+`QuantLinear`/`QuantConv2d` subclass the torch layers they replace (so every attribute diffusers
+reads, e.g. `in_channels`, is still there) and quantize the weight and the input on the fly.
+`QuantMatMul` quantizes both operands of an activation-activation product; `QuantAttnProcessor` is
+a diffusers attention processor that computes attention with two of them (QK^T and AV), so the
+attention matmuls are quantized inside diffusers' own `Attention` modules without forking them.
+
+Which layer gets which quantizers is a *layout*: name -> `LayerQuant`. The layout is plain data,
+saved in the checkpoint, so a quantized model is rebuilt exactly on load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from torch import Tensor, nn
+
+from quantface.quant.quantizer import QuantSpec, UniformQuantizer
+
+MATMUL_SITES = ("qk_matmul", "av_matmul")
+
+
+@dataclass(frozen=True)
+class LayerQuant:
+    """Quantizer specs of one site. For a matmul, `w` is the second operand's spec."""
+
+    kind: str  # "linear" | "conv2d" | "matmul"
+    a: QuantSpec
+    w: QuantSpec
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "a": self.a.to_dict(), "w": self.w.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LayerQuant:
+        return cls(d["kind"], QuantSpec.from_dict(d["a"]), QuantSpec.from_dict(d["w"]))
+
+
+class QuantLayerMixin:
+    """Shared by QuantLinear/QuantConv2d: build from a float layer and back, exactly."""
+
+    act_quantizer: UniformQuantizer
+    weight_quantizer: UniformQuantizer
+    float_cls: type[nn.Module]
+
+    @classmethod
+    def from_float(cls, mod: nn.Module, lq: LayerQuant) -> nn.Module:
+        q = cls.__new__(cls)
+        q.__dict__.update(mod.__dict__)
+        q._parameters = dict(mod._parameters)  # same Parameter objects: no copy, exact weights
+        q._buffers = dict(mod._buffers)
+        q._modules = dict(mod._modules)
+        q.act_quantizer = UniformQuantizer(lq.a)
+        q.weight_quantizer = UniformQuantizer(lq.w)
+        return q
+
+    def to_float(self) -> nn.Module:
+        mod = self.float_cls.__new__(self.float_cls)
+        mod.__dict__.update(self.__dict__)
+        mod._parameters = dict(self._parameters)
+        mod._buffers = dict(self._buffers)
+        mod._modules = {
+            k: v for k, v in self._modules.items() if k not in ("act_quantizer", "weight_quantizer")
+        }
+        return mod
+
+    def quantized_weight(self) -> Tensor:
+        return self.weight_quantizer(self.weight)
+
+
+class QuantLinear(QuantLayerMixin, nn.Linear):
+    float_cls = nn.Linear
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(self.act_quantizer(x), self.quantized_weight(), self.bias)
+
+
+class QuantConv2d(QuantLayerMixin, nn.Conv2d):
+    float_cls = nn.Conv2d
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(self.act_quantizer(x), self.quantized_weight(), self.bias)
+
+
+class QuantMatMul(nn.Module):
+    """`a @ b` with both operands fake-quantized (attention QK^T and AV)."""
+
+    def __init__(self, lq: LayerQuant) -> None:
+        super().__init__()
+        self.act_quantizer = UniformQuantizer(lq.a)  # first operand (Q, or softmax output)
+        self.weight_quantizer = UniformQuantizer(lq.w)  # second operand (K^T, or V)
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        return torch.bmm(self.act_quantizer(a), self.weight_quantizer(b))
+
+
+class QuantAttnProcessor:
+    """diffusers' classic attention math with the two matmuls routed through `QuantMatMul`.
+
+    Mirrors `diffusers.models.attention_processor.AttnProcessor` (spatial norm, group norm, 4-D
+    inputs, cross attention, masks, residual, output rescale) so FP outputs match the SDPA
+    processor to float tolerance; only the matmuls differ.
+    """
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: Tensor,
+        encoder_hidden_states: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        temb: Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Tensor:
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+        batch, seq_len, _ = (
+            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        )
+        attention_mask = attn.prepare_attention_mask(attention_mask, seq_len, batch)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+        query = attn.head_to_batch_dim(query)
+        key = attn.head_to_batch_dim(key)
+        value = attn.head_to_batch_dim(value)
+        if attn.upcast_attention:
+            query, key = query.float(), key.float()
+        scores = _matmul(attn, "qk_matmul", query, key.transpose(-1, -2)) * attn.scale
+        if attention_mask is not None:
+            scores = scores + attention_mask
+        probs = scores.float().softmax(dim=-1).to(value.dtype)
+        hidden_states = _matmul(attn, "av_matmul", probs, value)
+        hidden_states = attn.batch_to_head_dim(hidden_states)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+def _matmul(attn: Attention, site: str, a: Tensor, b: Tensor) -> Tensor:
+    """The site's QuantMatMul when it is quantized, a plain matmul when it is not in the layout."""
+    mm = getattr(attn, site, None)
+    return mm(a, b) if mm is not None else torch.bmm(a, b)
+
+
+def quant_sites(root: nn.Module, prefixes: tuple[str, ...]) -> dict[str, str]:
+    """All quantizable sites under the given sub-module prefixes: name -> kind.
+
+    Linear and Conv2d layers are sites; every diffusers `Attention` adds two matmul sites
+    `<attn>.qk_matmul` and `<attn>.av_matmul`.
+    """
+    sites: dict[str, str] = {}
+    for name, mod in root.named_modules():
+        if not any(name == p or name.startswith(p + ".") for p in prefixes):
+            continue
+        if isinstance(mod, QuantMatMul):
+            continue
+        if isinstance(mod, nn.Linear):
+            sites[name] = "linear"
+        elif isinstance(mod, nn.Conv2d):
+            sites[name] = "conv2d"
+        elif isinstance(mod, Attention):
+            for site in MATMUL_SITES:
+                sites[f"{name}.{site}"] = "matmul"
+    return sites
+
+
+def _parent(root: nn.Module, name: str) -> tuple[nn.Module, str]:
+    parent_name, _, attr = name.rpartition(".")
+    return (root.get_submodule(parent_name) if parent_name else root), attr
+
+
+_QUANT_CLS = {"linear": QuantLinear, "conv2d": QuantConv2d}
+_QUANT_PROCESSOR = QuantAttnProcessor()
+
+
+def wrap_model(root: nn.Module, layout: dict[str, LayerQuant]) -> None:
+    """Replace every site named in `layout` by its quantized counterpart, in place."""
+    for name, lq in layout.items():
+        parent, attr = _parent(root, name)
+        if lq.kind == "matmul":
+            if not isinstance(parent, Attention):
+                raise KeyError(f"matmul site {name} is not inside a diffusers Attention")
+            parent.add_module(attr, QuantMatMul(lq))
+            parent.set_processor(_QUANT_PROCESSOR)
+            continue
+        mod = getattr(parent, attr)
+        if isinstance(mod, QuantLayerMixin):
+            raise ValueError(f"layer {name} is already quantized")
+        setattr(parent, attr, _QUANT_CLS[lq.kind].from_float(mod, lq))
+
+
+def unwrap_model(root: nn.Module) -> None:
+    """Undo `wrap_model`: float layers with the very same weights, default attention processor."""
+    for name, mod in list(root.named_modules()):
+        if isinstance(mod, QuantLayerMixin):
+            parent, attr = _parent(root, name)
+            setattr(parent, attr, mod.to_float())
+    for mod in root.modules():
+        if isinstance(mod, Attention) and isinstance(mod.processor, QuantAttnProcessor):
+            for site in MATMUL_SITES:
+                if hasattr(mod, site):
+                    delattr(mod, site)
+            mod.set_processor(AttnProcessor2_0())
+
+
+def quantizers(root: nn.Module) -> dict[str, UniformQuantizer]:
+    """Every quantizer under root by its full module name."""
+    return {n: m for n, m in root.named_modules() if isinstance(m, UniformQuantizer)}
+
+
+def set_quant_mode(root: nn.Module, mode: str, which: str = "all") -> None:
+    """Set the mode of activation quantizers ('act'), weight quantizers ('weight') or both."""
+    for name, q in quantizers(root).items():
+        is_weight = name.endswith("weight_quantizer")
+        if which == "all" or (which == "weight") == is_weight:
+            q.mode = mode

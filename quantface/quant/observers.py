@@ -1,0 +1,132 @@
+"""Range estimation for static quantizers: min-max, percentile and MSE (Lp) search.
+
+An observer sees calibration tensors one batch at a time (`update`) and then proposes a clipping
+range per quantization unit (`compute`). Which one a method uses is part of that method's paper:
+MaxMin uses min-max, Q-Diffusion/EfficientDM an Lp-2.4 clip search, others percentiles.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from quantface.quant.quantizer import QuantSpec, qparams_from_range, quantize_tensor, reduce_range
+
+
+class MinMaxObserver:
+    """Running min and max over everything seen (per tensor/channel/group as the spec says)."""
+
+    def __init__(self, spec: QuantSpec) -> None:
+        self.spec = spec
+        self.min: Tensor | None = None
+        self.max: Tensor | None = None
+
+    def update(self, x: Tensor) -> None:
+        x = torch.nan_to_num(x.detach().float(), nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = reduce_range(x, self.spec)
+        self.min = lo if self.min is None else torch.minimum(self.min, lo)
+        self.max = hi if self.max is None else torch.maximum(self.max, hi)
+
+    def compute(self) -> tuple[Tensor, Tensor]:
+        if self.min is None or self.max is None:
+            raise RuntimeError("observer saw no data")
+        return self.min, self.max
+
+
+class PercentileObserver:
+    """Per-tensor clipping at the q-th / (100-q)-th percentile, averaged over batches."""
+
+    def __init__(self, spec: QuantSpec, percentile: float = 99.99, max_samples: int = 1 << 20):
+        if spec.granularity != "tensor":
+            raise ValueError("PercentileObserver supports per-tensor ranges only")
+        self.spec, self.q, self.max_samples = spec, percentile / 100.0, max_samples
+        self.lows: list[Tensor] = []
+        self.highs: list[Tensor] = []
+        self._gen = torch.Generator().manual_seed(0)
+
+    def update(self, x: Tensor) -> None:
+        flat = torch.nan_to_num(x.detach().float().flatten(), nan=0.0, posinf=0.0, neginf=0.0)
+        if flat.numel() > self.max_samples:
+            idx = torch.randint(flat.numel(), (self.max_samples,), generator=self._gen)
+            flat = flat[idx]
+        self.lows.append(torch.quantile(flat, 1.0 - self.q))
+        self.highs.append(torch.quantile(flat, self.q))
+
+    def compute(self) -> tuple[Tensor, Tensor]:
+        if not self.lows:
+            raise RuntimeError("observer saw no data")
+        return torch.stack(self.lows).mean(), torch.stack(self.highs).mean()
+
+
+class MSEObserver(MinMaxObserver):
+    """Shrink the min-max range by factors 1, 1-step, ... and keep the one with least Lp error.
+
+    The LAPQ/Q-Diffusion search: error `mean|x - Q(x)|^p` with p=2.4, evaluated per quantization
+    unit, so per-channel weights pick their own clip. Tensors are kept (subsampled) for the search.
+    """
+
+    def __init__(
+        self, spec: QuantSpec, p: float = 2.4, steps: int = 80, step: float = 0.01,
+        max_rows: int = 4096,
+    ) -> None:
+        super().__init__(spec)
+        self.p, self.steps, self.step, self.max_rows = p, steps, step, max_rows
+        self.samples: list[Tensor] = []
+
+    def update(self, x: Tensor) -> None:
+        super().update(x)
+        x = x.detach().float()
+        if self.spec.granularity == "tensor" and x.numel() > self.max_rows * 64:
+            flat = x.flatten()
+            idx = torch.linspace(0, flat.numel() - 1, self.max_rows * 64).long()
+            x = flat[idx]
+        self.samples.append(torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0))
+
+    def compute(self) -> tuple[Tensor, Tensor]:
+        lo, hi = super().compute()
+        if self.spec.granularity in ("tensor", "channel"):
+            data = (
+                torch.cat([s.flatten() for s in self.samples])
+                if self.spec.granularity == "tensor"
+                else torch.cat(self.samples, dim=self._cat_dim(self.samples[0].dim()))
+            )
+        else:
+            return lo, hi  # token/group ranges are dynamic or weight-only; min-max there
+        best_err = None
+        best_lo, best_hi = lo, hi
+        for i in range(self.steps):
+            f = 1.0 - i * self.step
+            if f <= 0:
+                break
+            cand_lo, cand_hi = lo * f, hi * f
+            scale, zero = qparams_from_range(cand_lo, cand_hi, self.spec)
+            err = (data - quantize_tensor(data, scale, zero, self.spec)).abs().pow(self.p)
+            err = self._unit_mean(err)
+            if best_err is None:
+                best_err = err
+                continue
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_lo = torch.where(better, cand_lo, best_lo)
+            best_hi = torch.where(better, cand_hi, best_hi)
+        return best_lo, best_hi
+
+    def _cat_dim(self, ndim: int) -> int:
+        # Concatenate batches along any dim that is not the channel dim.
+        return 1 if self.spec.channel_dim % ndim == 0 else 0
+
+    def _unit_mean(self, err: Tensor) -> Tensor:
+        if self.spec.granularity == "tensor":
+            return err.mean().reshape(())
+        dim = self.spec.channel_dim % err.dim()
+        dims = [d for d in range(err.dim()) if d != dim]
+        return err.mean(dim=dims, keepdim=True)
+
+
+OBSERVERS = {"minmax": MinMaxObserver, "percentile": PercentileObserver, "mse": MSEObserver}
+
+
+def make_observer(kind: str, spec: QuantSpec, **kwargs) -> MinMaxObserver | PercentileObserver:
+    if kind not in OBSERVERS:
+        raise ValueError(f"unknown observer '{kind}'; known: {', '.join(OBSERVERS)}")
+    return OBSERVERS[kind](spec, **kwargs)

@@ -1,0 +1,71 @@
+"""Merge per-job outputs into the two long tables everything else reads.
+
+`results/metrics.csv` (DESIGN §3 columns) is the single source of truth for tables and figures;
+`results/cost.csv` holds one row of totals per (model, method, bits). Merging is also how a user
+combines shards from several runs or a cluster: rows are de-duplicated on their key, later files
+winning, and sorted so the output does not depend on input order.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from quantface.errors import DataError
+from quantface.evaluate import COLUMNS
+from quantface.io import atomic_path
+
+KEY = ["model", "method", "bits", "dataset", "metric"]
+COST_COLUMNS = ["model", "method", "bits", "params", "quantized_weight_params", "param_bits",
+                "fp32_param_bits", "size_bytes", "param_bits_reduction", "macs", "bops",
+                "fp32_bops", "bops_reduction", "calibration_seconds"]
+
+
+def _write(df: pd.DataFrame, out: Path) -> None:
+    with atomic_path(out) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def read_metrics(paths: list[Path]) -> pd.DataFrame:
+    frames = []
+    for p in paths:
+        try:
+            df = pd.read_csv(p, keep_default_na=True, dtype={"bits": str, "note": str})
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+            raise DataError(f"cannot read metrics file {p}: {e}") from e
+        missing = [c for c in COLUMNS if c not in df.columns]
+        if missing:
+            raise DataError(f"metrics file {p} lacks columns {missing}")
+        frames.append(df[COLUMNS])
+    if not frames:
+        raise DataError("no metrics files given")
+    df = pd.concat(frames, ignore_index=True)
+    df["note"] = df["note"].fillna("")
+    df = df.drop_duplicates(subset=KEY, keep="last")
+    return df.sort_values(KEY, kind="stable").reset_index(drop=True)
+
+
+def aggregate_metrics(paths: list[Path], out: Path) -> pd.DataFrame:
+    df = read_metrics(paths)
+    _write(df, out)
+    return df
+
+
+def aggregate_costs(paths: list[Path], out: Path) -> pd.DataFrame:
+    rows = []
+    for p in paths:
+        try:
+            cost = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise DataError(f"cannot read cost file {p}: {e}") from e
+        model = p.parts[-4] if len(p.parts) >= 4 else ""
+        rows.append({"model": cost.get("model", model), "method": cost["method"],
+                     "bits": cost["bits"], **cost["total"],
+                     "calibration_seconds": cost.get("calibration_seconds", 0.0)})
+    df = pd.DataFrame(rows, columns=COST_COLUMNS)
+    df = df.drop_duplicates(subset=["model", "method", "bits"], keep="last")
+    df = df.sort_values(["model", "method", "bits"], kind="stable").reset_index(drop=True)
+    _write(df, out)
+    return df

@@ -1,0 +1,231 @@
+"""Paper-style tables (Markdown, LaTeX booktabs, CSV) as pure functions of metrics.csv.
+
+Layout follows QuantFace's Tables 1 and 3: the degraded input and the FP model on top, then one
+block per bit setting (W8A8, W6A6, W4A6, W4A4, mixed precision) with a row per method; columns
+are metrics with an arrow saying which direction is better. Within each bit block the best value
+of each column is bold and the second best underlined. Every table ends with footnotes stating
+model, data, seed, bit conventions and that quantization is simulated.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from quantface.io import atomic_write_text
+from quantface.report.aggregate import read_metrics
+
+REFERENCE_ROWS = ("input", "fp")
+BIT_ORDER = ("fp32", "w8a8", "w6a6", "w4a8", "w4a6", "w4a4")
+METRIC_LABELS = {
+    "psnr": "PSNR", "ssim": "SSIM", "ms_ssim": "MS-SSIM", "fsim": "FSIM", "gmsd": "GMSD",
+    "vif": "VIF", "niqe": "NIQE", "piqe": "PIQE", "psnr_fp": "PSNR-FP", "lpips": "LPIPS",
+    "dists": "DISTS", "musiq": "MUSIQ", "maniqa": "MANIQA", "clipiqa": "CLIP-IQA",
+}
+CONVENTIONS = (
+    "Quantization is simulated (fake-quant in FP32): uniform integer grids, weights per output "
+    "channel, activations per tensor (static) unless a method's paper says otherwise; attention "
+    "QK^T and AV quantized at the activation bit-width; the visual prompt embedder stays FP.",
+    "input = the degraded LQ image itself; PSNR-FP = PSNR of a quantized model's output against "
+    "the FP model's output (the damage done by quantization alone).",
+)
+
+
+def _bits_key(bits: str) -> tuple[int, str]:
+    if bits in BIT_ORDER:
+        return BIT_ORDER.index(bits), bits
+    m = re.match(r"w(\d+)a(\d+)$", bits)
+    if m:  # unknown uniform settings: more bits first
+        return len(BIT_ORDER), f"{100 - int(m.group(1)):03d}{100 - int(m.group(2)):03d}"
+    return len(BIT_ORDER) + 1, bits
+
+
+def _fmt(value: float, metric: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.2f}" if metric in ("psnr", "psnr_fp", "piqe", "niqe", "musiq") else \
+        f"{value:.4f}"
+
+
+def build_table(df: pd.DataFrame, datasets: list[str]) -> tuple[pd.DataFrame, dict]:
+    """Wide table: index (bits, method), one column per (dataset, metric); plus ranking marks."""
+    sub = df[df["dataset"].isin(datasets)]
+    if sub.empty:
+        return pd.DataFrame(), {}
+    metric_order = list(dict.fromkeys(sub["metric"]))
+    hib = dict(zip(sub["metric"], sub["higher_is_better"].astype(bool)))
+    wide = sub.pivot_table(index=["bits", "method"], columns=["dataset", "metric"],
+                           values="value", aggfunc="first", dropna=False)
+    cols = [(d, m) for d in datasets for m in metric_order if (d, m) in wide.columns]
+    wide = wide.reindex(columns=pd.MultiIndex.from_tuples(cols))
+
+    def row_key(idx: tuple[str, str]) -> tuple:
+        bits, method = idx
+        if method in REFERENCE_ROWS:
+            return (-1, REFERENCE_ROWS.index(method), "")
+        return (*_bits_key(bits), method)
+
+    wide = wide.loc[sorted(wide.index, key=row_key)]
+    skipped = sub[sub["note"].str.startswith("skipped", na=False)]
+    marks: dict = {"hib": hib, "rank": {}, "skipped": dict(zip(
+        zip(skipped["bits"], skipped["method"], skipped["dataset"], skipped["metric"]),
+        skipped["note"]))}
+    for bits, block in wide.groupby(level="bits", sort=False):
+        block = block[[m not in REFERENCE_ROWS for m in block.index.get_level_values("method")]]
+        if len(block) < 2:
+            continue
+        for col in wide.columns:
+            vals = block[col].dropna()
+            if vals.empty:
+                continue
+            ordered = vals.sort_values(ascending=not hib[col[1]])
+            marks["rank"][(ordered.index[0], col)] = 1
+            if len(ordered) > 1 and ordered.iloc[1] != ordered.iloc[0]:
+                marks["rank"][(ordered.index[1], col)] = 2
+    return wide, marks
+
+
+def _header(col: tuple[str, str], marks: dict, multi: bool) -> str:
+    d, m = col
+    arrow = "↑" if marks["hib"][m] else "↓"
+    label = f"{METRIC_LABELS.get(m, m)}{arrow}"
+    return f"{d}: {label}" if multi else label
+
+
+def _cell(wide: pd.DataFrame, idx, col, marks: dict, style: str) -> str:
+    key = (idx[0], idx[1], col[0], col[1])
+    if key in marks["skipped"]:
+        return "skipped"
+    text = _fmt(wide.loc[idx, col], col[1])
+    rank = marks["rank"].get((idx, col))
+    if rank == 1:
+        return f"**{text}**" if style == "md" else rf"\textbf{{{text}}}"
+    if rank == 2:
+        return f"<u>{text}</u>" if style == "md" else rf"\underline{{{text}}}"
+    return text
+
+
+def _row_label(idx) -> tuple[str, str]:
+    bits, method = idx
+    if method == "input":
+        return "–", "Input (LQ)"
+    if method == "fp":
+        return "W32A32", "FP"
+    return bits.upper(), method
+
+
+def to_markdown(wide: pd.DataFrame, marks: dict, title: str, notes: list[str]) -> str:
+    multi = len({c[0] for c in wide.columns}) > 1
+    head = ["Bits", "Method"] + [_header(c, marks, multi) for c in wide.columns]
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |",
+             "|" + "|".join(["---"] * 2 + ["---:"] * len(wide.columns)) + "|"]
+    for idx in wide.index:
+        cells = [_cell(wide, idx, c, marks, "md") for c in wide.columns]
+        lines.append("| " + " | ".join([*_row_label(idx), *cells]) + " |")
+    lines.append("")
+    lines += [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def _tex_escape(s: str) -> str:
+    return (s.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%")
+            .replace("&", r"\&").replace("#", r"\#").replace("↑", r"$\uparrow$")
+            .replace("↓", r"$\downarrow$").replace("–", "--"))
+
+
+def to_latex(wide: pd.DataFrame, marks: dict, title: str, notes: list[str]) -> str:
+    multi = len({c[0] for c in wide.columns}) > 1
+    head = ["Bits", "Method"] + [_header(c, marks, multi) for c in wide.columns]
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex_escape(title)}}}",
+             r"\resizebox{\linewidth}{!}{%", r"\begin{tabular}{ll" + "r" * len(wide.columns) + "}",
+             r"\toprule", " & ".join(_tex_escape(h) for h in head) + r" \\", r"\midrule"]
+    prev = None
+    for idx in wide.index:
+        bits_label, method = _row_label(idx)
+        group = idx[0] if idx[1] not in REFERENCE_ROWS else "ref"
+        if prev is not None and group != prev:
+            lines.append(r"\midrule")
+        prev = group
+        cells = [_cell(wide, idx, c, marks, "tex") for c in wide.columns]
+        lines.append(" & ".join([_tex_escape(bits_label), _tex_escape(method)] +
+                                [c if c.startswith("\\") else _tex_escape(c) for c in cells])
+                     + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}}", r"\par\footnotesize"]
+    lines += [_tex_escape(n) + r"\\" for n in notes]
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(wide: pd.DataFrame, marks: dict) -> str:
+    multi = len({c[0] for c in wide.columns}) > 1
+    flat = wide.copy()
+    flat.columns = [_header(c, marks, multi) for c in wide.columns]
+    return flat.reset_index().to_csv(index=False)
+
+
+def _metric_notes(df: pd.DataFrame) -> list[str]:
+    notes = sorted({n for n in df["note"] if n and not n.startswith("skipped")})
+    skipped = sorted({f"{m}: {n}" for m, n in zip(df["metric"], df["note"])
+                      if n.startswith("skipped")})
+    return notes + skipped
+
+
+def _write_table(df: pd.DataFrame, datasets: list[str], out: Path, stem: str, title: str,
+                 footnote: list[str]) -> None:
+    wide, marks = build_table(df, datasets)
+    if wide.empty:
+        return
+    sub = df[df["dataset"].isin(datasets)]
+    seeds = ", ".join(str(s) for s in sorted(sub["seed"].unique()))
+    counts = ", ".join(f"{d} ({int(sub[sub['dataset'] == d]['n_images'].max())} images)"
+                       for d in datasets if d in set(sub["dataset"]))
+    notes = [*footnote, f"Data: {counts}; seed {seeds}.", *CONVENTIONS, *_metric_notes(sub),
+             "Best per bit setting in bold, second underlined."]
+    atomic_write_text(out / f"{stem}.md", to_markdown(wide, marks, title, notes))
+    atomic_write_text(out / f"{stem}.tex", to_latex(wide, marks, title, notes))
+    atomic_write_text(out / f"{stem}.csv", to_csv(wide, marks))
+
+
+def cost_markdown(cost: pd.DataFrame, footnote: list[str]) -> tuple[str, str]:
+    """Cost table (md, csv): size, parameter-bit and BOP reductions, calibration time."""
+    rows = cost.copy()
+    rows["_k"] = [(-1, "") if m == "fp" else (*_bits_key(b), m)
+                  for m, b in zip(rows["method"], rows["bits"])]
+    rows = rows.sort_values("_k").drop(columns="_k")
+    table = pd.DataFrame({
+        "Model": rows["model"], "Method": rows["method"], "Bits": rows["bits"].str.upper(),
+        "Params (M)": (rows["params"] / 1e6).round(3),
+        "Size (KiB)": (rows["size_bytes"] / 1024).round(1),
+        "Param bits ↓ (%)": (100 * rows["param_bits_reduction"]).round(2),
+        "GMACs": (rows["macs"] / 1e9).round(3),
+        "GBOPs": (rows["bops"] / 1e9).round(1),
+        "BOPs ↓ (%)": (100 * rows["bops_reduction"]).round(2),
+        "Calibration (s)": rows["calibration_seconds"].round(1),
+    })
+    head = "| " + " | ".join(table.columns) + " |"
+    sep = "|" + "|".join(["---"] * 3 + ["---:"] * (len(table.columns) - 3)) + "|"
+    body = ["| " + " | ".join(str(v) for v in r) + " |" for r in table.itertuples(index=False)]
+    notes = [*footnote,
+             "Sizes and BOPs from quantface.quant.cost: quantized weights at w_bits, step sizes "
+             "and zero points at 32 bit, all other parameters FP32; MACs measured by hooks on one "
+             "image; BOPs = MACs x w_bits x a_bits (matmuls a_bits^2), FP32 sites at 32 x 32; "
+             "norms/activations/softmax not counted. Reductions are relative to FP32."]
+    md = "\n".join(["### Model cost", "", head, sep, *body, "", *[f"- {n}" for n in notes]]) + "\n"
+    return md, table.to_csv(index=False)
+
+
+def write_tables(metrics: Path, cost: Path | None, out: Path, synthetic: list[str],
+                 realworld: list[str], footnote: list[str]) -> None:
+    df = read_metrics([metrics])
+    out.mkdir(parents=True, exist_ok=True)
+    _write_table(df, synthetic, out, "table1_synthetic",
+                 "Table 1: synthetic test set (paired)", footnote)
+    _write_table(df, realworld, out, "table3_realworld",
+                 "Table 3: real-world test sets (no reference)", footnote)
+    if cost is not None:
+        md, csv = cost_markdown(pd.read_csv(cost, dtype={"bits": str}), footnote)
+        atomic_write_text(out / "cost.md", md)
+        atomic_write_text(out / "cost.csv", csv)

@@ -1,0 +1,151 @@
+# Config validation, wildcard constraints and small helpers shared by all rules.
+import json
+import re
+import shlex
+import sys
+import zlib
+
+from quantface.config import validate_config
+from quantface.errors import ConfigError
+from quantface.registry import DATASETS, METRICS
+
+try:
+    validate_config(config)
+except ConfigError as e:
+    print(f"quantface: invalid config: {e}", file=sys.stderr)
+    sys.exit(2)
+
+MODEL = config["model"]["name"]
+METHOD_NAMES = [m for m in config["methods"] if m != "fp"]
+BITS = list(config["bits"])
+DATASET_NAMES = list(config["data"]["datasets"])
+TORCH_THREADS = 2  # fixed, not --cores: the same numbers whatever the scheduler gives
+
+
+def _alternatives(names):
+    return "|".join(re.escape(n) for n in names) if names else "(?!)"
+
+
+wildcard_constraints:
+    model=_alternatives([MODEL]),
+    method=_alternatives(METHOD_NAMES),
+    bits=_alternatives(BITS),
+    dataset=_alternatives(DATASET_NAMES),
+
+
+def shell_json(value):
+    """A JSON value quoted for the shell (params are tracked: editing it reruns the job)."""
+    return shlex.quote(json.dumps(value, sort_keys=True))
+
+
+def job_seed(*parts):
+    """Per-job seed derived from the global seed and the job's wildcards."""
+    key = "/".join([str(config["seed"]), *map(str, parts)])
+    return zlib.crc32(key.encode()) % 2**31
+
+
+def is_paired(dataset):
+    return DATASETS.get(dataset)().paired
+
+
+def metric_names(dataset, quantized):
+    m = config["metrics"]
+    names = list(m["no_reference"])
+    if is_paired(dataset):
+        names = list(m["full_reference"]) + names
+    if quantized:
+        names += list(m.get("fidelity", []))
+    return ",".join(names)
+
+
+def dataset_options(wildcards):
+    opts = dict(config["data"]["datasets"][wildcards.dataset])
+    opts["image_size"] = config["data"]["image_size"]
+    opts["degradation"] = config["data"].get("degradation", {})
+    return shell_json(opts)
+
+
+def train_options(wildcards):
+    arch = dict(config["model"].get("arch", {}))
+    arch["image_size"] = config["data"]["image_size"]
+    return shell_json({
+        "arch": arch,
+        "train": config["model"].get("train", {}),
+        "degradation": config["data"].get("degradation", {}),
+    })
+
+
+def method_options(wildcards):
+    return shell_json(config.get("method_options", {}).get(wildcards.method, {}))
+
+
+def quantized_cells():
+    return [(m, b) for m in METHOD_NAMES for b in BITS]
+
+
+def all_metric_files():
+    files = []
+    for d in DATASET_NAMES:
+        files.append(f"results/{MODEL}/input/{d}/metrics.csv")
+        files.append(f"results/{MODEL}/fp/{d}/metrics.csv")
+        files += [f"results/{MODEL}/{m}/{b}/{d}/metrics.csv" for m, b in quantized_cells()]
+    return files
+
+
+def all_cost_files():
+    return [f"results/{MODEL}/fp/cost.json"] + [
+        f"results/{MODEL}/{m}/{b}/cost.json" for m, b in quantized_cells()
+    ]
+
+
+def table_outputs():
+    outs = []
+    rep = config["report"]
+    for stem, key in (("table1_synthetic", "synthetic"), ("table3_realworld", "realworld")):
+        if rep.get(key):
+            outs += [f"results/tables/{stem}.{ext}" for ext in ("md", "tex", "csv")]
+    return outs + [f"results/tables/cost.{ext}" for ext in ("md", "csv")]
+
+
+def qualitative_dataset():
+    synthetic = config["report"].get("synthetic", [])
+    return synthetic[0] if synthetic else DATASET_NAMES[0]
+
+
+def qualitative_spec(wildcards):
+    d = qualitative_dataset()
+    bits = config["report"].get("qualitative_bits", BITS[-1])
+    cols = [["LQ", f"results/data/{d}/lq"], ["FP", f"results/{MODEL}/fp/{d}/images"]]
+    cols += [[m, f"results/{MODEL}/{m}/{bits}/{d}/images"] for m in METHOD_NAMES]
+    if is_paired(d):
+        cols.append(["HQ", f"results/data/{d}/hq"])
+    n = config["report"].get("qualitative_images", 4)
+    return shell_json({"dataset": d, "bits": bits, "n_images": n, "columns": cols})
+
+
+def qualitative_inputs(wildcards):
+    d = qualitative_dataset()
+    bits = config["report"].get("qualitative_bits", BITS[-1])
+    return [f"results/data/{d}/manifest.json", f"results/{MODEL}/fp/{d}/images"] + [
+        f"results/{MODEL}/{m}/{bits}/{d}/images" for m in METHOD_NAMES
+    ]
+
+
+def figure_outputs():
+    return [f"results/figures/quality_vs_bits_{d}.png" for d in DATASET_NAMES] + [
+        f"results/figures/qualitative_{qualitative_dataset()}.png"
+    ]
+
+
+def footnotes():
+    arch = config["model"].get("arch", {})
+    lines = [
+        f"Model: {MODEL} ({json.dumps(arch, sort_keys=True) if arch else 'default architecture'}), "
+        f"images {config['data']['image_size']}x{config['data']['image_size']}, global seed "
+        f"{config['seed']}."
+    ]
+    return " ".join(f"--footnote {shlex.quote(line)}" for line in lines)
+
+
+def final_outputs():
+    return ["results/metrics.csv", "results/cost.csv"] + table_outputs() + figure_outputs()

@@ -1,0 +1,58 @@
+rule prepare_model:
+    output:
+        "results/{model}/fp/model.pt",
+    params:
+        options=train_options,
+        seed=lambda w: job_seed("model", w.model),
+    log:
+        "results/logs/prepare_model/{model}.log",
+    benchmark:
+        "results/benchmarks/prepare_model/{model}.tsv"
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=60,
+    shell:
+        "quantface train --model {wildcards.model} --out {output} --options {params.options}"
+        " --seed {params.seed} --threads " + str(TORCH_THREADS) + " 2> {log}"
+
+
+rule fp_cost:
+    input:
+        "results/{model}/fp/model.pt",
+    output:
+        "results/{model}/fp/cost.json",
+    log:
+        "results/logs/fp_cost/{model}.log",
+    benchmark:
+        "results/benchmarks/fp_cost/{model}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "quantface cost --model {input} --out {output} 2> {log}"
+
+
+rule calibrate:
+    input:
+        "results/{model}/fp/model.pt",
+    output:
+        "results/{model}/calib/activations.pt",
+    params:
+        n=config["calibration"].get("n_images", 32),
+        batch=config["calibration"].get("batch_size", 8),
+        rows=config["calibration"].get("sample_rows", 512),
+        seed=lambda w: job_seed("calibrate", w.model),
+    log:
+        "results/logs/calibrate/{model}.log",
+    benchmark:
+        "results/benchmarks/calibrate/{model}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "quantface calibrate --model {input} --out {output} --n-images {params.n}"
+        " --batch-size {params.batch} --sample-rows {params.rows} --seed {params.seed}"
+        " --threads " + str(TORCH_THREADS) + " 2> {log}"

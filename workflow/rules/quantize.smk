@@ -1,0 +1,25 @@
+rule quantize:
+    input:
+        model="results/{model}/fp/model.pt",
+        calib="results/{model}/calib/activations.pt",
+    output:
+        model="results/{model}/{method}/{bits}/model.pt",
+        plan="results/{model}/{method}/{bits}/plan.json",
+        cost="results/{model}/{method}/{bits}/cost.json",
+    params:
+        options=method_options,
+        seed=lambda w: job_seed("quantize", w.model, w.method, w.bits),
+        folder=lambda w: f"results/{w.model}/{w.method}/{w.bits}",
+    log:
+        "results/logs/quantize/{model}/{method}/{bits}.log",
+    benchmark:
+        "results/benchmarks/quantize/{model}/{method}/{bits}.tsv"
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=120,
+    shell:
+        "quantface quantize --model {input.model} --method {wildcards.method}"
+        " --bits {wildcards.bits} --calib {input.calib} --out {params.folder}"
+        " --options {params.options} --seed {params.seed}"
+        " --threads " + str(TORCH_THREADS) + " 2> {log}"

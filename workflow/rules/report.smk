@@ -1,0 +1,69 @@
+localrules:
+    aggregate,
+    tables,
+    figures,
+
+
+rule aggregate:
+    input:
+        metrics=all_metric_files(),
+        costs=all_cost_files(),
+    output:
+        metrics="results/metrics.csv",
+        cost="results/cost.csv",
+    log:
+        "results/logs/aggregate.log",
+    benchmark:
+        "results/benchmarks/aggregate.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "quantface aggregate --metrics {input.metrics} --out {output.metrics}"
+        " --costs {input.costs} --cost-out {output.cost} 2> {log}"
+
+
+rule tables:
+    input:
+        metrics="results/metrics.csv",
+        cost="results/cost.csv",
+    output:
+        table_outputs(),
+    params:
+        synthetic=",".join(config["report"].get("synthetic", [])),
+        realworld=",".join(config["report"].get("realworld", [])),
+        footnotes=footnotes(),
+    log:
+        "results/logs/tables.log",
+    benchmark:
+        "results/benchmarks/tables.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "quantface tables --metrics {input.metrics} --cost {input.cost} --out results/tables"
+        " --synthetic '{params.synthetic}' --realworld '{params.realworld}'"
+        " {params.footnotes} 2> {log}"
+
+
+rule figures:
+    input:
+        metrics="results/metrics.csv",
+        images=qualitative_inputs,
+    output:
+        figure_outputs(),
+    params:
+        qualitative=qualitative_spec,
+    log:
+        "results/logs/figures.log",
+    benchmark:
+        "results/benchmarks/figures.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "quantface figures --metrics {input.metrics} --out results/figures"
+        " --qualitative {params.qualitative} 2> {log}"

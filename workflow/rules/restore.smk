@@ -1,0 +1,42 @@
+rule restore_fp:
+    input:
+        model="results/{model}/fp/model.pt",
+        data="results/data/{dataset}/manifest.json",
+    output:
+        directory("results/{model}/fp/{dataset}/images"),
+    params:
+        lq=lambda w: f"results/data/{w.dataset}/lq",
+        batch=config.get("restore", {}).get("batch_size", 8),
+    log:
+        "results/logs/restore/{model}/fp/{dataset}.log",
+    benchmark:
+        "results/benchmarks/restore/{model}/fp/{dataset}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "quantface restore --model {input.model} --input {params.lq} --output {output}"
+        " --batch-size {params.batch} --threads " + str(TORCH_THREADS) + " 2> {log}"
+
+
+rule restore:
+    input:
+        model="results/{model}/{method}/{bits}/model.pt",
+        data="results/data/{dataset}/manifest.json",
+    output:
+        directory("results/{model}/{method}/{bits}/{dataset}/images"),
+    params:
+        lq=lambda w: f"results/data/{w.dataset}/lq",
+        batch=config.get("restore", {}).get("batch_size", 8),
+    log:
+        "results/logs/restore/{model}/{method}/{bits}/{dataset}.log",
+    benchmark:
+        "results/benchmarks/restore/{model}/{method}/{bits}/{dataset}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "quantface restore --model {input.model} --input {params.lq} --output {output}"
+        " --batch-size {params.batch} --threads " + str(TORCH_THREADS) + " 2> {log}"
