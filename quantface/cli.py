@@ -18,7 +18,7 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may wait on a network
 
-from quantface.errors import QuantFaceError  # noqa: E402
+from quantface.errors import QuantFaceError
 
 log = logging.getLogger("quantface")
 
@@ -41,8 +41,10 @@ def _versions() -> str:
 
     import quantface
 
-    return (f"quantface {quantface.__version__}, torch {torch.__version__}, diffusers "
-            f"{diffusers.__version__}, python {platform.python_version()}")
+    return (
+        f"quantface {quantface.__version__}, torch {torch.__version__}, diffusers "
+        f"{diffusers.__version__}, python {platform.python_version()}"
+    )
 
 
 def _setup(args: argparse.Namespace) -> None:
@@ -68,8 +70,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     from quantface.models.train import train_restorer
 
     opts = _json(args.options)
-    model = train_restorer(args.model, opts.get("arch", {}), opts.get("train", {}),
-                           opts.get("degradation", {}), args.seed)
+    model = train_restorer(
+        args.model,
+        opts.get("arch", {}),
+        opts.get("train", {}),
+        opts.get("degradation", {}),
+        args.seed,
+    )
     save_bundle(model, args.out, meta={"method": "fp", "seed": args.seed, "options": opts})
 
 
@@ -94,8 +101,9 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     images = torch.stack([fit_to_model(to_tensor(a), bundle.image_size) for a in arrays])
     calib = collect_calibration(bundle, images, args.batch_size, args.sample_rows, args.seed)
     calib.save(args.out)
-    log.info("calibration statistics for %d sites from %d images", len(calib.meta["sites"]),
-             len(images))
+    log.info(
+        "calibration statistics for %d sites from %d images", len(calib.meta["sites"]), len(images)
+    )
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:
@@ -116,8 +124,9 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         raise QuantFaceError(f"{args.model} is already quantized; quantize the FP model")
     calib = CalibrationSet.load(args.calib)
     if setting.mixed:
-        raise QuantFaceError(f"method '{args.method}' has no mixed-precision mode for "
-                             f"'{args.bits}'")
+        raise QuantFaceError(
+            f"method '{args.method}' has no mixed-precision mode for '{args.bits}'"
+        )
     plan = BitPlan.uniform(fp.quant_targets(), setting.w_bits, setting.a_bits)
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
@@ -131,13 +140,20 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     cost = cost_table(model, final_plan)
     cost["method"], cost["bits"], cost["calibration_seconds"] = args.method, args.bits, seconds
     atomic_write_text(out / "cost.json", json.dumps(cost, indent=1))
-    save_bundle(model, out / "model.pt", layout=current_layout(model),
-                meta={"method": args.method, "bits": args.bits, "seed": args.seed,
-                      "simulated": True})
+    save_bundle(
+        model,
+        out / "model.pt",
+        layout=current_layout(model),
+        meta={"method": args.method, "bits": args.bits, "seed": args.seed, "simulated": True},
+    )
     t = cost["total"]
-    log.info("param bits %.3g (%.2f%% fewer than FP32), BOPs %.3g (%.2f%% fewer)",
-             t["param_bits"], 100 * t["param_bits_reduction"], t["bops"],
-             100 * t["bops_reduction"])
+    log.info(
+        "param bits %.3g (%.2f%% fewer than FP32), BOPs %.3g (%.2f%% fewer)",
+        t["param_bits"],
+        100 * t["param_bits_reduction"],
+        t["bops"],
+        100 * t["bops_reduction"],
+    )
 
 
 def _check_finite(model) -> None:
@@ -147,8 +163,9 @@ def _check_finite(model) -> None:
 
     for name, t in model.state_dict().items():
         if t.is_floating_point() and not torch.isfinite(t).all():
-            raise NumericsError(f"quantization produced non-finite values in {name}; "
-                                f"nothing was written")
+            raise NumericsError(
+                f"quantization produced non-finite values in {name}; nothing was written"
+            )
 
 
 def cmd_cost(args: argparse.Namespace) -> None:
@@ -173,12 +190,20 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from quantface.evaluate import evaluate_folder
 
     evaluate_folder(
-        pred=Path(args.pred), ref=Path(args.ref) if args.ref else None,
+        pred=Path(args.pred),
+        ref=Path(args.ref) if args.ref else None,
         fp=Path(args.fp) if args.fp else None,
-        metrics=[m for m in args.metrics.split(",") if m], out=Path(args.out),
-        labels={"model": args.model_name, "method": args.method, "bits": args.bits,
-                "dataset": args.dataset, "seed": args.seed},
-        weights_dir=Path(args.weights_dir), batch_size=args.batch_size,
+        metrics=[m for m in args.metrics.split(",") if m],
+        out=Path(args.out),
+        labels={
+            "model": args.model_name,
+            "method": args.method,
+            "bits": args.bits,
+            "dataset": args.dataset,
+            "seed": args.seed,
+        },
+        weights_dir=Path(args.weights_dir),
+        batch_size=args.batch_size,
     )
 
 
@@ -194,10 +219,14 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
 def cmd_tables(args: argparse.Namespace) -> None:
     from quantface.report.tables import write_tables
 
-    write_tables(Path(args.metrics), Path(args.cost) if args.cost else None, Path(args.out),
-                 synthetic=args.synthetic.split(",") if args.synthetic else [],
-                 realworld=args.realworld.split(",") if args.realworld else [],
-                 footnote=args.footnote or [])
+    write_tables(
+        Path(args.metrics),
+        Path(args.cost) if args.cost else None,
+        Path(args.out),
+        synthetic=args.synthetic.split(",") if args.synthetic else [],
+        realworld=args.realworld.split(",") if args.realworld else [],
+        footnote=args.footnote or [],
+    )
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
@@ -307,8 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.add_argument("--qualitative", help="JSON: {dataset, bits, n_images, folders: {...}}")
 
-    for name, reg in (("methods", "METHODS"), ("metrics", "METRICS"),
-                      ("datasets", "DATASETS"), ("models", "MODELS")):
+    for name, reg in (
+        ("methods", "METHODS"),
+        ("metrics", "METRICS"),
+        ("datasets", "DATASETS"),
+        ("models", "MODELS"),
+    ):
         add(name, cmd_list(reg), f"list the registered {name}")
     return p
 
@@ -317,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
     t0 = time.perf_counter()
     try:
@@ -328,8 +362,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"quantface {args.command}: error: {e}", file=sys.stderr)
         return 2
     except PermissionError as e:
-        print(f"quantface {args.command}: error: cannot write {e.filename}: {e.strerror}",
-              file=sys.stderr)
+        print(
+            f"quantface {args.command}: error: cannot write {e.filename}: {e.strerror}",
+            file=sys.stderr,
+        )
         return 2
     if args.command not in ("methods", "metrics", "datasets", "models"):
         log.info("%s done in %.1f s", args.command, time.perf_counter() - t0)

@@ -40,8 +40,10 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     def check(names, registry, key: str) -> None:
         for name in names:
             if name not in registry:
-                raise ConfigError(f"config key '{key}': unknown {registry.kind} '{name}'; "
-                                  f"known: {', '.join(registry.names())}")
+                raise ConfigError(
+                    f"config key '{key}': unknown {registry.kind} '{name}'; "
+                    f"known: {', '.join(registry.names())}"
+                )
 
     check([config["model"]["name"]], MODELS, "model.name")
     check(config["methods"], METHODS, "methods")
@@ -57,16 +59,22 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     for k in ("synthetic", "realworld"):
         for name in config["report"].get(k, []):
             if name not in config["data"]["datasets"]:
-                raise ConfigError(f"config key 'report.{k}': dataset '{name}' is not in "
-                                  f"data.datasets ({', '.join(config['data']['datasets'])})")
+                raise ConfigError(
+                    f"config key 'report.{k}': dataset '{name}' is not in "
+                    f"data.datasets ({', '.join(config['data']['datasets'])})"
+                )
     qb = config["report"].get("qualitative_bits")
     if qb is not None and qb not in config["bits"]:
-        raise ConfigError(f"config key 'report.qualitative_bits': '{qb}' is not one of bits "
-                          f"({', '.join(config['bits'])})")
+        raise ConfigError(
+            f"config key 'report.qualitative_bits': '{qb}' is not one of bits "
+            f"({', '.join(config['bits'])})"
+        )
     for name in config.get("method_options", {}):
         if name not in METHODS:
-            raise ConfigError(f"config key 'method_options.{name}': unknown method '{name}'; "
-                              f"known: {', '.join(METHODS.names())}")
+            raise ConfigError(
+                f"config key 'method_options.{name}': unknown method '{name}'; "
+                f"known: {', '.join(METHODS.names())}"
+            )
     return config
 
 

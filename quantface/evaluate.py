@@ -24,8 +24,20 @@ from quantface.restore import fit_to_model
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["model", "method", "bits", "w_bits", "a_bits", "dataset", "metric", "value",
-           "higher_is_better", "n_images", "seed", "note"]
+COLUMNS = [
+    "model",
+    "method",
+    "bits",
+    "w_bits",
+    "a_bits",
+    "dataset",
+    "metric",
+    "value",
+    "higher_is_better",
+    "n_images",
+    "seed",
+    "note",
+]
 
 
 def bit_columns(bits: str) -> tuple[float, float]:
@@ -53,8 +65,14 @@ def _paired(pred_files: list[Path], folder: Path) -> list[Path]:
 
 
 def evaluate_folder(
-    pred: Path, ref: Path | None, fp: Path | None, metrics: list[str], out: Path,
-    labels: dict[str, Any], weights_dir: Path, batch_size: int = 8,
+    pred: Path,
+    ref: Path | None,
+    fp: Path | None,
+    metrics: list[str],
+    out: Path,
+    labels: dict[str, Any],
+    weights_dir: Path,
+    batch_size: int = 8,
 ) -> pd.DataFrame:
     pred_files = list_images(pred)
     n = len(pred_files)
@@ -62,14 +80,27 @@ def evaluate_folder(
     rows = []
     for name in metrics:
         metric = METRICS.get(name)
-        base = {**labels, "w_bits": w_bits, "a_bits": a_bits, "metric": name,
-                "higher_is_better": metric.higher_is_better, "n_images": n}
+        base = {
+            **labels,
+            "w_bits": w_bits,
+            "a_bits": a_bits,
+            "metric": name,
+            "higher_is_better": metric.higher_is_better,
+            "n_images": n,
+        }
         missing = metric.missing_weights(weights_dir)
         if missing:
-            rows.append({**base, "value": math.nan,
-                         "note": f"skipped (weights absent: {missing[0]})"})
+            rows.append(
+                {**base, "value": math.nan, "note": f"skipped (weights absent: {missing[0]})"}
+            )
             log.warning("%s skipped: weights absent (%s under %s)", name, missing[0], weights_dir)
             continue
+        side = min(read_image(pred_files[0]).shape[:2])
+        if side < metric.min_size:
+            raise DataError(
+                f"metric '{name}' needs images of at least {metric.min_size} px; "
+                f"{pred_files[0]} is {side} px"
+            )
         other = {"fr": ref, "fidelity": fp}.get(metric.mode)
         if metric.mode in ("fr", "fidelity") and other is None:
             raise DataError(f"metric '{name}' needs --{'ref' if metric.mode == 'fr' else 'fp'}")
@@ -78,9 +109,12 @@ def evaluate_folder(
         note = metric.build(weights_dir)
         scores = []
         for s in range(0, n, batch_size):
-            x = _load_stack(pred_files[s:s + batch_size], None)
-            y = (_load_stack(other_files[s:s + batch_size], x.shape[-1])
-                 if other_files is not None else None)
+            x = _load_stack(pred_files[s : s + batch_size], None)
+            y = (
+                _load_stack(other_files[s : s + batch_size], x.shape[-1])
+                if other_files is not None
+                else None
+            )
             scores.append(metric.score(x, y))
         value = torch.cat(scores).mean().item()
         log.info("%s = %.4f over %d images (%.1f s)", name, value, n, time.perf_counter() - t0)

@@ -69,8 +69,6 @@ class Registry(Generic[T]):
 
 
 MODELS: Registry = Registry("model", ("quantface.models.tiny",))
-METHODS: Registry = Registry(
-    "method", ("quantface.methods.reference", "baselines.maxmin")
-)
+METHODS: Registry = Registry("method", ("quantface.methods.reference", "baselines.maxmin"))
 METRICS: Registry = Registry("metric", ("quantface.metrics.iqa",))
 DATASETS: Registry = Registry("dataset", ("quantface.data.datasets",))

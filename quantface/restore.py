@@ -27,24 +27,34 @@ def fit_to_model(img: torch.Tensor, size: int) -> torch.Tensor:
     if img.shape[-2:] == (size, size):
         return img
     mode = "area" if min(img.shape[-2:]) > size else "bicubic"
-    out = F.interpolate(img[None], size=(size, size), mode=mode,
-                        **({} if mode == "area" else {"align_corners": False}))
+    out = F.interpolate(
+        img[None],
+        size=(size, size),
+        mode=mode,
+        **({} if mode == "area" else {"align_corners": False}),
+    )
     return out[0].clamp(0, 1)
 
 
 @torch.no_grad()
-def restore_folder(model_path: str | Path, input_dir: str | Path, output_dir: str | Path,
-                   batch_size: int = 8) -> int:
+def restore_folder(
+    model_path: str | Path, input_dir: str | Path, output_dir: str | Path, batch_size: int = 8
+) -> int:
     bundle, _, meta = load_bundle(model_path)
     files = list_images(input_dir)
     size = bundle.image_size
     t0 = time.perf_counter()
     with atomic_dir(output_dir) as tmp:
         for start in tqdm(range(0, len(files), batch_size), desc="restore", disable=None):
-            chunk = files[start:start + batch_size]
+            chunk = files[start : start + batch_size]
             lq = torch.stack([fit_to_model(to_tensor(read_image(p)), size) for p in chunk])
             for path, img in zip(chunk, bundle.restore(lq)):
                 write_image(tmp / (path.stem + ".png"), to_uint8(img))
-    log.info("restored %d images with %s (%s) in %.1f s", len(files), model_path,
-             meta.get("method", "?"), time.perf_counter() - t0)
+    log.info(
+        "restored %d images with %s (%s) in %.1f s",
+        len(files),
+        model_path,
+        meta.get("method", "?"),
+        time.perf_counter() - t0,
+    )
     return len(files)

@@ -28,7 +28,10 @@ def detect_largest_face(image: np.ndarray) -> tuple[int, int, int, int]:
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float64) / 255.0
     side = min(gray.shape)
     found = _cascade.detect_multi_scale(
-        gray, scale_factor=1.2, step_ratio=1, min_size=(side // 10, side // 10),
+        gray,
+        scale_factor=1.2,
+        step_ratio=1,
+        min_size=(side // 10, side // 10),
         max_size=(side, side),
     )
     if not found:
@@ -45,6 +48,6 @@ def crop_face(image: np.ndarray, size: int) -> np.ndarray:
     top, left = int(cy - side / 2), int(cx - side / 2)
     pad = side
     padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REFLECT101)
-    crop = padded[top + pad:top + pad + side, left + pad:left + pad + side]
+    crop = padded[top + pad : top + pad + side, left + pad : left + pad + side]
     interp = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
     return cv2.resize(crop, (size, size), interpolation=interp)

@@ -37,8 +37,9 @@ def sample_seed(seed: int, index: int) -> list[int]:
     return [int(seed), int(index)]
 
 
-def _write_set(out_dir: Path, pairs: list[tuple[str, np.ndarray, np.ndarray | None]],
-               manifest: dict[str, Any]) -> dict[str, Any]:
+def _write_set(
+    out_dir: Path, pairs: list[tuple[str, np.ndarray, np.ndarray | None]], manifest: dict[str, Any]
+) -> dict[str, Any]:
     """Write all images and the manifest into a temp folder, then move it into place at once."""
     with atomic_dir(out_dir) as tmp:
         for name, lq, hq in pairs:
@@ -66,9 +67,17 @@ class SyntheticFaces:
             hq = generate_face(int(np.random.SeedSequence(ss).generate_state(1)[0]), size)
             lq = degrade(hq, np.random.default_rng(ss), deg)
             pairs.append((f"{i:05d}.png", lq, hq))
-        return _write_set(out_dir, pairs, {"dataset": "synthetic_faces", "paired": True,
-                                            "image_size": size, "seed": seed,
-                                            "degradation": deg.__dict__})
+        return _write_set(
+            out_dir,
+            pairs,
+            {
+                "dataset": "synthetic_faces",
+                "paired": True,
+                "image_size": size,
+                "seed": seed,
+                "degradation": deg.__dict__,
+            },
+        )
 
 
 @DATASETS.register("realworld_embedded")
@@ -89,19 +98,27 @@ class RealWorldEmbedded:
             gray = (faces[k] * 255).round().astype(np.uint8)
             img = cv2.resize(gray, (size, size), interpolation=cv2.INTER_CUBIC)
             pairs.append((f"lfw_{k:03d}.png", np.repeat(img[..., None], 3, axis=2), None))
-        return _write_set(out_dir, pairs, {
-            "dataset": "realworld_embedded", "paired": False, "image_size": size, "seed": seed,
-            "source": "scikit-image data: lfw_subset() faces (25x25, upscaled bicubic) and "
-                      "astronaut() (face detected with the LBP cascade and cropped)",
-        })
+        return _write_set(
+            out_dir,
+            pairs,
+            {
+                "dataset": "realworld_embedded",
+                "paired": False,
+                "image_size": size,
+                "seed": seed,
+                "source": "scikit-image data: lfw_subset() faces (25x25, upscaled bicubic) and "
+                "astronaut() (face detected with the LBP cascade and cropped)",
+            },
+        )
 
 
 def load_manifest(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     path = folder / MANIFEST
     if not path.is_file():
-        raise DataError(f"dataset folder {folder} has no {MANIFEST}; prepare it with "
-                        f"`quantface prepare-data`")
+        raise DataError(
+            f"dataset folder {folder} has no {MANIFEST}; prepare it with `quantface prepare-data`"
+        )
     return json.loads(path.read_text())
 
 
@@ -115,8 +132,10 @@ def check_dataset(folder: str | Path) -> dict[str, Any]:
         if names != manifest["files"]:
             missing = sorted(set(manifest["files"]) - set(names))
             extra = sorted(set(names) - set(manifest["files"]))
-            raise DataError(f"{folder / s}: files differ from {MANIFEST} (missing {missing[:5]}, "
-                            f"unexpected {extra[:5]})")
+            raise DataError(
+                f"{folder / s}: files differ from {MANIFEST} (missing {missing[:5]}, "
+                f"unexpected {extra[:5]})"
+            )
         for name in names:
             read_image(folder / s / name)
     return manifest

@@ -32,7 +32,7 @@ class DegradationConfig:
 def gaussian_kernel(size: int, sigma_x: float, sigma_y: float, theta: float) -> np.ndarray:
     """Normalised (an)isotropic Gaussian kernel rotated by theta (basicsr's bivariate Gaussian)."""
     half = size // 2
-    yy, xx = np.mgrid[-half:half + 1, -half:half + 1].astype(np.float64)
+    yy, xx = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float64)
     rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
     cov = rot @ np.diag([sigma_x**2, sigma_y**2]) @ rot.T
     inv = np.linalg.inv(cov)
@@ -47,7 +47,7 @@ def degrade(hq: np.ndarray, rng: np.random.Generator, cfg: DegradationConfig) ->
     scale = w / cfg.reference_size
     img = hq.astype(np.float32) / 255.0
     # Blur.
-    size = max(3, int(round(cfg.blur_kernel_size * scale)) | 1)
+    size = max(3, round(cfg.blur_kernel_size * scale) | 1)
     sx = rng.uniform(*cfg.blur_sigma) * scale
     if rng.random() < cfg.kernel_prob_iso:
         sy, theta = sx, 0.0
@@ -65,8 +65,11 @@ def degrade(hq: np.ndarray, rng: np.random.Generator, cfg: DegradationConfig) ->
     img = np.clip(img, 0, 1)
     # JPEG.
     quality = int(rng.uniform(*cfg.jpeg))
-    ok, buf = cv2.imencode(".jpg", (img * 255).round().astype(np.uint8)[..., ::-1],
-                           [int(cv2.IMWRITE_JPEG_QUALITY), quality])
+    ok, buf = cv2.imencode(
+        ".jpg",
+        (img * 255).round().astype(np.uint8)[..., ::-1],
+        [int(cv2.IMWRITE_JPEG_QUALITY), quality],
+    )
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     img = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32) / 255.0

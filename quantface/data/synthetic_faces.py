@@ -13,15 +13,34 @@ import cv2
 import numpy as np
 
 SKIN = np.array(
-    [[255, 224, 196], [241, 194, 160], [224, 172, 130], [198, 134, 96], [161, 102, 70],
-     [120, 75, 50], [90, 56, 38], [232, 190, 172]], dtype=np.float64,
+    [
+        [255, 224, 196],
+        [241, 194, 160],
+        [224, 172, 130],
+        [198, 134, 96],
+        [161, 102, 70],
+        [120, 75, 50],
+        [90, 56, 38],
+        [232, 190, 172],
+    ],
+    dtype=np.float64,
 )
 HAIR = np.array(
-    [[20, 16, 14], [60, 40, 30], [110, 75, 45], [170, 130, 80], [220, 190, 130],
-     [150, 60, 30], [200, 200, 200], [90, 90, 95]], dtype=np.float64,
+    [
+        [20, 16, 14],
+        [60, 40, 30],
+        [110, 75, 45],
+        [170, 130, 80],
+        [220, 190, 130],
+        [150, 60, 30],
+        [200, 200, 200],
+        [90, 90, 95],
+    ],
+    dtype=np.float64,
 )
-IRIS = np.array([[60, 40, 20], [90, 60, 30], [50, 90, 140], [70, 110, 70], [110, 100, 80]],
-                dtype=np.float64)
+IRIS = np.array(
+    [[60, 40, 20], [90, 60, 30], [50, 90, 140], [70, 110, 70], [110, 100, 80]], dtype=np.float64
+)
 
 
 def _col(c: np.ndarray) -> tuple[int, int, int]:
@@ -36,21 +55,27 @@ def _background(rng: np.random.Generator, s: int) -> np.ndarray:
     c1, c2 = rng.uniform(20, 235, size=3), rng.uniform(20, 235, size=3)
     angle = rng.uniform(0, np.pi)
     yy, xx = np.mgrid[0:s, 0:s] / s
-    t = (np.cos(angle) * xx + np.sin(angle) * yy)
+    t = np.cos(angle) * xx + np.sin(angle) * yy
     t = (t - t.min()) / (np.ptp(t) + 1e-9)
     img = c1[None, None] * (1 - t[..., None]) + c2[None, None] * t[..., None]
     kind = rng.integers(3)
     if kind == 1:  # stripes
         period = rng.uniform(0.05, 0.2) * s
-        img += 18 * np.sin(2 * np.pi * (xx * s * np.cos(angle) + yy * s * np.sin(angle)) / period)[..., None]
+        img += (
+            18
+            * np.sin(2 * np.pi * (xx * s * np.cos(angle) + yy * s * np.sin(angle)) / period)[
+                ..., None
+            ]
+        )
     elif kind == 2:  # blotchy low-frequency texture
         noise = rng.normal(0, 1, size=(8, 8, 3))
         img += 25 * cv2.resize(noise, (s, s), interpolation=cv2.INTER_CUBIC)
     return img
 
 
-def _shade(img: np.ndarray, mask: np.ndarray, color: np.ndarray, lighting: np.ndarray,
-           strength: float) -> None:
+def _shade(
+    img: np.ndarray, mask: np.ndarray, color: np.ndarray, lighting: np.ndarray, strength: float
+) -> None:
     """Fill `mask` with `color` lit by the directional `lighting` ramp (in [-1, 1])."""
     ys, xs = np.nonzero(mask)
     m = mask[ys, xs, None].astype(np.float64) / 255.0
@@ -78,38 +103,84 @@ def generate_face(seed: int, size: int = 128) -> np.ndarray:
     # Clothing / shoulders.
     cloth = rng.uniform(10, 240, size=3)
     mask = np.zeros((s, s), np.uint8)
-    cv2.ellipse(mask, (int(cx), int(s * 1.08)), (int(fw * 2.2), int(fh * 0.9)), 0, 0, 360, 255, -1,
-                cv2.LINE_AA)
+    cv2.ellipse(
+        mask,
+        (int(cx), int(s * 1.08)),
+        (int(fw * 2.2), int(fh * 0.9)),
+        0,
+        0,
+        360,
+        255,
+        -1,
+        cv2.LINE_AA,
+    )
     _shade(img, mask, cloth, light, 0.4)
     # Neck.
     mask[:] = 0
-    cv2.rectangle(mask, (int(cx - fw * 0.45), int(cy + fh * 0.5)),
-                  (int(cx + fw * 0.45), int(cy + fh * 1.3)), 255, -1)
+    cv2.rectangle(
+        mask,
+        (int(cx - fw * 0.45), int(cy + fh * 0.5)),
+        (int(cx + fw * 0.45), int(cy + fh * 1.3)),
+        255,
+        -1,
+    )
     _shade(img, mask, skin * 0.85, light, 0.4)
     # Hair behind the head.
     hair_style = rng.integers(4)  # 0 bald, 1 short, 2 long, 3 bun/volume
     if hair_style > 0:
         mask[:] = 0
         grow = {1: 1.08, 2: 1.2, 3: 1.3}[int(hair_style)]
-        cv2.ellipse(mask, (int(cx), int(cy - fh * 0.12)), (int(fw * grow), int(fh * grow * 0.95)),
-                    roll, 0, 360, 255, -1, cv2.LINE_AA)
+        cv2.ellipse(
+            mask,
+            (int(cx), int(cy - fh * 0.12)),
+            (int(fw * grow), int(fh * grow * 0.95)),
+            roll,
+            0,
+            360,
+            255,
+            -1,
+            cv2.LINE_AA,
+        )
         if hair_style == 2:
-            cv2.rectangle(mask, (int(cx - fw * 1.2), int(cy)), (int(cx + fw * 1.2),
-                          int(cy + fh * rng.uniform(0.8, 1.4))), 255, -1)
+            cv2.rectangle(
+                mask,
+                (int(cx - fw * 1.2), int(cy)),
+                (int(cx + fw * 1.2), int(cy + fh * rng.uniform(0.8, 1.4))),
+                255,
+                -1,
+            )
         _shade(img, mask, hair, light, 0.5)
     # Ears.
     for side in (-1, 1):
         mask[:] = 0
         ex = cx + side * fw * (0.98 - yaw * side)
-        cv2.ellipse(mask, (int(ex), int(cy + fh * 0.05)), (int(fw * 0.16), int(fh * 0.2)), 0, 0,
-                    360, 255, -1, cv2.LINE_AA)
+        cv2.ellipse(
+            mask,
+            (int(ex), int(cy + fh * 0.05)),
+            (int(fw * 0.16), int(fh * 0.2)),
+            0,
+            0,
+            360,
+            255,
+            -1,
+            cv2.LINE_AA,
+        )
         _shade(img, mask, skin * 0.92, light, 0.5)
     # Face.
     mask[:] = 0
     cv2.ellipse(mask, (int(cx), int(cy)), (int(fw), int(fh)), roll, 0, 360, 255, -1, cv2.LINE_AA)
     chin = rng.uniform(0.0, 0.25)
-    cv2.ellipse(mask, (int(cx), int(cy + fh * 0.35)), (int(fw * (0.8 + chin)), int(fh * 0.7)), roll,
-                0, 180, 255, -1, cv2.LINE_AA)
+    cv2.ellipse(
+        mask,
+        (int(cx), int(cy + fh * 0.35)),
+        (int(fw * (0.8 + chin)), int(fh * 0.7)),
+        roll,
+        0,
+        180,
+        255,
+        -1,
+        cv2.LINE_AA,
+    )
     _shade(img, mask, skin, light, rng.uniform(0.3, 0.7))
     face_mask = mask.copy()
     # Skin texture and freckles.
@@ -119,13 +190,22 @@ def generate_face(seed: int, size: int = 128) -> np.ndarray:
         for _ in range(int(rng.integers(15, 50))):
             px = cx + rng.normal(0, fw * 0.4)
             py = cy + rng.normal(fh * 0.05, fh * 0.15)
-            cv2.circle(img, (int(px), int(py)), int(rng.integers(1, 4)), _col(skin * 0.7), -1,
-                       cv2.LINE_AA)
+            cv2.circle(
+                img, (int(px), int(py)), int(rng.integers(1, 4)), _col(skin * 0.7), -1, cv2.LINE_AA
+            )
     # Fringe / bangs over the forehead.
     if hair_style in (1, 2, 3) and rng.random() < 0.6:
-        cv2.ellipse(img, (int(cx + rng.uniform(-0.2, 0.2) * fw), int(cy - fh * 0.78)),
-                    (int(fw * rng.uniform(0.7, 1.0)), int(fh * rng.uniform(0.25, 0.4))), roll, 0,
-                    180, _col(hair), -1, cv2.LINE_AA)
+        cv2.ellipse(
+            img,
+            (int(cx + rng.uniform(-0.2, 0.2) * fw), int(cy - fh * 0.78)),
+            (int(fw * rng.uniform(0.7, 1.0)), int(fh * rng.uniform(0.25, 0.4))),
+            roll,
+            0,
+            180,
+            _col(hair),
+            -1,
+            cv2.LINE_AA,
+        )
 
     rot = np.deg2rad(roll)
 
@@ -144,18 +224,44 @@ def generate_face(seed: int, size: int = 128) -> np.ndarray:
     brow_col = _col(hair * 0.8)
     for side in (-1, 1):
         ex, ey = place(side * eye_dx, eye_dy)
-        cv2.ellipse(img, (ex, ey), (int(eye_w), int(eye_h)), roll, 0, 360, (245, 245, 240), -1,
-                    cv2.LINE_AA)
+        cv2.ellipse(
+            img, (ex, ey), (int(eye_w), int(eye_h)), roll, 0, 360, (245, 245, 240), -1, cv2.LINE_AA
+        )
         cv2.circle(img, (ex + int(yaw * eye_w), ey), int(eye_h * 0.95), _col(iris), -1, cv2.LINE_AA)
-        cv2.circle(img, (ex + int(yaw * eye_w), ey), int(eye_h * 0.45), (15, 10, 10), -1,
-                   cv2.LINE_AA)
-        cv2.circle(img, (ex + int(yaw * eye_w) + int(eye_h * 0.3), ey - int(eye_h * 0.3)),
-                   max(1, int(eye_h * 0.18)), (255, 255, 255), -1, cv2.LINE_AA)
-        cv2.ellipse(img, (ex, ey), (int(eye_w), int(eye_h)), roll, 180, 360, _col(skin * 0.45),
-                    max(1, int(s / 128)), cv2.LINE_AA)
+        cv2.circle(
+            img, (ex + int(yaw * eye_w), ey), int(eye_h * 0.45), (15, 10, 10), -1, cv2.LINE_AA
+        )
+        cv2.circle(
+            img,
+            (ex + int(yaw * eye_w) + int(eye_h * 0.3), ey - int(eye_h * 0.3)),
+            max(1, int(eye_h * 0.18)),
+            (255, 255, 255),
+            -1,
+            cv2.LINE_AA,
+        )
+        cv2.ellipse(
+            img,
+            (ex, ey),
+            (int(eye_w), int(eye_h)),
+            roll,
+            180,
+            360,
+            _col(skin * 0.45),
+            max(1, int(s / 128)),
+            cv2.LINE_AA,
+        )
         bx, by = place(side * eye_dx, eye_dy - fh * rng.uniform(0.1, 0.16))
-        cv2.ellipse(img, (bx, by), (int(eye_w * 1.3), int(eye_h * 1.2)), roll, 200, 340, brow_col,
-                    brow_thick, cv2.LINE_AA)
+        cv2.ellipse(
+            img,
+            (bx, by),
+            (int(eye_w * 1.3), int(eye_h * 1.2)),
+            roll,
+            200,
+            340,
+            brow_col,
+            brow_thick,
+            cv2.LINE_AA,
+        )
     # Nose.
     nose_len = fh * rng.uniform(0.18, 0.3)
     nx, ny = place(0, eye_dy + nose_len)
@@ -170,20 +276,48 @@ def generate_face(seed: int, size: int = 128) -> np.ndarray:
     lip = _col(_jitter(rng, np.array([170.0, 80.0, 80.0]), 20) * (0.6 + 0.4 * skin / 255))
     mouth = rng.integers(3)
     if mouth == 2:  # open, teeth showing
-        cv2.ellipse(img, (mx, my), (mw, int(mw * 0.45)), roll, 0, 180, (60, 20, 25), -1,
-                    cv2.LINE_AA)
-        cv2.ellipse(img, (mx, my), (int(mw * 0.85), int(mw * 0.18)), roll, 0, 180, (240, 240, 230),
-                    -1, cv2.LINE_AA)
+        cv2.ellipse(
+            img, (mx, my), (mw, int(mw * 0.45)), roll, 0, 180, (60, 20, 25), -1, cv2.LINE_AA
+        )
+        cv2.ellipse(
+            img,
+            (mx, my),
+            (int(mw * 0.85), int(mw * 0.18)),
+            roll,
+            0,
+            180,
+            (240, 240, 230),
+            -1,
+            cv2.LINE_AA,
+        )
         cv2.ellipse(img, (mx, my), (mw, int(mw * 0.45)), roll, 0, 180, lip, 3, cv2.LINE_AA)
     else:
         curve = 0.35 if mouth == 1 else 0.12
-        cv2.ellipse(img, (mx, my), (mw, int(mw * curve)), roll, 0, 180, lip,
-                    max(2, int(fw * 0.06)), cv2.LINE_AA)
+        cv2.ellipse(
+            img,
+            (mx, my),
+            (mw, int(mw * curve)),
+            roll,
+            0,
+            180,
+            lip,
+            max(2, int(fw * 0.06)),
+            cv2.LINE_AA,
+        )
     # Beard stubble and glasses.
     if rng.random() < 0.2:
         beard = np.zeros((s, s), np.uint8)
-        cv2.ellipse(beard, (int(cx), int(cy + fh * 0.45)), (int(fw * 0.9), int(fh * 0.55)), roll, 0,
-                    180, 255, -1, cv2.LINE_AA)
+        cv2.ellipse(
+            beard,
+            (int(cx), int(cy + fh * 0.45)),
+            (int(fw * 0.9), int(fh * 0.55)),
+            roll,
+            0,
+            180,
+            255,
+            -1,
+            cv2.LINE_AA,
+        )
         beard = (beard.astype(np.float64) / 255) * (face_mask / 255) * 0.5
         dots = (rng.random((s, s)) < 0.35).astype(np.float64) * beard
         img[:] = img * (1 - dots[..., None]) + hair[None, None] * 0.7 * dots[..., None]
@@ -191,8 +325,17 @@ def generate_face(seed: int, size: int = 128) -> np.ndarray:
         frame = _col(rng.uniform(0, 120, size=3))
         for side in (-1, 1):
             ex, ey = place(side * eye_dx, eye_dy)
-            cv2.ellipse(img, (ex, ey), (int(eye_w * 1.5), int(eye_h * 2.6)), roll, 0, 360, frame,
-                        max(2, int(s / 90)), cv2.LINE_AA)
+            cv2.ellipse(
+                img,
+                (ex, ey),
+                (int(eye_w * 1.5), int(eye_h * 2.6)),
+                roll,
+                0,
+                360,
+                frame,
+                max(2, int(s / 90)),
+                cv2.LINE_AA,
+            )
         a, b = place(-eye_dx + eye_w * 1.5, eye_dy), place(eye_dx - eye_w * 1.5, eye_dy)
         cv2.line(img, a, b, frame, max(2, int(s / 90)), cv2.LINE_AA)
 

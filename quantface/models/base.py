@@ -21,7 +21,9 @@ from quantface.quant.layers import quant_sites
 def alpha_bar(t: int, beta_start: float = 0.00085, beta_end: float = 0.012, steps: int = 1000):
     """SD-2.1's cumulative alpha at timestep t (scaled-linear schedule), from diffusers itself."""
     sched = DDPMScheduler(
-        num_train_timesteps=steps, beta_start=beta_start, beta_end=beta_end,
+        num_train_timesteps=steps,
+        beta_start=beta_start,
+        beta_end=beta_end,
         beta_schedule="scaled_linear",
     )
     return float(sched.alphas_cumprod[t])

@@ -26,7 +26,10 @@ VERSION = 1
 
 
 def save_bundle(
-    bundle: RestorerBundle, path: str | Path, *, layout: dict[str, LayerQuant] | None = None,
+    bundle: RestorerBundle,
+    path: str | Path,
+    *,
+    layout: dict[str, LayerQuant] | None = None,
     meta: dict[str, Any] | None = None,
 ) -> None:
     payload = {

@@ -11,22 +11,40 @@ It is trained end to end by `quantface train` (see `models/train.py`) on synthet
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import Tensor, nn
 
+from quantface.errors import ConfigError, WeightsMissingError
 from quantface.models.base import RestorerBundle
 from quantface.registry import MODELS
 
+PRETRAINED_VAE = Path(__file__).parent / "assets" / "tiny_vae.safetensors"
+VAE_KEYS = (
+    "image_size",
+    "vae_channels",
+    "vae_layers_per_block",
+    "vae_norm_groups",
+    "vae_attention",
+    "latent_channels",
+)
+
 DEFAULT_ARCH: dict[str, Any] = {
     "image_size": 128,
-    "vae_channels": [16, 32, 64],
-    "latent_channels": 4,
+    "vae_channels": [32, 32, 32],
+    "vae_layers_per_block": 0,
+    "vae_norm_groups": 1,
+    "latent_channels": 8,
+    "vae_attention": False,
+    "unet_norm_groups": 8,
     "unet_channels": [32, 64, 64],
     "context_dim": 64,
     "attention_head_dim": 8,
     "embed_tokens_side": 8,
+    "pretrained_vae": True,  # start from the shipped pretrained VAE (like OSDFace's SD VAE)
     "timestep": 399,
     "latent_scale": 0.18215,
 }
@@ -39,13 +57,19 @@ class VisualPromptEmbedder(nn.Module):
         super().__init__()
         c = context_dim
         self.encoder = nn.Sequential(
-            nn.Conv2d(3, c // 2, 3, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(c // 2, c, 3, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(c, c, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(3, c // 2, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(c // 2, c, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(c, c, 3, stride=2, padding=1),
+            nn.SiLU(),
             nn.AdaptiveAvgPool2d(tokens_side),
         )
         self.project = nn.Sequential(
-            nn.Conv1d(c, c, 1), nn.SiLU(), nn.Conv1d(c, c, 1), nn.SiLU(),
+            nn.Conv1d(c, c, 1),
+            nn.SiLU(),
+            nn.Conv1d(c, c, 1),
+            nn.SiLU(),
         )
 
     def forward(self, lq: Tensor) -> Tensor:
@@ -63,27 +87,55 @@ class TinyRestorer(RestorerBundle):
         cfg = {**DEFAULT_ARCH, **(config or {})}
         super().__init__(cfg)
         vc, uc = cfg["vae_channels"], cfg["unet_channels"]
-        groups = min(16, vc[0], uc[0])
         self.vae = AutoencoderKL(
-            in_channels=3, out_channels=3,
+            in_channels=3,
+            out_channels=3,
             down_block_types=("DownEncoderBlock2D",) * len(vc),
             up_block_types=("UpDecoderBlock2D",) * len(vc),
-            block_out_channels=tuple(vc), layers_per_block=1,
-            latent_channels=cfg["latent_channels"], norm_num_groups=groups,
+            block_out_channels=tuple(vc),
+            layers_per_block=cfg["vae_layers_per_block"],
+            latent_channels=cfg["latent_channels"],
+            norm_num_groups=cfg["vae_norm_groups"],
             sample_size=cfg["image_size"],
+            mid_block_add_attention=cfg["vae_attention"],
         )
         n = len(uc)
         self.unet = UNet2DConditionModel(
             sample_size=cfg["image_size"] // 2 ** (len(vc) - 1),
-            in_channels=cfg["latent_channels"], out_channels=cfg["latent_channels"],
-            block_out_channels=tuple(uc), layers_per_block=1,
+            in_channels=cfg["latent_channels"],
+            out_channels=cfg["latent_channels"],
+            block_out_channels=tuple(uc),
+            layers_per_block=1,
             down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
             up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
-            cross_attention_dim=cfg["context_dim"], attention_head_dim=cfg["attention_head_dim"],
-            norm_num_groups=groups,
+            cross_attention_dim=cfg["context_dim"],
+            attention_head_dim=cfg["attention_head_dim"],
+            norm_num_groups=cfg["unet_norm_groups"],
         )
         # Zero-initialised noise head: at step 0 the restorer is "decode(encode(lq))", so training
         # starts from a sensible image instead of decoding a random UNet output.
         nn.init.zeros_(self.unet.conv_out.weight)
         nn.init.zeros_(self.unet.conv_out.bias)
         self.embedder = VisualPromptEmbedder(cfg["context_dim"], cfg["embed_tokens_side"])
+
+    def vae_arch(self) -> dict[str, Any]:
+        return {k: self.config[k] for k in VAE_KEYS}
+
+    def load_pretrained_vae(self, path: Path = PRETRAINED_VAE) -> None:
+        """Load the shipped VAE (made by `quantface pretrain-vae`) if the architecture matches."""
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        if not path.is_file():
+            raise WeightsMissingError(
+                f"pretrained tiny VAE not found: {path}; recreate it with "
+                f"`quantface pretrain-vae --out {path}`"
+            )
+        with safe_open(str(path), "pt") as f:
+            saved = json.loads(f.metadata()["arch"])
+        if saved != json.loads(json.dumps(self.vae_arch())):
+            raise ConfigError(
+                f"model.arch does not match the pretrained VAE {path.name} "
+                f"({saved}); set model.arch.pretrained_vae: false to train one"
+            )
+        self.vae.load_state_dict(load_file(str(path)))

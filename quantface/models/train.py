@@ -31,9 +31,9 @@ from quantface.registry import MODELS
 log = logging.getLogger(__name__)
 
 DEFAULT_TRAIN: dict[str, Any] = {
-    "vae_steps": 400,
+    "vae_steps": 800,
     "latent_steps": 300,
-    "pixel_steps": 60,
+    "pixel_steps": 100,
     "batch_size": 8,
     "crop": 64,
     "lr": 2.0e-3,
@@ -62,8 +62,8 @@ class PairSampler:
         lq_t = torch.stack([to_tensor(im) for im in lq])
         if crop and crop < hq_t.shape[-1]:
             y, x = (int(v) for v in self.rng.integers(0, hq_t.shape[-1] - crop + 1, size=2))
-            hq_t = hq_t[..., y:y + crop, x:x + crop]
-            lq_t = lq_t[..., y:y + crop, x:x + crop]
+            hq_t = hq_t[..., y : y + crop, x : x + crop]
+            lq_t = lq_t[..., y : y + crop, x : x + crop]
         return lq_t, hq_t
 
 
@@ -88,12 +88,39 @@ def _run_stage(name: str, steps: int, params: list, lr: float, loss_fn) -> None:
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if step % 50 == 0 or step == steps - 1:
-            log.info("%s step %d/%d loss %.4f (%.1f s)", name, step + 1, steps, loss.item(),
-                     time.perf_counter() - t0)
+            log.info(
+                "%s step %d/%d loss %.4f (%.1f s)",
+                name,
+                step + 1,
+                steps,
+                loss.item(),
+                time.perf_counter() - t0,
+            )
+
+
+def train_vae(
+    model: RestorerBundle,
+    data: PairSampler,
+    steps: int,
+    batch_size: int,
+    crop: int | None,
+    lr: float,
+) -> None:
+    """Autoencoding stage: L1 reconstruction of LQ and HQ faces."""
+
+    def vae_loss() -> torch.Tensor:
+        lq, hq = data.batch(batch_size // 2, crop)
+        x = torch.cat([lq, hq])
+        return (model.decode(model.encode(x), clamp=False) - x).abs().mean()
+
+    _run_stage("vae", steps, list(model.vae.parameters()), lr, vae_loss)
 
 
 def train_restorer(
-    model_name: str, arch: dict[str, Any], train: dict[str, Any], degradation: dict[str, Any],
+    model_name: str,
+    arch: dict[str, Any],
+    train: dict[str, Any],
+    degradation: dict[str, Any],
     seed: int,
 ) -> RestorerBundle:
     opts = {**DEFAULT_TRAIN, **train}
@@ -103,12 +130,11 @@ def train_restorer(
     bs, crop, lr = int(opts["batch_size"]), int(opts["crop"]), float(opts["lr"])
     model.train()
 
-    def vae_loss() -> torch.Tensor:
-        lq, hq = data.batch(bs // 2, crop)
-        x = torch.cat([lq, hq])
-        return (model.decode(model.encode(x), clamp=False) - x).abs().mean()
-
-    _run_stage("vae", int(opts["vae_steps"]), list(model.vae.parameters()), lr, vae_loss)
+    if model.config.get("pretrained_vae"):
+        model.load_pretrained_vae()
+        log.info("VAE: pretrained weights loaded (stage 1 skipped)")
+    else:
+        train_vae(model, data, int(opts["vae_steps"]), bs, crop, lr)
 
     model.vae.requires_grad_(False)
 
@@ -132,3 +158,15 @@ def train_restorer(
     model.requires_grad_(True)
     model.eval()
     return model
+
+
+def pretrain_vae(
+    arch: dict[str, Any], steps: int, seed: int, pool_size: int = 512
+) -> RestorerBundle:
+    """Train only the VAE on full-size faces: the shipped `tiny_vae.safetensors` is made by this."""
+    torch.manual_seed(seed)
+    model: RestorerBundle = MODELS.get("tiny")({**arch, "pretrained_vae": False})
+    data = PairSampler(model.image_size, {**DEFAULT_TRAIN, "pool_size": pool_size}, {}, seed)
+    model.train()
+    train_vae(model, data, steps, DEFAULT_TRAIN["batch_size"], None, DEFAULT_TRAIN["lr"])
+    return model.eval()

@@ -19,8 +19,13 @@ from quantface.quant.quantizer import QuantSpec
 
 
 def standard_layout(
-    sites: Mapping[str, str], plan: BitPlan, *, weight_symmetric: bool = False,
-    act_symmetric: bool = False, act_dynamic: bool = False, act_granularity: str = "tensor",
+    sites: Mapping[str, str],
+    plan: BitPlan,
+    *,
+    weight_symmetric: bool = False,
+    act_symmetric: bool = False,
+    act_dynamic: bool = False,
+    act_granularity: str = "tensor",
 ) -> dict[str, LayerQuant]:
     """DESIGN §5 defaults: weights per output channel, activations per tensor (static).
 
@@ -30,11 +35,13 @@ def standard_layout(
     for name, bits in plan.items():
         kind = sites[name]
         act_dim = 1 if kind == "conv2d" else -1
-        a = QuantSpec(bits.a_bits, act_symmetric, act_granularity, dynamic=act_dynamic,
-                      channel_dim=act_dim)
+        a = QuantSpec(
+            bits.a_bits, act_symmetric, act_granularity, dynamic=act_dynamic, channel_dim=act_dim
+        )
         if kind == "matmul":
-            w = QuantSpec(bits.a_bits, act_symmetric, act_granularity, dynamic=act_dynamic,
-                          channel_dim=-1)
+            w = QuantSpec(
+                bits.a_bits, act_symmetric, act_granularity, dynamic=act_dynamic, channel_dim=-1
+            )
         else:
             w = QuantSpec(bits.w_bits, weight_symmetric, "channel", channel_dim=0)
         layout[name] = LayerQuant(kind, a, w)
@@ -94,8 +101,10 @@ def set_activation_ranges(
             q.set_range(stats["min"], stats["max"])
             continue
         if q.spec.granularity != "tensor":
-            raise ValueError(f"{qname}: static activation ranges are per tensor; use dynamic for "
-                             f"per-{q.spec.granularity} activations")
+            raise ValueError(
+                f"{qname}: static activation ranges are per tensor; use dynamic for "
+                f"per-{q.spec.granularity} activations"
+            )
         obs = make_observer(observer, q.spec, **kwargs)
         obs.update(stats["rows"])
         q.set_range(*obs.compute())

@@ -51,7 +51,10 @@ class StatsObserver:
         if self.ch_min is None:
             self.ch_min, self.ch_max = lo, hi
         else:
-            self.ch_min, self.ch_max = torch.minimum(self.ch_min, lo), torch.maximum(self.ch_max, hi)
+            self.ch_min, self.ch_max = (
+                torch.minimum(self.ch_min, lo),
+                torch.maximum(self.ch_max, hi),
+            )
         self.min, self.max = self.ch_min.min(), self.ch_max.max()
         take = min(self.sample_rows, rows.shape[0])
         idx = torch.randperm(rows.shape[0], generator=self.gen)[:take]
@@ -61,8 +64,13 @@ class StatsObserver:
         rows = torch.cat(self.rows)
         if rows.shape[0] > self.sample_rows:
             rows = rows[torch.randperm(rows.shape[0], generator=self.gen)[: self.sample_rows]]
-        return {"min": self.min, "max": self.max, "ch_min": self.ch_min, "ch_max": self.ch_max,
-                "rows": rows}
+        return {
+            "min": self.min,
+            "max": self.max,
+            "ch_min": self.ch_min,
+            "ch_max": self.ch_max,
+            "rows": rows,
+        }
 
 
 @dataclass
@@ -101,7 +109,10 @@ def _operand_names(kind: str) -> tuple[str, str]:
 
 @torch.no_grad()
 def collect_calibration(
-    bundle: RestorerBundle, images: Tensor, batch_size: int = 8, sample_rows: int = 512,
+    bundle: RestorerBundle,
+    images: Tensor,
+    batch_size: int = 8,
+    sample_rows: int = 512,
     seed: int = 0,
 ) -> CalibrationSet:
     """Run the FP bundle on `images` with pass-through observers at every site."""
@@ -128,11 +139,11 @@ def collect_calibration(
             observers[f"{site}.{operand}"] = obs
         t0 = time.perf_counter()
         for start in tqdm(range(0, len(images), batch_size), desc="calibrate", disable=None):
-            bundle.restore(images[start:start + batch_size])
-        log.info("calibration forward over %d images: %.1f s", len(images),
-                 time.perf_counter() - t0)
+            bundle.restore(images[start : start + batch_size])
+        log.info(
+            "calibration forward over %d images: %.1f s", len(images), time.perf_counter() - t0
+        )
     finally:
         unwrap_model(bundle)
     stats = {name: obs.result() for name, obs in observers.items()}
-    return CalibrationSet(images, stats, {"sites": sites, "sample_rows": sample_rows,
-                                          "seed": seed})
+    return CalibrationSet(images, stats, {"sites": sites, "sample_rows": sample_rows, "seed": seed})

@@ -82,11 +82,18 @@ def cost_table(bundle: RestorerBundle, plan: BitPlan) -> dict[str, Any]:
         if isinstance(mod, QuantLayerMixin):
             weight_bits[id(mod.weight)] = w_bits
         m = macs.get(name, 0)
-        rows.append({
-            "layer": name, "kind": kind, "params": params, "w_bits": w_bits, "a_bits": a_bits,
-            "param_bits": params * w_bits + qparam_bits, "macs": m,
-            "bops": m * (a_bits * a_bits if kind == "matmul" else w_bits * a_bits),
-        })
+        rows.append(
+            {
+                "layer": name,
+                "kind": kind,
+                "params": params,
+                "w_bits": w_bits,
+                "a_bits": a_bits,
+                "param_bits": params * w_bits + qparam_bits,
+                "macs": m,
+                "bops": m * (a_bits * a_bits if kind == "matmul" else w_bits * a_bits),
+            }
+        )
     params = list(bundle.parameters())
     total_params = sum(p.numel() for p in params)
     param_bits = sum(p.numel() * weight_bits.get(id(p), FP_BITS) for p in params)
@@ -99,9 +106,7 @@ def cost_table(bundle: RestorerBundle, plan: BitPlan) -> dict[str, Any]:
         "rows": rows,
         "total": {
             "params": total_params,
-            "quantized_weight_params": sum(
-                p.numel() for p in params if id(p) in weight_bits
-            ),
+            "quantized_weight_params": sum(p.numel() for p in params if id(p) in weight_bits),
             "param_bits": int(param_bits),
             "fp32_param_bits": fp_bits,
             "size_bytes": int(param_bits) // 8,

@@ -200,13 +200,13 @@ def wrap_model(root: nn.Module, layout: dict[str, LayerQuant]) -> None:
         parent, attr = _parent(root, name)
         if lq.kind == "matmul":
             if not isinstance(parent, Attention):
-                raise KeyError(f"matmul site {name} is not inside a diffusers Attention")
+                raise TypeError(f"matmul site {name} is not inside a diffusers Attention")
             parent.add_module(attr, QuantMatMul(lq))
             parent.set_processor(_QUANT_PROCESSOR)
             continue
         mod = getattr(parent, attr)
         if isinstance(mod, QuantLayerMixin):
-            raise ValueError(f"layer {name} is already quantized")
+            raise TypeError(f"layer {name} is already quantized")
         setattr(parent, attr, _QUANT_CLS[lq.kind].from_float(mod, lq))
 
 

@@ -66,7 +66,11 @@ class MSEObserver(MinMaxObserver):
     """
 
     def __init__(
-        self, spec: QuantSpec, p: float = 2.4, steps: int = 80, step: float = 0.01,
+        self,
+        spec: QuantSpec,
+        p: float = 2.4,
+        steps: int = 80,
+        step: float = 0.01,
         max_rows: int = 4096,
     ) -> None:
         super().__init__(spec)

@@ -67,9 +67,7 @@ def fake_quant(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: in
     return (q - zero_point) * scale
 
 
-def qparams_from_range(
-    xmin: Tensor, xmax: Tensor, spec: QuantSpec
-) -> tuple[Tensor, Tensor]:
+def qparams_from_range(xmin: Tensor, xmax: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
     """(Δ, z) covering [xmin, xmax]; the range always contains 0 so zero is exactly representable.
 
     Non-finite bounds are zeroed and a degenerate (constant) range gets a tiny positive step, so a

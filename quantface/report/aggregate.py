@@ -18,9 +18,22 @@ from quantface.evaluate import COLUMNS
 from quantface.io import atomic_path
 
 KEY = ["model", "method", "bits", "dataset", "metric"]
-COST_COLUMNS = ["model", "method", "bits", "params", "quantized_weight_params", "param_bits",
-                "fp32_param_bits", "size_bytes", "param_bits_reduction", "macs", "bops",
-                "fp32_bops", "bops_reduction", "calibration_seconds"]
+COST_COLUMNS = [
+    "model",
+    "method",
+    "bits",
+    "params",
+    "quantized_weight_params",
+    "param_bits",
+    "fp32_param_bits",
+    "size_bytes",
+    "param_bits_reduction",
+    "macs",
+    "bops",
+    "fp32_bops",
+    "bops_reduction",
+    "calibration_seconds",
+]
 
 
 def _write(df: pd.DataFrame, out: Path) -> None:
@@ -61,9 +74,15 @@ def aggregate_costs(paths: list[Path], out: Path) -> pd.DataFrame:
         except (OSError, json.JSONDecodeError) as e:
             raise DataError(f"cannot read cost file {p}: {e}") from e
         model = p.parts[-4] if len(p.parts) >= 4 else ""
-        rows.append({"model": cost.get("model", model), "method": cost["method"],
-                     "bits": cost["bits"], **cost["total"],
-                     "calibration_seconds": cost.get("calibration_seconds", 0.0)})
+        rows.append(
+            {
+                "model": cost.get("model", model),
+                "method": cost["method"],
+                "bits": cost["bits"],
+                **cost["total"],
+                "calibration_seconds": cost.get("calibration_seconds", 0.0),
+            }
+        )
     df = pd.DataFrame(rows, columns=COST_COLUMNS)
     df = df.drop_duplicates(subset=["model", "method", "bits"], keep="last")
     df = df.sort_values(["model", "method", "bits"], kind="stable").reset_index(drop=True)

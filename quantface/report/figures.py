@@ -13,12 +13,12 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
-from quantface.io import atomic_path, list_images, read_image  # noqa: E402
-from quantface.report.aggregate import read_metrics  # noqa: E402
-from quantface.report.tables import METRIC_LABELS, REFERENCE_ROWS, _bits_key  # noqa: E402
+from quantface.io import atomic_path, list_images, read_image
+from quantface.report.aggregate import read_metrics
+from quantface.report.tables import METRIC_LABELS, REFERENCE_ROWS, _bits_key
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
@@ -45,17 +45,27 @@ def quality_vs_bits(df: pd.DataFrame, dataset: str, out: Path) -> Path | None:
         for ref, style in (("fp", "--"), ("input", ":")):
             v = m[m["method"] == ref]["value"]
             if not v.empty:
-                ax.axhline(v.iloc[0], color="k", ls=style, lw=1, label=ref.upper() if ref == "fp"
-                           else "input (LQ)")
+                ax.axhline(
+                    v.iloc[0],
+                    color="k",
+                    ls=style,
+                    lw=1,
+                    label=ref.upper() if ref == "fp" else "input (LQ)",
+                )
         hib = bool(m["higher_is_better"].iloc[0])
         ax.set_title(f"{METRIC_LABELS.get(metric, metric)} {'↑' if hib else '↓'}")
         ax.tick_params(axis="x", labelsize=8)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(metrics):]:
+    for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)),
-               bbox_to_anchor=(0.5, -0.02 - 0.02 * rows))
+    fig.legend(
+        handles,
+        labels,
+        loc="lower center",
+        ncol=min(6, len(labels)),
+        bbox_to_anchor=(0.5, -0.02 - 0.02 * rows),
+    )
     fig.suptitle(f"Quality vs bit setting on {dataset} (simulated quantization)")
     fig.tight_layout()
     path = out / f"quality_vs_bits_{dataset}.png"
@@ -69,8 +79,9 @@ def qualitative_grid(spec: dict[str, Any], out: Path) -> Path | None:
     if not columns:
         return None
     names = [p.name for p in list_images(columns[0][1])][: int(spec.get("n_images", 4))]
-    fig, axes = plt.subplots(len(names), len(columns),
-                             figsize=(1.6 * len(columns), 1.6 * len(names)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(names), len(columns), figsize=(1.6 * len(columns), 1.6 * len(names)), squeeze=False
+    )
     for r, name in enumerate(names):
         for c, (label, folder) in enumerate(columns):
             ax = axes[r][c]
@@ -79,8 +90,11 @@ def qualitative_grid(spec: dict[str, Any], out: Path) -> Path | None:
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(label, fontsize=8)
-    fig.suptitle(f"{spec.get('dataset', '')}: methods at {spec.get('bits', '').upper()} "
-                 f"(simulated quantization)", fontsize=9)
+    fig.suptitle(
+        f"{spec.get('dataset', '')}: methods at {spec.get('bits', '').upper()} "
+        f"(simulated quantization)",
+        fontsize=9,
+    )
     fig.tight_layout()
     path = out / f"qualitative_{spec.get('dataset', 'grid')}.png"
     _save(fig, path)

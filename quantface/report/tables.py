@@ -21,16 +21,32 @@ from quantface.report.aggregate import read_metrics
 REFERENCE_ROWS = ("input", "fp")
 BIT_ORDER = ("fp32", "w8a8", "w6a6", "w4a8", "w4a6", "w4a4")
 METRIC_LABELS = {
-    "psnr": "PSNR", "ssim": "SSIM", "ms_ssim": "MS-SSIM", "fsim": "FSIM", "gmsd": "GMSD",
-    "vif": "VIF", "niqe": "NIQE", "piqe": "PIQE", "psnr_fp": "PSNR-FP", "lpips": "LPIPS",
-    "dists": "DISTS", "musiq": "MUSIQ", "maniqa": "MANIQA", "clipiqa": "CLIP-IQA",
+    "psnr": "PSNR",
+    "ssim": "SSIM",
+    "ms_ssim": "MS-SSIM",
+    "fsim": "FSIM",
+    "gmsd": "GMSD",
+    "vif": "VIF",
+    "niqe": "NIQE",
+    "piqe": "PIQE",
+    "psnr_fp": "PSNR-FP",
+    "lpips": "LPIPS",
+    "dists": "DISTS",
+    "musiq": "MUSIQ",
+    "maniqa": "MANIQA",
+    "clipiqa": "CLIP-IQA",
 }
 CONVENTIONS = (
-    "Quantization is simulated (fake-quant in FP32): uniform integer grids, weights per output "
-    "channel, activations per tensor (static) unless a method's paper says otherwise; attention "
-    "QK^T and AV quantized at the activation bit-width; the visual prompt embedder stays FP.",
-    "input = the degraded LQ image itself; PSNR-FP = PSNR of a quantized model's output against "
-    "the FP model's output (the damage done by quantization alone).",
+    (
+        "Quantization is simulated (fake-quant in FP32): uniform integer grids, weights per "
+        "output channel, activations per tensor (static) unless a method's paper says otherwise; "
+        "attention QK^T and AV quantized at the activation bit-width; the visual prompt embedder "
+        "stays FP."
+    ),
+    (
+        "input = the degraded LQ image itself; PSNR-FP = PSNR of a quantized model's output "
+        "against the FP model's output (the damage done by quantization alone)."
+    ),
 )
 
 
@@ -46,8 +62,9 @@ def _bits_key(bits: str) -> tuple[int, str]:
 def _fmt(value: float, metric: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    return f"{value:.2f}" if metric in ("psnr", "psnr_fp", "piqe", "niqe", "musiq") else \
-        f"{value:.4f}"
+    return (
+        f"{value:.2f}" if metric in ("psnr", "psnr_fp", "piqe", "niqe", "musiq") else f"{value:.4f}"
+    )
 
 
 def build_table(df: pd.DataFrame, datasets: list[str]) -> tuple[pd.DataFrame, dict]:
@@ -57,8 +74,9 @@ def build_table(df: pd.DataFrame, datasets: list[str]) -> tuple[pd.DataFrame, di
         return pd.DataFrame(), {}
     metric_order = list(dict.fromkeys(sub["metric"]))
     hib = dict(zip(sub["metric"], sub["higher_is_better"].astype(bool)))
-    wide = sub.pivot_table(index=["bits", "method"], columns=["dataset", "metric"],
-                           values="value", aggfunc="first", dropna=False)
+    wide = sub.set_index(["bits", "method", "dataset", "metric"])["value"].unstack(
+        ["dataset", "metric"]
+    )
     cols = [(d, m) for d in datasets for m in metric_order if (d, m) in wide.columns]
     wide = wide.reindex(columns=pd.MultiIndex.from_tuples(cols))
 
@@ -70,9 +88,16 @@ def build_table(df: pd.DataFrame, datasets: list[str]) -> tuple[pd.DataFrame, di
 
     wide = wide.loc[sorted(wide.index, key=row_key)]
     skipped = sub[sub["note"].str.startswith("skipped", na=False)]
-    marks: dict = {"hib": hib, "rank": {}, "skipped": dict(zip(
-        zip(skipped["bits"], skipped["method"], skipped["dataset"], skipped["metric"]),
-        skipped["note"]))}
+    marks: dict = {
+        "hib": hib,
+        "rank": {},
+        "skipped": dict(
+            zip(
+                zip(skipped["bits"], skipped["method"], skipped["dataset"], skipped["metric"]),
+                skipped["note"],
+            )
+        ),
+    }
     for bits, block in wide.groupby(level="bits", sort=False):
         block = block[[m not in REFERENCE_ROWS for m in block.index.get_level_values("method")]]
         if len(block) < 2:
@@ -120,8 +145,12 @@ def _row_label(idx) -> tuple[str, str]:
 def to_markdown(wide: pd.DataFrame, marks: dict, title: str, notes: list[str]) -> str:
     multi = len({c[0] for c in wide.columns}) > 1
     head = ["Bits", "Method"] + [_header(c, marks, multi) for c in wide.columns]
-    lines = [f"### {title}", "", "| " + " | ".join(head) + " |",
-             "|" + "|".join(["---"] * 2 + ["---:"] * len(wide.columns)) + "|"]
+    lines = [
+        f"### {title}",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] * 2 + ["---:"] * len(wide.columns)) + "|",
+    ]
     for idx in wide.index:
         cells = [_cell(wide, idx, c, marks, "md") for c in wide.columns]
         lines.append("| " + " | ".join([*_row_label(idx), *cells]) + " |")
@@ -131,17 +160,31 @@ def to_markdown(wide: pd.DataFrame, marks: dict, title: str, notes: list[str]) -
 
 
 def _tex_escape(s: str) -> str:
-    return (s.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%")
-            .replace("&", r"\&").replace("#", r"\#").replace("↑", r"$\uparrow$")
-            .replace("↓", r"$\downarrow$").replace("–", "--"))
+    return (
+        s.replace("\\", r"\textbackslash{}")
+        .replace("_", r"\_")
+        .replace("%", r"\%")
+        .replace("&", r"\&")
+        .replace("#", r"\#")
+        .replace("↑", r"$\uparrow$")
+        .replace("↓", r"$\downarrow$")
+        .replace("–", "--")
+    )
 
 
 def to_latex(wide: pd.DataFrame, marks: dict, title: str, notes: list[str]) -> str:
     multi = len({c[0] for c in wide.columns}) > 1
     head = ["Bits", "Method"] + [_header(c, marks, multi) for c in wide.columns]
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex_escape(title)}}}",
-             r"\resizebox{\linewidth}{!}{%", r"\begin{tabular}{ll" + "r" * len(wide.columns) + "}",
-             r"\toprule", " & ".join(_tex_escape(h) for h in head) + r" \\", r"\midrule"]
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{_tex_escape(title)}}}",
+        r"\resizebox{\linewidth}{!}{%",
+        r"\begin{tabular}{ll" + "r" * len(wide.columns) + "}",
+        r"\toprule",
+        " & ".join(_tex_escape(h) for h in head) + r" \\",
+        r"\midrule",
+    ]
     prev = None
     for idx in wide.index:
         bits_label, method = _row_label(idx)
@@ -150,9 +193,13 @@ def to_latex(wide: pd.DataFrame, marks: dict, title: str, notes: list[str]) -> s
             lines.append(r"\midrule")
         prev = group
         cells = [_cell(wide, idx, c, marks, "tex") for c in wide.columns]
-        lines.append(" & ".join([_tex_escape(bits_label), _tex_escape(method)] +
-                                [c if c.startswith("\\") else _tex_escape(c) for c in cells])
-                     + r" \\")
+        lines.append(
+            " & ".join(
+                [_tex_escape(bits_label), _tex_escape(method)]
+                + [c if c.startswith("\\") else _tex_escape(c) for c in cells]
+            )
+            + r" \\"
+        )
     lines += [r"\bottomrule", r"\end{tabular}}", r"\par\footnotesize"]
     lines += [_tex_escape(n) + r"\\" for n in notes]
     lines.append(r"\end{table}")
@@ -168,22 +215,32 @@ def to_csv(wide: pd.DataFrame, marks: dict) -> str:
 
 def _metric_notes(df: pd.DataFrame) -> list[str]:
     notes = sorted({n for n in df["note"] if n and not n.startswith("skipped")})
-    skipped = sorted({f"{m}: {n}" for m, n in zip(df["metric"], df["note"])
-                      if n.startswith("skipped")})
+    skipped = sorted(
+        {f"{m}: {n}" for m, n in zip(df["metric"], df["note"]) if n.startswith("skipped")}
+    )
     return notes + skipped
 
 
-def _write_table(df: pd.DataFrame, datasets: list[str], out: Path, stem: str, title: str,
-                 footnote: list[str]) -> None:
+def _write_table(
+    df: pd.DataFrame, datasets: list[str], out: Path, stem: str, title: str, footnote: list[str]
+) -> None:
     wide, marks = build_table(df, datasets)
     if wide.empty:
         return
     sub = df[df["dataset"].isin(datasets)]
     seeds = ", ".join(str(s) for s in sorted(sub["seed"].unique()))
-    counts = ", ".join(f"{d} ({int(sub[sub['dataset'] == d]['n_images'].max())} images)"
-                       for d in datasets if d in set(sub["dataset"]))
-    notes = [*footnote, f"Data: {counts}; seed {seeds}.", *CONVENTIONS, *_metric_notes(sub),
-             "Best per bit setting in bold, second underlined."]
+    counts = ", ".join(
+        f"{d} ({int(sub[sub['dataset'] == d]['n_images'].max())} images)"
+        for d in datasets
+        if d in set(sub["dataset"])
+    )
+    notes = [
+        *footnote,
+        f"Data: {counts}; seed {seeds}.",
+        *CONVENTIONS,
+        *_metric_notes(sub),
+        "Best per bit setting in bold, second underlined.",
+    ]
     atomic_write_text(out / f"{stem}.md", to_markdown(wide, marks, title, notes))
     atomic_write_text(out / f"{stem}.tex", to_latex(wide, marks, title, notes))
     atomic_write_text(out / f"{stem}.csv", to_csv(wide, marks))
@@ -192,39 +249,61 @@ def _write_table(df: pd.DataFrame, datasets: list[str], out: Path, stem: str, ti
 def cost_markdown(cost: pd.DataFrame, footnote: list[str]) -> tuple[str, str]:
     """Cost table (md, csv): size, parameter-bit and BOP reductions, calibration time."""
     rows = cost.copy()
-    rows["_k"] = [(-1, "") if m == "fp" else (*_bits_key(b), m)
-                  for m, b in zip(rows["method"], rows["bits"])]
+    rows["_k"] = [
+        (-1, "") if m == "fp" else (*_bits_key(b), m) for m, b in zip(rows["method"], rows["bits"])
+    ]
     rows = rows.sort_values("_k").drop(columns="_k")
-    table = pd.DataFrame({
-        "Model": rows["model"], "Method": rows["method"], "Bits": rows["bits"].str.upper(),
-        "Params (M)": (rows["params"] / 1e6).round(3),
-        "Size (KiB)": (rows["size_bytes"] / 1024).round(1),
-        "Param bits ↓ (%)": (100 * rows["param_bits_reduction"]).round(2),
-        "GMACs": (rows["macs"] / 1e9).round(3),
-        "GBOPs": (rows["bops"] / 1e9).round(1),
-        "BOPs ↓ (%)": (100 * rows["bops_reduction"]).round(2),
-        "Calibration (s)": rows["calibration_seconds"].round(1),
-    })
+    table = pd.DataFrame(
+        {
+            "Model": rows["model"],
+            "Method": rows["method"],
+            "Bits": rows["bits"].str.upper(),
+            "Params (M)": (rows["params"] / 1e6).round(3),
+            "Size (KiB)": (rows["size_bytes"] / 1024).round(1),
+            "Param bits ↓ (%)": (100 * rows["param_bits_reduction"]).round(2),
+            "GMACs": (rows["macs"] / 1e9).round(3),
+            "GBOPs": (rows["bops"] / 1e9).round(1),
+            "BOPs ↓ (%)": (100 * rows["bops_reduction"]).round(2),
+            "Calibration (s)": rows["calibration_seconds"].round(1),
+        }
+    )
     head = "| " + " | ".join(table.columns) + " |"
     sep = "|" + "|".join(["---"] * 3 + ["---:"] * (len(table.columns) - 3)) + "|"
     body = ["| " + " | ".join(str(v) for v in r) + " |" for r in table.itertuples(index=False)]
-    notes = [*footnote,
-             "Sizes and BOPs from quantface.quant.cost: quantized weights at w_bits, step sizes "
-             "and zero points at 32 bit, all other parameters FP32; MACs measured by hooks on one "
-             "image; BOPs = MACs x w_bits x a_bits (matmuls a_bits^2), FP32 sites at 32 x 32; "
-             "norms/activations/softmax not counted. Reductions are relative to FP32."]
+    notes = [
+        *footnote,
+        (
+            "Sizes and BOPs from quantface.quant.cost: quantized weights at w_bits, step sizes "
+            "and zero points at 32 bit, all other parameters FP32; MACs measured by hooks on one "
+            "image; BOPs = MACs x w_bits x a_bits (matmuls a_bits^2), FP32 sites at 32 x 32; "
+            "norms/activations/softmax not counted. Reductions are relative to FP32."
+        ),
+    ]
     md = "\n".join(["### Model cost", "", head, sep, *body, "", *[f"- {n}" for n in notes]]) + "\n"
     return md, table.to_csv(index=False)
 
 
-def write_tables(metrics: Path, cost: Path | None, out: Path, synthetic: list[str],
-                 realworld: list[str], footnote: list[str]) -> None:
+def write_tables(
+    metrics: Path,
+    cost: Path | None,
+    out: Path,
+    synthetic: list[str],
+    realworld: list[str],
+    footnote: list[str],
+) -> None:
     df = read_metrics([metrics])
     out.mkdir(parents=True, exist_ok=True)
-    _write_table(df, synthetic, out, "table1_synthetic",
-                 "Table 1: synthetic test set (paired)", footnote)
-    _write_table(df, realworld, out, "table3_realworld",
-                 "Table 3: real-world test sets (no reference)", footnote)
+    _write_table(
+        df, synthetic, out, "table1_synthetic", "Table 1: synthetic test set (paired)", footnote
+    )
+    _write_table(
+        df,
+        realworld,
+        out,
+        "table3_realworld",
+        "Table 3: real-world test sets (no reference)",
+        footnote,
+    )
     if cost is not None:
         md, csv = cost_markdown(pd.read_csv(cost, dtype={"bits": str}), footnote)
         atomic_write_text(out / "cost.md", md)

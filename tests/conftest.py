@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny models built from config, isolated caches, no network."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SHARED_FACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"
+
+# Smallest architecture that still has every kind of site (convs, linears, self- and
+# cross-attention in UNet and VAE); a forward pass takes milliseconds.
+MICRO_ARCH = {
+    "image_size": 32,
+    "pretrained_vae": False,
+    "vae_channels": [8, 8],
+    "vae_layers_per_block": 0,
+    "vae_norm_groups": 1,
+    "vae_attention": True,
+    "unet_norm_groups": 8,
+    "latent_channels": 4,
+    "unet_channels": [16, 32],
+    "context_dim": 16,
+    "attention_head_dim": 8,
+    "embed_tokens_side": 2,
+}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_caches(tmp_path_factory, monkeypatch):
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    monkeypatch.setenv("TORCH_HOME", str(cache / "torch"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    monkeypatch.setenv("MPLCONFIGDIR", str(cache / "mpl"))
+
+
+@pytest.fixture
+def micro_model():
+    from quantface.models.tiny import TinyRestorer
+
+    torch.manual_seed(0)
+    model = TinyRestorer(MICRO_ARCH).eval()
+    # The noise head is zero-initialised for training; give it weights so the UNet matters.
+    torch.nn.init.normal_(model.unet.conv_out.weight, std=0.05)
+    return model
+
+
+@pytest.fixture
+def micro_images():
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(4, 3, 32, 32, generator=g)

@@ -1,0 +1,52 @@
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from quantface.config import load_config, validate_config
+from quantface.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def config():
+    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+def test_default_config_is_valid():
+    load_config(ROOT / "config" / "config.yaml")
+
+
+@pytest.mark.parametrize(
+    "mutate,key",
+    [
+        (lambda c: c.update(colour="red"), "<top level>"),
+        (lambda c: c["model"].update(nme="tiny"), "'model'"),
+        (lambda c: c["calibration"].update(n_images="many"), "calibration.n_images"),
+        (lambda c: c.update(methods=["maxmin", "nosuchmethod"]), "'methods'"),
+        (lambda c: c["data"]["datasets"].update(nosuchset={"n_images": 2}), "data.datasets"),
+        (
+            lambda c: c["metrics"].update(no_reference=["niqe", "nosuchmetric"]),
+            "metrics.no_reference",
+        ),
+        (lambda c: c.update(bits=["w4a4", "w4a"]), "'bits'"),
+        (lambda c: c.update(bits=["w0a4"]), "'bits'"),
+        (lambda c: c["report"].update(qualitative_bits="w2a2"), "report.qualitative_bits"),
+        (lambda c: c["model"].update(name="nosuchmodel"), "model.name"),
+    ],
+)
+def test_invalid_configs_name_the_key(config, mutate, key):
+    bad = copy.deepcopy(config)
+    mutate(bad)
+    with pytest.raises(ConfigError) as err:
+        validate_config(bad)
+    assert key in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_names_list_the_known_ones(config):
+    config["methods"] = ["maxmim"]
+    with pytest.raises(ConfigError, match="known: .*maxmin"):
+        validate_config(config)

@@ -1,0 +1,74 @@
+import pytest
+import torch
+from torch import nn
+
+from quantface.errors import ConfigError
+from quantface.models.base import RestorerBundle
+from quantface.quant.apply import calibrate_weights, standard_layout
+from quantface.quant.cost import cost_table
+from quantface.quant.layers import wrap_model
+from quantface.quant.plan import BitPlan, LayerBits, parse_bits
+
+
+@pytest.mark.parametrize(
+    "label,w,a,mixed",
+    [("w4a4", 4, 4, False), ("w6a6", 6, 6, False), ("w4a6", 4, 6, False), ("mp4", 4, 4, True)],
+)
+def test_parse_bits(label, w, a, mixed):
+    s = parse_bits(label)
+    assert (s.w_bits, s.a_bits, s.mixed) == (w, a, mixed)
+
+
+@pytest.mark.parametrize("label", ["w4a", "w0a4", "4a4", "W4A4", "mp", "w4a4x", "w99a4"])
+def test_malformed_bits_are_config_errors(label):
+    with pytest.raises(ConfigError, match=label):
+        parse_bits(label)
+
+
+def test_bitplan_json_round_trip(tmp_path):
+    plan = BitPlan.uniform(["a", "b"], 4, 6).with_overrides({"b": LayerBits(8, 8)}, "kept 8-bit")
+    plan.save(tmp_path / "plan.json")
+    back = BitPlan.load(tmp_path / "plan.json")
+    assert dict(back) == dict(plan) and back.notes == {"b": "kept 8-bit"}
+    with pytest.raises(KeyError):
+        plan.with_overrides({"zzz": LayerBits(8, 8)}, "x")
+
+
+class TwoLayer(RestorerBundle):
+    """A hand-checkable bundle: a 3x3 conv (3->4 channels) then a linear (4->5) over pixels."""
+
+    name = "twolayer"
+
+    def __init__(self):
+        super().__init__({"image_size": 6})
+        self.unet = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1))
+        self.vae = nn.Sequential(nn.Linear(4, 5))
+        self.embedder = nn.Identity()
+
+    def restore(self, lq, clamp=True):
+        y = self.unet(lq)  # [1, 4, 6, 6]
+        return self.vae(y.flatten(2).transpose(1, 2))  # [1, 36, 5]
+
+
+def test_cost_matches_hand_computation():
+    model = TwoLayer()
+    plan = BitPlan.uniform(model.quant_targets(), 4, 6)
+    wrap_model(model, standard_layout(model.quant_targets(), plan))
+    calibrate_weights(model)
+    for q in (model.unet[0].act_quantizer, model.vae[0].act_quantizer):
+        q.set_range(torch.tensor(-1.0), torch.tensor(1.0))
+    cost = cost_table(model, plan)
+    rows = {r["layer"]: r for r in cost["rows"]}
+    conv_macs = 6 * 6 * 4 * 3 * 3 * 3  # out pixels x C_out x C_in x kh x kw
+    lin_macs = 36 * 5 * 4
+    assert rows["unet.0"]["macs"] == conv_macs and rows["vae.0"]["macs"] == lin_macs
+    assert rows["unet.0"]["bops"] == conv_macs * 4 * 6
+    # conv: 108 weights at 4 bit + 4 per-channel (scale, zero) + 1 act (scale, zero) at 32 bit
+    assert rows["unet.0"]["param_bits"] == 108 * 4 + (4 * 2 + 2) * 32
+    total = cost["total"]
+    biases = 4 + 5
+    expected_bits = (108 + 20) * 4 + biases * 32 + ((4 + 1) * 2 + (5 + 1) * 2) * 32
+    assert total["param_bits"] == expected_bits
+    assert total["fp32_param_bits"] == (108 + 20 + biases) * 32
+    assert total["bops"] == (conv_macs + lin_macs) * 24
+    assert total["bops_reduction"] == pytest.approx(1 - 24 / 1024)
