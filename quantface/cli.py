@@ -80,6 +80,25 @@ def cmd_train(args: argparse.Namespace) -> None:
     save_bundle(model, args.out, meta={"method": "fp", "seed": args.seed, "options": opts})
 
 
+def cmd_pretrain_vae(args: argparse.Namespace) -> None:
+    from safetensors.torch import save_file
+
+    from quantface.io import atomic_path
+    from quantface.models.train import pretrain_vae
+
+    opts = _json(args.options)
+    model = pretrain_vae(opts.get("arch", {}), args.steps, args.seed)
+    meta = {
+        "arch": json.dumps(model.vae_arch()),
+        "steps": str(args.steps),
+        "seed": str(args.seed),
+        "made_by": f"quantface pretrain-vae --steps {args.steps} --seed {args.seed}",
+    }
+    state = {k: v.contiguous() for k, v in model.vae.state_dict().items()}
+    with atomic_path(args.out) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+
+
 def cmd_calibrate(args: argparse.Namespace) -> None:
     import numpy as np
     import torch
@@ -138,7 +157,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     final_plan = plan_of(model, getattr(model, "plan_notes", None))
     final_plan.save(out / "plan.json")
     cost = cost_table(model, final_plan)
-    cost["method"], cost["bits"], cost["calibration_seconds"] = args.method, args.bits, seconds
+    cost.update(model=fp.name, method=args.method, bits=args.bits, calibration_seconds=seconds)
     atomic_write_text(out / "cost.json", json.dumps(cost, indent=1))
     save_bundle(
         model,
@@ -176,7 +195,7 @@ def cmd_cost(args: argparse.Namespace) -> None:
 
     model, _, meta = load_bundle(args.model)
     cost = cost_table(model, plan_of(model))
-    cost["method"], cost["bits"] = meta.get("method", "fp"), meta.get("bits", "fp32")
+    cost.update(model=model.name, method=meta.get("method", "fp"), bits=meta.get("bits", "fp32"))
     atomic_write_text(args.out, json.dumps(cost, indent=1))
 
 
@@ -272,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", default="tiny", help="registered model name")
     sp.add_argument("--out", required=True)
     sp.add_argument("--options", help="JSON: {arch: {...}, train: {...}, degradation: {...}}")
+    common(sp)
+
+    sp = add("pretrain-vae", cmd_pretrain_vae, "pretrain the tiny model's VAE (the shipped asset)")
+    sp.add_argument("--out", required=True, help="a .safetensors file")
+    sp.add_argument("--steps", type=int, default=2400)
+    sp.add_argument("--options", help="JSON: {arch: {...}} overrides of the tiny architecture")
     common(sp)
 
     sp = add("calibrate", cmd_calibrate, "collect and cache calibration activation statistics")

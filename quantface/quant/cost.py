@@ -13,16 +13,49 @@ How we count (also written under every cost table):
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
 from quantface.models.base import RestorerBundle
-from quantface.quant.layers import QuantLayerMixin, QuantMatMul
+from quantface.quant.layers import (
+    LayerQuant,
+    QuantAttnProcessor,
+    QuantLayerMixin,
+    QuantMatMul,
+)
 from quantface.quant.plan import BitPlan
+from quantface.quant.quantizer import QuantSpec
 
 FP_BITS = 32
+
+
+@contextlib.contextmanager
+def _countable_matmuls(bundle: RestorerBundle, sites: dict[str, str]) -> Iterator[None]:
+    """Temporarily give full-precision attention a pass-through QuantMatMul to hook."""
+    added, processors = [], {}
+    for name, kind in sites.items():
+        attn_name, _, attr = name.rpartition(".")
+        attn = bundle.get_submodule(attn_name) if kind == "matmul" else None
+        if attn is None or hasattr(attn, attr):
+            continue
+        mm = QuantMatMul(LayerQuant("matmul", QuantSpec(8), QuantSpec(8)))
+        mm.act_quantizer.mode = mm.weight_quantizer.mode = "off"
+        attn.add_module(attr, mm)
+        added.append((attn, attr))
+        if not isinstance(attn.processor, QuantAttnProcessor):
+            processors[id(attn)] = (attn, attn.processor)
+            attn.set_processor(QuantAttnProcessor())
+    try:
+        yield
+    finally:
+        for attn, attr in added:
+            delattr(attn, attr)
+        for attn, proc in processors.values():
+            attn.set_processor(proc)
 
 
 @torch.no_grad()
@@ -45,32 +78,27 @@ def measure_macs(bundle: RestorerBundle, sites: dict[str, str]) -> dict[str, int
 
         return hook
 
-    for name, kind in sites.items():
-        mod = bundle.get_submodule(name)
-        if kind == "matmul" and not isinstance(mod, QuantMatMul):
-            continue
-        handles.append(mod.register_forward_hook(hook_for(name, kind)))
-    try:
-        s = bundle.image_size
-        bundle.restore(torch.zeros(1, 3, s, s))
-    finally:
-        for h in handles:
-            h.remove()
+    with _countable_matmuls(bundle, sites):
+        for name, kind in sites.items():
+            handles.append(bundle.get_submodule(name).register_forward_hook(hook_for(name, kind)))
+        try:
+            s = bundle.image_size
+            bundle.restore(torch.zeros(1, 3, s, s))
+        finally:
+            for h in handles:
+                h.remove()
     return macs
 
 
 def cost_table(bundle: RestorerBundle, plan: BitPlan) -> dict[str, Any]:
     """Per-site rows and totals for a (possibly quantized) bundle."""
     sites = bundle.quant_targets()
-    quantized = {n: m for n, m in bundle.named_modules() if isinstance(m, QuantMatMul)}
-    measure_sites = {n: k for n, k in sites.items() if k != "matmul" or n in quantized}
-    macs = measure_macs(bundle, measure_sites)
+    macs = measure_macs(bundle, sites)
+    modules = dict(bundle.named_modules())
     rows = []
     weight_bits: dict[int, int] = {}  # id(weight Parameter) -> bits it is stored at
     for name, kind in sites.items():
-        if kind == "matmul" and name not in quantized:
-            continue
-        mod = bundle.get_submodule(name)
+        mod = modules.get(name)  # None for a full-precision attention matmul
         bits = plan.get(name)
         w_bits = bits.w_bits if bits else FP_BITS
         a_bits = bits.a_bits if bits else FP_BITS

@@ -73,10 +73,9 @@ def aggregate_costs(paths: list[Path], out: Path) -> pd.DataFrame:
             cost = json.loads(p.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise DataError(f"cannot read cost file {p}: {e}") from e
-        model = p.parts[-4] if len(p.parts) >= 4 else ""
         rows.append(
             {
-                "model": cost.get("model", model),
+                "model": cost["model"],
                 "method": cost["method"],
                 "bits": cost["bits"],
                 **cost["total"],

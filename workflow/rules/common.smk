@@ -1,5 +1,6 @@
 # Config validation, wildcard constraints and small helpers shared by all rules.
 import json
+import os
 import re
 import shlex
 import sys
@@ -13,6 +14,11 @@ try:
     validate_config(config)
 except ConfigError as e:
     print(f"quantface: invalid config: {e}", file=sys.stderr)
+    sys.exit(2)
+
+_target = "results" if os.path.isdir("results") else "."
+if not os.access(_target, os.W_OK):
+    print(f"quantface: cannot write results to '{os.path.abspath(_target)}'", file=sys.stderr)
     sys.exit(2)
 
 MODEL = config["model"]["name"]

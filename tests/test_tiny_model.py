@@ -1,0 +1,37 @@
+import json
+
+import pytest
+import torch
+
+from quantface.cli import main
+from quantface.errors import ConfigError, WeightsMissingError
+from quantface.models.tiny import PRETRAINED_VAE, TinyRestorer
+from tests.conftest import MICRO_ARCH
+
+
+def test_one_step_restoration_shapes_and_range(micro_model, micro_images):
+    with torch.no_grad():
+        out = micro_model.restore(micro_images)
+    assert out.shape == micro_images.shape
+    assert out.min() >= 0 and out.max() <= 1
+    assert micro_model.timestep == 399
+    assert micro_model._ab == pytest.approx(0.4261, abs=1e-3)  # SD-2.1 alpha_bar(399)
+
+
+def test_pretrain_vae_round_trip_and_mismatch(tmp_path):
+    out = tmp_path / "vae.safetensors"
+    arch = {**MICRO_ARCH, "pretrained_vae": True}
+    assert main(["pretrain-vae", "--out", str(out), "--steps", "2",
+                 "--options", json.dumps({"arch": arch})]) == 0
+    model = TinyRestorer(arch)
+    model.load_pretrained_vae(out)
+    other = TinyRestorer({**arch, "latent_channels": 8})
+    with pytest.raises(ConfigError, match="pretrained_vae: false"):
+        other.load_pretrained_vae(out)
+    with pytest.raises(WeightsMissingError, match="pretrain-vae"):
+        model.load_pretrained_vae(tmp_path / "absent.safetensors")
+
+
+def test_shipped_vae_matches_the_default_architecture():
+    assert PRETRAINED_VAE.is_file(), "the package ships its pretrained tiny VAE"
+    TinyRestorer().load_pretrained_vae()
