@@ -21,8 +21,20 @@ def test_one_step_restoration_shapes_and_range(micro_model, micro_images):
 def test_pretrain_vae_round_trip_and_mismatch(tmp_path):
     out = tmp_path / "vae.safetensors"
     arch = {**MICRO_ARCH, "pretrained_vae": True}
-    assert main(["pretrain-vae", "--out", str(out), "--steps", "2",
-                 "--options", json.dumps({"arch": arch})]) == 0
+    assert (
+        main(
+            [
+                "pretrain-vae",
+                "--out",
+                str(out),
+                "--steps",
+                "2",
+                "--options",
+                json.dumps({"arch": arch}),
+            ]
+        )
+        == 0
+    )
     model = TinyRestorer(arch)
     model.load_pretrained_vae(out)
     other = TinyRestorer({**arch, "latent_channels": 8})

@@ -1,12 +1,17 @@
 """`tiny`: the embedded default restorer, OSDFace in miniature, built from real diffusers blocks.
 
-- VAE: a small `AutoencoderKL` (down factor 4, 4 latent channels, mid-block self-attention);
+- VAE: a small `AutoencoderKL` (down factor 4, 8 latent channels). Like OSDFace, which starts from
+  the pretrained SD-2.1 VAE, the restorer starts from a pretrained tiny VAE shipped in
+  `assets/tiny_vae.safetensors` (made by `quantface pretrain-vae`, seeded; ~20 CPU minutes, so it
+  is not redone in every run). Its shape is chosen to learn fast on a CPU: no residual blocks
+  between the down-sampling convolutions, one-group GroupNorm (per-channel groups erase the
+  colour statistics the decoder needs) and no mid-block attention;
 - UNet: a small `UNet2DConditionModel` with cross-attention down/up blocks, evaluated once at t=399;
-- visual prompt embedder: a strided conv encoder of the LQ image whose 8x8 feature map becomes 64
+- visual prompt embedder: a strided conv encoder of the LQ image whose feature map becomes
   context tokens, projected by OSDFace's two-layer 1x1 Conv1d head (no VQ dictionary: with a
   model this small a codebook adds nothing measurable, so it is left out on purpose).
 
-It is trained end to end by `quantface train` (see `models/train.py`) on synthetic face pairs.
+The UNet and embedder are trained by `quantface train` (`models/train.py`) on synthetic pairs.
 """
 
 from __future__ import annotations

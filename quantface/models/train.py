@@ -2,8 +2,8 @@
 
 Three stages, mirroring how OSDFace is built (a pretrained VAE, then a restorer in its latent
 space), at a cost a 2-core CPU affords:
-  1. autoencoder: the VAE learns to reconstruct HQ and LQ faces (random crops: it is fully
-     convolutional, and crops are 4x cheaper than whole faces);
+  1. autoencoder: the VAE learns to reconstruct HQ and LQ faces; skipped when the model starts
+     from a pretrained VAE (the default for `tiny`, made once by `pretrain_vae`);
   2. latent restoration: with the VAE frozen, the UNet and the visual prompt embedder learn to
      map the LQ latent to the HQ latent in one step at t=399 (no decoder in the loop: cheap);
   3. pixel fine-tuning: a few end-to-end steps with an L1 loss on the restored image.

@@ -60,11 +60,7 @@ def quality_vs_bits(df: pd.DataFrame, dataset: str, out: Path) -> Path | None:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(
-        handles,
-        labels,
-        loc="lower center",
-        ncol=min(6, len(labels)),
-        bbox_to_anchor=(0.5, -0.02 - 0.02 * rows),
+        handles, labels, loc="upper center", ncol=min(6, len(labels)), bbox_to_anchor=(0.5, 0.0)
     )
     fig.suptitle(f"Quality vs bit setting on {dataset} (simulated quantization)")
     fig.tight_layout()

@@ -72,7 +72,10 @@ def build_table(df: pd.DataFrame, datasets: list[str]) -> tuple[pd.DataFrame, di
     sub = df[df["dataset"].isin(datasets)]
     if sub.empty:
         return pd.DataFrame(), {}
-    metric_order = list(dict.fromkeys(sub["metric"]))
+    order = list(METRIC_LABELS)
+    metric_order = sorted(
+        set(sub["metric"]), key=lambda m: (order.index(m), m) if m in order else (len(order), m)
+    )
     hib = dict(zip(sub["metric"], sub["higher_is_better"].astype(bool)))
     wide = sub.set_index(["bits", "method", "dataset", "metric"])["value"].unstack(
         ["dataset", "metric"]
