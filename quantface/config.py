@@ -49,8 +49,15 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     check(config["methods"], METHODS, "methods")
     check(config["data"]["datasets"], DATASETS, "data.datasets")
     metric_keys = ("full_reference", "no_reference", "fidelity")
+    size = config["data"]["image_size"]
     for k in metric_keys:
         check(config["metrics"].get(k, []), METRICS, f"metrics.{k}")
+        for name in config["metrics"].get(k, []):
+            if METRICS.get(name).min_size > size:
+                raise ConfigError(
+                    f"config key 'metrics.{k}': '{name}' needs images of at least "
+                    f"{METRICS.get(name).min_size} px; data.image_size is {size}"
+                )
     for b in config["bits"]:
         try:
             parse_bits(b)

@@ -104,7 +104,14 @@ def _register(metric: Metric) -> None:
 for _m in [
     Metric("psnr", "psnr", "fr", True, doc="PSNR (RGB, dB) against the HQ image"),
     Metric("ssim", "ssim", "fr", True, doc="SSIM (Y channel, pyiqa convention) against HQ"),
-    Metric("ms_ssim", "ms_ssim", "fr", True, doc="Multi-scale SSIM against HQ"),
+    Metric(
+        "ms_ssim",
+        "ms_ssim",
+        "fr",
+        True,
+        doc="Multi-scale SSIM against HQ (images >= 176 px)",
+        min_size=176,
+    ),  # five scales of an 11-px window
     Metric("fsim", "fsim", "fr", True, doc="Feature similarity index against HQ"),
     Metric("gmsd", "gmsd", "fr", False, doc="Gradient magnitude similarity deviation against HQ"),
     Metric("vif", "vif", "fr", True, doc="Visual information fidelity against HQ"),
