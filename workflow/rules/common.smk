@@ -25,7 +25,10 @@ MODEL = config["model"]["name"]
 METHOD_NAMES = [m for m in config["methods"] if m != "fp"]
 BITS = list(config["bits"])
 DATASET_NAMES = list(config["data"]["datasets"])
-TORCH_THREADS = 2  # fixed, not --cores: the same numbers whatever the scheduler gives
+# torch threads per job are fixed, not taken from --cores, so results do not depend on the
+# scheduler: 2 for training/calibration/quantization, 1 for restoration and scoring (many small
+# jobs that run side by side).
+TORCH_THREADS = 2
 
 
 def _alternatives(names):

@@ -1,7 +1,7 @@
 EVAL_COMMON = (
     " --metrics {params.metrics} --out {output} --weights-dir {params.weights}"
     " --model-name {wildcards.model} --dataset {wildcards.dataset} --seed {params.seed}"
-    " --batch-size {params.batch} --threads " + str(TORCH_THREADS) + " 2> {log}"
+    " --batch-size {params.batch} --threads 1 2> {log}"
 )
 WEIGHTS_DIR = config["metrics"].get("weights_dir", "results/.weights")
 
@@ -22,7 +22,7 @@ rule evaluate_input:
         "results/logs/evaluate/{model}/input/{dataset}.log",
     benchmark:
         "results/benchmarks/evaluate/{model}/input/{dataset}.tsv"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
@@ -47,7 +47,7 @@ rule evaluate_fp:
         "results/logs/evaluate/{model}/fp/{dataset}.log",
     benchmark:
         "results/benchmarks/evaluate/{model}/fp/{dataset}.tsv"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
@@ -73,7 +73,7 @@ rule evaluate:
         "results/logs/evaluate/{model}/{method}/{bits}/{dataset}.log",
     benchmark:
         "results/benchmarks/evaluate/{model}/{method}/{bits}/{dataset}.tsv"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=60,

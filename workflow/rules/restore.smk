@@ -11,13 +11,13 @@ rule restore_fp:
         "results/logs/restore/{model}/fp/{dataset}.log",
     benchmark:
         "results/benchmarks/restore/{model}/fp/{dataset}.tsv"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
     shell:
         "quantface restore --model {input.model} --input {params.lq} --output {output}"
-        " --batch-size {params.batch} --threads " + str(TORCH_THREADS) + " 2> {log}"
+        " --batch-size {params.batch} --threads 1 2> {log}"
 
 
 rule restore:
@@ -33,10 +33,10 @@ rule restore:
         "results/logs/restore/{model}/{method}/{bits}/{dataset}.log",
     benchmark:
         "results/benchmarks/restore/{model}/{method}/{bits}/{dataset}.tsv"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
     shell:
         "quantface restore --model {input.model} --input {params.lq} --output {output}"
-        " --batch-size {params.batch} --threads " + str(TORCH_THREADS) + " 2> {log}"
+        " --batch-size {params.batch} --threads 1 2> {log}"
