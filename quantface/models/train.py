@@ -166,7 +166,8 @@ def pretrain_vae(
     """Train only the VAE on full-size faces: the shipped `tiny_vae.safetensors` is made by this."""
     torch.manual_seed(seed)
     model: RestorerBundle = MODELS.get("tiny")({**arch, "pretrained_vae": False})
-    data = PairSampler(model.image_size, {**DEFAULT_TRAIN, "pool_size": pool_size}, {}, seed)
+    data_seed = seed + 12_345  # faces disjoint from the restorer's training pool
+    data = PairSampler(model.image_size, {**DEFAULT_TRAIN, "pool_size": pool_size}, {}, data_seed)
     model.train()
     train_vae(model, data, steps, DEFAULT_TRAIN["batch_size"], None, DEFAULT_TRAIN["lr"])
     return model.eval()
