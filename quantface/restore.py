@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from quantface.data.datasets import MANIFEST, check_dataset
 from quantface.io import atomic_dir, list_images, read_image, to_tensor, to_uint8, write_image
 from quantface.models.checkpoint import load_bundle
 
@@ -40,6 +41,9 @@ def fit_to_model(img: torch.Tensor, size: int) -> torch.Tensor:
 def restore_folder(
     model_path: str | Path, input_dir: str | Path, output_dir: str | Path, batch_size: int = 8
 ) -> int:
+    input_dir = Path(input_dir)
+    if (input_dir.parent / MANIFEST).is_file():  # a prepared dataset: never a silently smaller set
+        check_dataset(input_dir.parent)
     bundle, _, meta = load_bundle(model_path)
     files = list_images(input_dir)
     size = bundle.image_size

@@ -60,6 +60,7 @@ class _Boom:
         return (print, ("pickle code ran",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickled_code_is_never_executed(tmp_path, capsys):
     (tmp_path / "evil.pt").write_bytes(pickle.dumps({"format": _Boom()}))
     with pytest.raises(CheckpointError):

@@ -214,3 +214,26 @@ def test_registry_listings():
         check=True,
     ).stdout
     assert "maxmin" in out and "fp" in out
+
+
+def test_restore_refuses_a_prepared_set_with_a_missing_image(workdir, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "syn"
+    shutil.copytree(workdir / "syn", data)
+    (data / "lq" / "00002.png").unlink()
+    assert (
+        main(
+            [
+                "restore",
+                "--model",
+                str(workdir / "fp.pt"),
+                "--input",
+                str(data / "lq"),
+                "--output",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
+    assert "00002.png" in capsys.readouterr().err
