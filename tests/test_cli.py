@@ -163,21 +163,14 @@ def test_user_errors_are_one_line_and_exit_2(workdir, argv, needle, capsys):
     assert needle in err[-1] and err[-1].startswith(f"quantface {argv[0]}: error:")
 
 
-def test_missing_model_file_is_named(tmp_path, capsys):
-    assert (
-        main(
-            [
-                "restore",
-                "--model",
-                str(tmp_path / "nope.pt"),
-                "--input",
-                str(tmp_path),
-                "--output",
-                str(tmp_path / "o"),
-            ]
-        )
-        == 2
+def _restore(model, input_dir, output_dir) -> int:
+    return main(
+        ["restore", "--model", str(model), "--input", str(input_dir), "--output", str(output_dir)]
     )
+
+
+def test_missing_model_file_is_named(tmp_path, capsys):
+    assert _restore(tmp_path / "nope.pt", tmp_path, tmp_path / "o") == 2
     assert "nope.pt" in capsys.readouterr().err
 
 
@@ -188,20 +181,7 @@ def test_corrupt_image_in_input_folder_is_named(workdir, tmp_path, capsys):
     for p in src.iterdir():
         (folder / p.name).write_bytes(p.read_bytes())
     (folder / "00001.png").write_bytes(b"not a png")
-    assert (
-        main(
-            [
-                "restore",
-                "--model",
-                str(workdir / "fp.pt"),
-                "--input",
-                str(folder),
-                "--output",
-                str(tmp_path / "out"),
-            ]
-        )
-        == 2
-    )
+    assert _restore(workdir / "fp.pt", folder, tmp_path / "out") == 2
     assert "00001.png" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing half-written
 
@@ -222,18 +202,5 @@ def test_restore_refuses_a_prepared_set_with_a_missing_image(workdir, tmp_path, 
     data = tmp_path / "syn"
     shutil.copytree(workdir / "syn", data)
     (data / "lq" / "00002.png").unlink()
-    assert (
-        main(
-            [
-                "restore",
-                "--model",
-                str(workdir / "fp.pt"),
-                "--input",
-                str(data / "lq"),
-                "--output",
-                str(tmp_path / "out"),
-            ]
-        )
-        == 2
-    )
+    assert _restore(workdir / "fp.pt", data / "lq", tmp_path / "out") == 2
     assert "00002.png" in capsys.readouterr().err
