@@ -77,6 +77,7 @@ def evaluate_folder(
     pred_files = list_images(pred)
     n = len(pred_files)
     w_bits, a_bits = bit_columns(str(labels.get("bits", "")))
+    side = min(read_image(pred_files[0]).shape[:2])
     rows = []
     for name in metrics:
         metric = METRICS.get(name)
@@ -95,7 +96,6 @@ def evaluate_folder(
             )
             log.warning("%s skipped: weights absent (%s under %s)", name, missing[0], weights_dir)
             continue
-        side = min(read_image(pred_files[0]).shape[:2])
         if side < metric.min_size:
             raise DataError(
                 f"metric '{name}' needs images of at least {metric.min_size} px; "

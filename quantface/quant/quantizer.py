@@ -150,9 +150,7 @@ class UniformQuantizer(nn.Module):
         return self.spec.dynamic or self.scale.numel() > 0
 
     def set_range(self, xmin: Tensor, xmax: Tensor) -> None:
-        scale, zero = qparams_from_range(xmin, xmax, self.spec)
-        self.scale = scale.to(self.scale.device if self.scale.numel() else scale.device)
-        self.zero_point = zero.to(self.scale.device)
+        self.scale, self.zero_point = qparams_from_range(xmin, xmax, self.spec)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.mode == "off":
