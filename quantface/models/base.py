@@ -56,9 +56,11 @@ class RestorerBundle(nn.Module):
 
     def restore_latent(self, lq: Tensor) -> Tensor:
         """The restored latent: one UNet evaluation at t and the DDPM x0 estimate."""
-        z = self.encode(lq)
-        context = self.condition(lq)
-        t = torch.full((lq.shape[0],), self.timestep, dtype=torch.long, device=lq.device)
+        return self.denoise(self.encode(lq), self.condition(lq))
+
+    def denoise(self, z: Tensor, context: Tensor) -> Tensor:
+        """One UNet evaluation at t on the LQ latent, then the DDPM x0 estimate."""
+        t = torch.full((z.shape[0],), self.timestep, dtype=torch.long, device=z.device)
         eps = self.unet(z, t, encoder_hidden_states=context).sample
         return (z - math.sqrt(1 - self._ab) * eps) / math.sqrt(self._ab)
 

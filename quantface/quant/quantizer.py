@@ -13,7 +13,7 @@ Granularity says which elements share one (Δ, z):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -151,6 +151,22 @@ class UniformQuantizer(nn.Module):
 
     def set_range(self, xmin: Tensor, xmax: Tensor) -> None:
         self.scale, self.zero_point = qparams_from_range(xmin, xmax, self.spec)
+
+    def clip_range(self) -> tuple[Tensor, Tensor]:
+        """The [xmin, xmax] the current static parameters cover (inverse of `set_range`)."""
+        s, z = self.scale, self.zero_point
+        if self.spec.symmetric:
+            return -self.spec.qmax * s, self.spec.qmax * s
+        return (self.spec.qmin - z) * s, (self.spec.qmax - z) * s
+
+    def set_bits(self, bits: int) -> None:
+        """Change the bit-width, keeping the calibrated clipping range (mixed-precision search)."""
+        if bits == self.spec.bits:
+            return
+        rng = self.clip_range() if self.scale.numel() and not self.spec.dynamic else None
+        self.spec = replace(self.spec, bits=bits)
+        if rng is not None:
+            self.set_range(*rng)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.mode == "off":
