@@ -103,6 +103,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     import numpy as np
     import torch
 
+    from quantface.data.degradation import DegradationConfig, degrade
     from quantface.data.synthetic_faces import generate_face
     from quantface.io import list_images, read_image, to_tensor
     from quantface.models.checkpoint import load_bundle
@@ -114,9 +115,16 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
         raise QuantFaceError(f"{args.model} is already quantized; calibrate the FP model")
     if args.images:
         arrays = [read_image(p) for p in list_images(args.images)[: args.n_images]]
-    else:  # faces the model never saw in training nor in the test sets
+    else:  # LQ inputs made from faces the model never saw in training nor in the test sets
         base = np.random.SeedSequence([args.seed, 7_777]).generate_state(1)[0] % 100_000_000
-        arrays = [generate_face(int(base) + i, bundle.image_size) for i in range(args.n_images)]
+        deg = DegradationConfig.from_dict(_json(args.degradation))
+        arrays = [
+            degrade(generate_face(int(base) + i, bundle.image_size), rng, deg)
+            for i, rng in enumerate(
+                np.random.default_rng(s)
+                for s in np.random.SeedSequence(args.seed).spawn(args.n_images)
+            )
+        ]
     images = torch.stack([fit_to_model(to_tensor(a), bundle.image_size) for a in arrays])
     calib = collect_calibration(bundle, images, args.batch_size, args.sample_rows, args.seed)
     calib.save(args.out)
@@ -302,7 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("calibrate", cmd_calibrate, "collect and cache calibration activation statistics")
     sp.add_argument("--model", required=True)
     sp.add_argument("--out", required=True)
-    sp.add_argument("--images", help="folder of calibration images (default: synthetic faces)")
+    sp.add_argument(
+        "--images", help="folder of LQ calibration images (default: degraded synthetic faces)"
+    )
+    sp.add_argument("--degradation", help="JSON degradation ranges for the synthetic LQ faces")
     sp.add_argument("--n-images", type=int, default=32)
     sp.add_argument("--batch-size", type=int, default=8)
     sp.add_argument("--sample-rows", type=int, default=512)

@@ -44,6 +44,7 @@ rule calibrate:
         batch=config["calibration"].get("batch_size", 8),
         rows=config["calibration"].get("sample_rows", 512),
         seed=lambda w: job_seed("calibrate", w.model),
+        degradation=shell_json(config["data"].get("degradation", {})),
     log:
         "results/logs/calibrate/{model}.log",
     benchmark:
@@ -55,4 +56,5 @@ rule calibrate:
     shell:
         "quantface calibrate --model {input} --out {output} --n-images {params.n}"
         " --batch-size {params.batch} --sample-rows {params.rows} --seed {params.seed}"
+        " --degradation {params.degradation}"
         " --threads " + str(TORCH_THREADS) + " 2> {log}"
