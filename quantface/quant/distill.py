@@ -1,0 +1,94 @@
+"""Output distillation from the full-precision restorer, shared by methods that fine-tune.
+
+QuantFace's QD-LoRA and EfficientDM both train a few parameters of the fake-quantized model so
+that its restored image matches the frozen FP model's restored image on calibration LQ inputs.
+The FP targets are computed once and cached (the FP model is never run twice on an image).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from quantface.errors import NumericsError
+from quantface.models.base import RestorerBundle
+
+log = logging.getLogger(__name__)
+
+LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "l2": lambda a, b: (a - b).pow(2).mean(),
+    "l1": lambda a, b: (a - b).abs().mean(),
+}
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    steps: int = 200
+    lr: float = 1e-3
+    batch_size: int = 4
+    loss: str = "l2"
+    seed: int = 0
+
+
+@torch.no_grad()
+def fp_targets(fp: RestorerBundle, images: Tensor, batch_size: int) -> Tensor:
+    """The FP model's restored images: the distillation targets, computed once."""
+    return torch.cat([fp.restore(b, clamp=False) for b in images.split(batch_size)])
+
+
+def distill(
+    model: RestorerBundle,
+    images: Tensor,
+    targets: Tensor,
+    groups: list[dict],
+    cfg: DistillConfig,
+    after_step: Callable[[], None] | None = None,
+) -> list[float]:
+    """Adam on `groups` (torch param groups) minimising d(model(lq), fp(lq)); cosine lr decay.
+
+    Returns the loss curve. A non-finite loss stops with a NumericsError instead of leaving a NaN
+    model behind. `after_step` runs after each optimiser step (e.g. to keep step sizes positive).
+    """
+    if cfg.loss not in LOSSES:
+        raise ValueError(f"unknown distillation loss {cfg.loss!r}; known: {', '.join(LOSSES)}")
+    loss_fn = LOSSES[cfg.loss]
+    params = [p for g in groups for p in g["params"]]
+    if cfg.steps <= 0 or not params:
+        return []
+    optim = torch.optim.Adam(groups, lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optim, lambda s: 0.5 * (1 + math.cos(math.pi * s / cfg.steps))
+    )
+    gen = torch.Generator().manual_seed(cfg.seed)
+    curve: list[float] = []
+    t0 = time.perf_counter()
+    model.train(False)  # no dropout/batch statistics: only the chosen parameters change
+    for step in tqdm(range(cfg.steps), desc="distill", disable=None):
+        idx = torch.randperm(len(images), generator=gen)[: cfg.batch_size]
+        loss = loss_fn(model.restore(images[idx], clamp=False), targets[idx])
+        if not torch.isfinite(loss):
+            raise NumericsError(f"distillation diverged at step {step} (loss {loss.item()})")
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, 1.0)
+        optim.step()
+        sched.step()
+        if after_step is not None:
+            after_step()
+        curve.append(loss.item())
+        if step % 25 == 0 or step == cfg.steps - 1:
+            log.info(
+                "distill step %d/%d loss %.3e (%.1f s)",
+                step + 1,
+                cfg.steps,
+                curve[-1],
+                time.perf_counter() - t0,
+            )
+    return curve
