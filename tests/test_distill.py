@@ -31,14 +31,14 @@ def test_learnable_scales_train_and_return_as_buffers(micro_model, micro_images)
     model = _w4a4(micro_model, micro_images)
     keys = set(model.state_dict())
     targets = fp_targets(micro_model, micro_images, 4)
-    cfg = DistillConfig(steps=12, lr=1e-2, batch_size=4)
+    cfg = DistillConfig(steps=12, lr=1e-3, batch_size=4)
 
     def full_loss():
         with torch.no_grad():
             return (model.restore(micro_images, clamp=False) - targets).pow(2).mean().item()
 
     start = full_loss()
-    with learnable_scales(model, "act") as params:
+    with learnable_scales(model, "all") as params:
         assert params and all(p.requires_grad for p in params)
         before = [p.detach().clone() for p in params]
         model.requires_grad_(False)
