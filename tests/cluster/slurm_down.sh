@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stop the one-node test cluster started by slurm_up.sh (idempotent). `--purge` also deletes
-# its state directory (config, munge key, job state, logs).
+# its state directory (config, munge key, job state, logs) and the /etc/slurm/slurm.conf link.
 set -euo pipefail
 
 DIR="${QF_SLURM_DIR:-/tmp/quantface-slurm}"
@@ -22,13 +22,16 @@ stop() {  # stop the daemon whose pid file is $1, waiting up to 20 s
 
 if [[ -f "$DIR/slurm.conf" ]]; then
     export SLURM_CONF="$DIR/slurm.conf"
-    scancel --state=PENDING,RUNNING --full 2>/dev/null || true
+    squeue -h -o %i 2>/dev/null | xargs -r scancel 2>/dev/null || true
 fi
 stop "$DIR/slurmd.pid"
 stop "$DIR/slurmctld.pid"
 stop "$DIR/munge/munged.pid"
 
 if [[ "${1:-}" == "--purge" ]]; then
+    if [[ "$(readlink /etc/slurm/slurm.conf 2>/dev/null)" == "$DIR/slurm.conf" ]]; then
+        rm -f /etc/slurm/slurm.conf
+    fi
     rm -rf "$DIR"
 fi
 echo "SLURM down ($DIR)"

@@ -2,12 +2,14 @@
 # Start a real one-node SLURM cluster on this machine (Debian packages, no systemd), idempotently.
 #
 #   sudo tests/cluster/slurm_up.sh            # installs slurm-wlm + munge if absent, starts daemons
-#   export SLURM_CONF=/tmp/quantface-slurm/slurm.conf
 #   sinfo                                     # one node "qfnode", partition "debug"
 #   tests/cluster/slurm_down.sh               # stops the daemons (state dir kept unless --purge)
 #
 # Everything lives in $QF_SLURM_DIR (default /tmp/quantface-slurm): config, munge key and socket,
-# state, logs. Nothing under /etc is changed, so a machine's own SLURM (if any) is untouched.
+# state, logs. The only thing outside it is the symlink /etc/slurm/slurm.conf -> that config:
+# job steps (`srun` inside a job, which the executor plugin uses) do not inherit SLURM_CONF, so
+# the config must sit where SLURM looks by default. An /etc/slurm/slurm.conf that is not our
+# symlink (a real SLURM installation) makes the script stop instead.
 #
 # No slurmdbd/MariaDB: snakemake-executor-plugin-slurm 2.8.0 asks `sacct` first, but falls back
 # to `squeue --states=all` when slurmctld keeps finished jobs long enough (MinJobAge >= 3 x the
@@ -97,6 +99,13 @@ else
     rm "$CONF.new"
     CHANGED=0
 fi
+ETC_CONF=/etc/slurm/slurm.conf
+if [[ -e "$ETC_CONF" || -L "$ETC_CONF" ]] && [[ "$(readlink "$ETC_CONF")" != "$CONF" ]]; then
+    echo "slurm_up.sh: $ETC_CONF exists and is not ours; not touching a real SLURM setup" >&2
+    exit 2
+fi
+mkdir -p /etc/slurm
+ln -sfn "$CONF" "$ETC_CONF"
 export SLURM_CONF="$CONF"
 
 if [[ $CHANGED == 1 ]]; then  # a new config: restart the daemons that read the old one
@@ -126,4 +135,3 @@ if [[ ! "$state" =~ ^(idle|mix|alloc) ]]; then
     exit 1
 fi
 echo "SLURM up: node $NODE ($CPUS CPUs, $MEM_MB MB), partition $PARTITION"
-echo "export SLURM_CONF=$CONF"
