@@ -262,7 +262,8 @@ def activation_distribution(
             v = _channel_absmax(stats[site])
             ax.bar(np.arange(len(v)), v, width=1.0, color="C0" if i == 0 else "C2")
             ax.set_title(
-                f"{site.removesuffix('.input')}\n{label}: max/median {outlier_ratio(v):.1f}",
+                f"{_short(site.removesuffix('.input'))}\n{label}: max/median "
+                f"{outlier_ratio(v):.1f}",
                 fontsize=7,
             )
             ax.set_xlabel("input channel", fontsize=7)
@@ -271,6 +272,14 @@ def activation_distribution(
     fig.suptitle("Per-channel activation magnitude (FP calibration statistics)", fontsize=9)
     fig.tight_layout()
     return _save(fig, out / "activation_distribution.png")
+
+
+def _short(name: str, width: int = 40) -> str:
+    """A layer name cut to its last dotted parts so panel titles do not run into each other."""
+    parts = name.split(".")
+    while len(".".join(parts)) > width and len(parts) > 2:
+        parts = parts[1:]
+    return name if parts == name.split(".") else "…" + ".".join(parts)
 
 
 def _zoom(img: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:

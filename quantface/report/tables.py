@@ -301,8 +301,7 @@ def write_cost_table(cost: pd.DataFrame, out: Path, footnote: list[str]) -> None
         return
     models = ", ".join(sorted(set(cost["model"])))
     notes = [
-        *footnote,
-        f"Model(s): {models}.",
+        *(footnote or [f"Model(s): {models}."]),
         COST_NOTE,
         "Best per bit setting in bold, second underlined.",
     ]
