@@ -18,7 +18,7 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may wait on a network
 
-from quantface.errors import QuantFaceError
+from quantface.errors import ConfigError, QuantFaceError
 
 log = logging.getLogger("quantface")
 
@@ -247,19 +247,34 @@ def cmd_tables(args: argparse.Namespace) -> None:
     from quantface.report.tables import write_tables
 
     write_tables(
-        Path(args.metrics),
-        Path(args.cost) if args.cost else None,
+        [Path(p) for p in args.metrics],
+        [Path(p) for p in args.cost],
         Path(args.out),
-        synthetic=args.synthetic.split(",") if args.synthetic else [],
-        realworld=args.realworld.split(",") if args.realworld else [],
+        synthetic=args.synthetic.split(",") if args.synthetic is not None else None,
+        realworld=args.realworld.split(",") if args.realworld is not None else None,
         footnote=args.footnote or [],
+        ablation=args.ablation.split(",") if args.ablation else None,
     )
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
     from quantface.report.figures import write_figures
 
-    write_figures(Path(args.metrics), Path(args.out), qualitative=_json(args.qualitative))
+    plans = {}
+    for item in args.plan:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            raise ConfigError(f"--plan '{item}': expected LABEL=path/to/plan.json")
+        plans[label] = Path(path)
+    write_figures(
+        [Path(p) for p in args.metrics],
+        Path(args.out),
+        qualitative=_json(args.qualitative),
+        cost=[Path(p) for p in args.cost],
+        calib=Path(args.calib) if args.calib else None,
+        calib_after=Path(args.calib_after) if args.calib_after else None,
+        plans=plans,
+    )
 
 
 def cmd_list(registry_name: str):
@@ -360,17 +375,34 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--cost-out")
 
     sp = add("tables", cmd_tables, "paper-style tables from results/metrics.csv")
-    sp.add_argument("--metrics", required=True)
-    sp.add_argument("--cost")
-    sp.add_argument("--out", required=True)
-    sp.add_argument("--synthetic", help="comma-separated datasets for Table 1")
-    sp.add_argument("--realworld", help="comma-separated datasets for Table 3")
+    sp.add_argument(
+        "--metrics", required=True, nargs="+", help="metrics CSVs (several = merged shards)"
+    )
+    sp.add_argument("--cost", nargs="*", default=[], help="cost CSVs (several = merged shards)")
+    sp.add_argument("--out", default=os.path.join("results", "tables"))
+    sp.add_argument(
+        "--synthetic", help="comma-separated datasets for Table 1 (default: paired ones)"
+    )
+    sp.add_argument(
+        "--realworld", help="comma-separated datasets for Table 3 (default: the others)"
+    )
     sp.add_argument("--footnote", action="append", help="a footnote line (repeatable)")
+    sp.add_argument("--ablation", help="comma-separated methods for the ablation table")
 
     sp = add("figures", cmd_figures, "figures from results/metrics.csv (and restored images)")
-    sp.add_argument("--metrics", required=True)
-    sp.add_argument("--out", required=True)
-    sp.add_argument("--qualitative", help="JSON: {dataset, bits, n_images, folders: {...}}")
+    sp.add_argument("--metrics", required=True, nargs="+", help="metrics CSVs (merged)")
+    sp.add_argument("--out", default=os.path.join("results", "figures"))
+    sp.add_argument("--cost", nargs="*", default=[], help="cost CSVs: quality-vs-cost plots")
+    sp.add_argument("--calib", help="calibration statistics: activation-distribution plot")
+    sp.add_argument("--calib-after", help="statistics after a balancing transform (optional)")
+    sp.add_argument(
+        "--plan",
+        action="append",
+        default=[],
+        metavar="LABEL=PLAN_JSON",
+        help="a plan.json for the per-layer bit-width map (repeatable)",
+    )
+    sp.add_argument("--qualitative", help="JSON: {dataset, bits, n_images, columns: [...]}")
 
     for name, reg in (
         ("methods", "METHODS"),

@@ -1,6 +1,7 @@
 """The Snakemake DAG end to end on the micro config: dry run, full run, no-op rerun."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -72,6 +73,8 @@ def test_micro_study_runs_end_to_end_and_reruns_nothing(tmp_path):
         "tables/cost.md",
         "figures/quality_vs_bits_synthetic_faces.png",
         "figures/qualitative_synthetic_faces.png",
+        "figures/quality_vs_cost_synthetic_faces.png",
+        "figures/activation_distribution.png",
     ]:
         assert (res / f).is_file(), f
     df = pd.read_csv(res / "metrics.csv")
@@ -83,6 +86,20 @@ def test_micro_study_runs_end_to_end_and_reruns_nothing(tmp_path):
     assert not list(res.rglob("*.tmp"))  # no half-written file anywhere
     again = snakemake(tmp_path, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
+    # the HTML report renders offline, with every table and figure and their captions
+    r = snakemake(tmp_path, "--report", "results/report.html")
+    assert r.returncode == 0, r.stderr[-3000:]
+    html = (res / "report.html").read_text()
+    for name in [
+        "table1_synthetic.md",
+        "cost.tex",
+        "quality_vs_cost_synthetic_faces.png",
+        "activation_distribution.png",
+        "qualitative_synthetic_faces.png",
+    ]:
+        assert name in html, name
+    assert "Pareto front" in html  # a caption from workflow/report/
+    assert not re.search(r'(src|href)="https?://', html)  # nothing fetched when opened
     # tables are a pure function of metrics.csv: regenerate them from it alone
     shutil.rmtree(res / "tables")
     r = snakemake(tmp_path, "--forcerun", "tables")

@@ -1,12 +1,20 @@
-"""Figures: quality vs bit setting per method and metric, and a qualitative comparison grid.
+"""Paper-style figures, each a pure function of files the DAG already wrote.
 
-The curves are a pure function of metrics.csv; the grid reads the restored images the DAG wrote
-(LQ | FP | each method at one bit setting | HQ) for the first few test images.
+- quality vs bit setting, per metric and method (from metrics.csv);
+- quality vs model size and vs BOPs with the Pareto front (metrics.csv + cost.csv): which
+  (method, bits) cells give the best quality for their cost, the paper's efficiency argument;
+- per-layer bit-width map of one or more plan.json files (mixed-precision plans; generic, so any
+  method's plan can be drawn);
+- activation distribution: per-channel max |x| of a few layers from the cached calibration
+  statistics, before and (given a second statistics file) after a balancing transform: the
+  outlier channels that motivate QuantFace's rotation-scaling;
+- qualitative grid (LQ | FP | each method at one bit setting | HQ) with a zoomed crop per image.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +22,35 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from quantface.io import atomic_path, list_images, read_image
+from quantface.quant.plan import BitPlan
 from quantface.report.aggregate import read_metrics
 from quantface.report.tables import METRIC_LABELS, REFERENCE_ROWS, _bits_key
 
+# Zoom window of the qualitative grid, as fractions of (top, bottom, left, right): the eye and nose
+# region of an FFHQ-aligned face, where restoration artefacts are easiest to see.
+ZOOM_BOX = (0.30, 0.62, 0.22, 0.78)
 
-def _save(fig: plt.Figure, path: Path) -> None:
+
+def _save(fig: plt.Figure, path: Path) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
+    return path
+
+
+def _metric_title(metric: str, hib: bool) -> str:
+    return f"{METRIC_LABELS.get(metric, metric)} {'↑' if hib else '↓'}"
+
+
+def _method_colors(methods: list[str]) -> dict[str, Any]:
+    cmap = plt.get_cmap("tab10")
+    return {m: cmap(i % 10) for i, m in enumerate(sorted(methods))}
 
 
 def quality_vs_bits(df: pd.DataFrame, dataset: str, out: Path) -> Path | None:
@@ -52,8 +78,7 @@ def quality_vs_bits(df: pd.DataFrame, dataset: str, out: Path) -> Path | None:
                     lw=1,
                     label=ref.upper() if ref == "fp" else "input (LQ)",
                 )
-        hib = bool(m["higher_is_better"].iloc[0])
-        ax.set_title(f"{METRIC_LABELS.get(metric, metric)} {'↑' if hib else '↓'}")
+        ax.set_title(_metric_title(metric, bool(m["higher_is_better"].iloc[0])))
         ax.tick_params(axis="x", labelsize=8)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(metrics) :]:
@@ -64,42 +89,276 @@ def quality_vs_bits(df: pd.DataFrame, dataset: str, out: Path) -> Path | None:
     )
     fig.suptitle(f"Quality vs bit setting on {dataset} (simulated quantization)")
     fig.tight_layout()
-    path = out / f"quality_vs_bits_{dataset}.png"
-    _save(fig, path)
-    return path
+    return _save(fig, out / f"quality_vs_bits_{dataset}.png")
+
+
+def pareto_front(cost: np.ndarray, quality: np.ndarray, higher_is_better: bool) -> np.ndarray:
+    """Indices of the non-dominated points (no other point is cheaper *and* better), by cost.
+
+    A point is on the front when its quality beats every cheaper point's; ties in cost keep the
+    better one. Returned in increasing cost, which is the order the front is drawn in.
+    """
+    q = quality if higher_is_better else -quality
+    order = np.lexsort((-q, cost))  # by cost, best quality first among equal costs
+    front, best = [], -np.inf
+    for i in order:
+        if q[i] > best:
+            front.append(int(i))
+            best = q[i]
+    return np.array(front, dtype=int)
+
+
+def quality_vs_cost(df: pd.DataFrame, cost: pd.DataFrame, dataset: str, out: Path) -> Path | None:
+    """Each metric against model size (MiB) and against GBOPs, one point per (method, bits)."""
+    sub = df[(df["dataset"] == dataset) & df["value"].notna() & (df["method"] != "input")]
+    merged = sub.merge(
+        cost[["model", "method", "bits", "size_bytes", "bops"]],
+        on=["model", "method", "bits"],
+        how="inner",
+    )
+    if merged[merged["method"] != "fp"].empty:
+        return None
+    merged["size_mib"] = merged["size_bytes"] / 2**20
+    merged["gbops"] = merged["bops"] / 1e9
+    metrics = list(dict.fromkeys(merged["metric"]))
+    colors = _method_colors([m for m in merged["method"].unique() if m != "fp"])
+    axes_x = (("size_mib", "model size (MiB)"), ("gbops", "GBOPs"))
+    per_row = 2  # metrics per row; each metric gets a size panel and a BOPs panel
+    rows = math.ceil(len(metrics) / per_row)
+    ncols = 2 * min(per_row, len(metrics))
+    fig, axes = plt.subplots(rows, ncols, figsize=(3.3 * ncols, 2.9 * rows), squeeze=False)
+    for k, metric in enumerate(metrics):
+        m = merged[merged["metric"] == metric].reset_index(drop=True)
+        hib = bool(m["higher_is_better"].iloc[0])
+        for j, (xcol, xlabel) in enumerate(axes_x):
+            ax = axes[k // per_row][2 * (k % per_row) + j]
+            for method, g in m.groupby("method"):
+                if method == "fp":
+                    ax.scatter(g[xcol], g["value"], marker="*", s=120, color="k", label="FP")
+                    continue
+                ax.scatter(g[xcol], g["value"], color=colors[method], label=method, zorder=3)
+                for _, r in g.iterrows():
+                    ax.annotate(
+                        r["bits"].upper(),
+                        (r[xcol], r["value"]),
+                        fontsize=6,
+                        xytext=(3, 3),
+                        textcoords="offset points",
+                    )
+            front = pareto_front(m[xcol].to_numpy(float), m["value"].to_numpy(float), hib)
+            ax.step(
+                m[xcol].to_numpy()[front],
+                m["value"].to_numpy()[front],
+                where="post",
+                color="0.4",
+                lw=1,
+                ls="--",
+                label="Pareto front",
+            )
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlabel(xlabel, fontsize=8)
+            ax.set_title(_metric_title(metric, hib), fontsize=9)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3, which="both")
+    for ax in list(axes.flat)[2 * len(metrics) :]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(
+        handles, labels, loc="upper center", ncol=min(6, len(labels)), bbox_to_anchor=(0.5, 0.0)
+    )
+    fig.suptitle(f"Quality vs cost on {dataset} (simulated quantization; cost from cost.csv)")
+    fig.tight_layout()
+    return _save(fig, out / f"quality_vs_cost_{dataset}.png")
+
+
+def bit_width_map(plans: Mapping[str, BitPlan], out: Path, name: str = "bit_width_map") -> Path:
+    """Per-layer weight and activation bits of each plan, layers in the first plan's order.
+
+    Layers a plan lacks (kept FP) are drawn as 32 bits; the title row gives each plan's mean
+    activation bits, the number the mixed-precision budget constrains.
+    """
+    if not plans:
+        raise ValueError("bit_width_map needs at least one plan")
+    layers = list(dict.fromkeys(n for p in plans.values() for n in p))
+    labels = list(plans)
+    w = np.array([[plans[p][n].w_bits if n in plans[p] else 32 for n in layers] for p in labels])
+    a = np.array([[plans[p][n].a_bits if n in plans[p] else 32 for n in layers] for p in labels])
+    levels = sorted(set(w.ravel()) | set(a.ravel()))
+    cmap = plt.get_cmap("viridis", len(levels))
+    index = {b: i for i, b in enumerate(levels)}
+    width = min(24.0, 3.0 + 0.12 * len(layers))
+    fig, axes = plt.subplots(
+        2, 1, figsize=(width, 1.2 + 0.9 * len(labels) * 2), squeeze=False, sharex=True
+    )
+    for ax, grid, what in ((axes[0][0], w, "weight"), (axes[1][0], a, "activation")):
+        im = ax.imshow(
+            np.vectorize(index.get)(grid),
+            cmap=cmap,
+            vmin=-0.5,
+            vmax=len(levels) - 0.5,
+            aspect="auto",
+            interpolation="nearest",
+        )
+        means = [
+            f"{lab} (mean {grid[i][grid[i] < 32].mean():.2f})" if (grid[i] < 32).any() else lab
+            for i, lab in enumerate(labels)
+        ]
+        ax.set_yticks(range(len(labels)), means, fontsize=8)
+        ax.set_title(f"{what} bits per layer", fontsize=9)
+    axes[1][0].set_xticks(range(len(layers)), layers, rotation=90, fontsize=5)
+    cbar = fig.colorbar(im, ax=[ax[0] for ax in axes], ticks=range(len(levels)), pad=0.01)
+    cbar.ax.set_yticklabels([str(b) for b in levels], fontsize=8)
+    cbar.set_label("bits (32 = kept FP)", fontsize=8)
+    return _save(fig, out / f"{name}.png")
+
+
+def outlier_ratio(ch_absmax: np.ndarray) -> float:
+    """max / median of per-channel max |x|: how far the worst channel stands out."""
+    med = float(np.median(ch_absmax))
+    return float(ch_absmax.max()) / med if med > 0 else math.inf
+
+
+def _channel_absmax(stats: Mapping[str, Any]) -> np.ndarray:
+    lo = np.asarray(stats["ch_min"], dtype=np.float64)
+    hi = np.asarray(stats["ch_max"], dtype=np.float64)
+    return np.maximum(np.abs(lo), np.abs(hi))
+
+
+def pick_outlier_layers(stats: Mapping[str, Mapping[str, Any]], k: int = 4) -> list[str]:
+    """The k linear/conv input sites whose activations have the largest outlier ratio."""
+    sites = [s for s in stats if s.endswith(".input") and np.size(stats[s]["ch_max"]) > 1]
+    ranked = sorted(sites, key=lambda s: (-outlier_ratio(_channel_absmax(stats[s])), s))
+    return ranked[:k]
+
+
+def activation_distribution(
+    before: Mapping[str, Mapping[str, Any]],
+    out: Path,
+    layers: list[str] | None = None,
+    after: Mapping[str, Mapping[str, Any]] | None = None,
+    after_label: str = "after balancing",
+) -> Path | None:
+    """Per-channel max |x| of a few layers' inputs, before and (if given) after a transform.
+
+    `before`/`after` are calibration statistics (CalibrationSet.stats: site -> {ch_min, ch_max,
+    ...}); by default the four layers with the strongest outlier channels are shown.
+    """
+    layers = layers or pick_outlier_layers(before)
+    if not layers:
+        return None
+    rows = 2 if after is not None else 1
+    fig, axes = plt.subplots(
+        rows, len(layers), figsize=(3.4 * len(layers), 2.6 * rows), squeeze=False
+    )
+    for j, site in enumerate(layers):
+        for i, (label, stats) in enumerate((("before", before), (after_label, after))[:rows]):
+            ax = axes[i][j]
+            if stats is None or site not in stats:
+                ax.axis("off")
+                continue
+            v = _channel_absmax(stats[site])
+            ax.bar(np.arange(len(v)), v, width=1.0, color="C0" if i == 0 else "C2")
+            ax.set_title(
+                f"{_short(site.removesuffix('.input'))}\n{label}: max/median "
+                f"{outlier_ratio(v):.1f}",
+                fontsize=7,
+            )
+            ax.set_xlabel("input channel", fontsize=7)
+            ax.tick_params(labelsize=6)
+        axes[0][j].set_ylabel("max |x| over calibration set", fontsize=7)
+    fig.suptitle("Per-channel activation magnitude (FP calibration statistics)", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, out / "activation_distribution.png")
+
+
+def _short(name: str, width: int = 40) -> str:
+    """A layer name cut to its last dotted parts so panel titles do not run into each other."""
+    parts = name.split(".")
+    while len(".".join(parts)) > width and len(parts) > 2:
+        parts = parts[1:]
+    return name if parts == name.split(".") else "…" + ".".join(parts)
+
+
+def _zoom(img: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    h, w = img.shape[:2]
+    t, b, left, r = ZOOM_BOX
+    box = (int(t * h), int(b * h), int(left * w), int(r * w))
+    return img[box[0] : box[1], box[2] : box[3]], box
 
 
 def qualitative_grid(spec: dict[str, Any], out: Path) -> Path | None:
-    """spec: {dataset, bits, n_images, columns: [[label, folder], ...]} (first column = LQ)."""
+    """spec: {dataset, bits, n_images, columns: [[label, folder], ...]} (first column = LQ).
+
+    Each image gets two rows: the full face with the zoom window outlined, then the zoomed crop.
+    """
     columns = [(label, Path(folder)) for label, folder in spec.get("columns", [])]
     if not columns:
         return None
     names = [p.name for p in list_images(columns[0][1])][: int(spec.get("n_images", 4))]
     fig, axes = plt.subplots(
-        len(names), len(columns), figsize=(1.6 * len(columns), 1.6 * len(names)), squeeze=False
+        2 * len(names),
+        len(columns),
+        figsize=(1.6 * len(columns), 1.6 * len(names) * 1.6),
+        squeeze=False,
+        gridspec_kw={"height_ratios": [1.0, 0.6] * len(names)},
     )
     for r, name in enumerate(names):
         for c, (label, folder) in enumerate(columns):
-            ax = axes[r][c]
-            ax.imshow(read_image(folder / name))
-            ax.set_xticks([])
-            ax.set_yticks([])
+            img = read_image(folder / name)
+            crop, (t, b, left, right) = _zoom(img)
+            full, zoom = axes[2 * r][c], axes[2 * r + 1][c]
+            full.imshow(img)
+            full.add_patch(Rectangle((left, t), right - left, b - t, fill=False, ec="red", lw=0.8))
+            zoom.imshow(crop)
+            for ax in (full, zoom):
+                ax.set_xticks([])
+                ax.set_yticks([])
             if r == 0:
-                ax.set_title(label, fontsize=8)
+                full.set_title(label, fontsize=8)
     fig.suptitle(
         f"{spec.get('dataset', '')}: methods at {spec.get('bits', '').upper()} "
         f"(simulated quantization)",
         fontsize=9,
     )
     fig.tight_layout()
-    path = out / f"qualitative_{spec.get('dataset', 'grid')}.png"
-    _save(fig, path)
-    return path
+    return _save(fig, out / f"qualitative_{spec.get('dataset', 'grid')}.png")
 
 
-def write_figures(metrics: Path, out: Path, qualitative: dict[str, Any]) -> list[Path]:
-    df = read_metrics([metrics])
+def write_figures(
+    metrics: list[Path],
+    out: Path,
+    qualitative: dict[str, Any] | None = None,
+    cost: list[Path] | None = None,
+    calib: Path | None = None,
+    calib_after: Path | None = None,
+    plans: Mapping[str, Path] | None = None,
+) -> list[Path]:
+    """Every figure the inputs allow; returns the paths written."""
+    df = read_metrics(list(metrics))
     out.mkdir(parents=True, exist_ok=True)
-    made = [quality_vs_bits(df, d, out) for d in sorted(df["dataset"].unique())]
-    made.append(qualitative_grid(qualitative, out) if qualitative else None)
+    datasets = sorted(df["dataset"].unique())
+    made = [quality_vs_bits(df, d, out) for d in datasets]
+    if cost:
+        costs = pd.concat([pd.read_csv(p, dtype={"bits": str}) for p in cost], ignore_index=True)
+        costs = costs.drop_duplicates(subset=["model", "method", "bits"], keep="last")
+        made += [quality_vs_cost(df, costs, d, out) for d in datasets]
+    if calib is not None:
+        from quantface.quant.calibration import CalibrationSet
+
+        before = _numpy_stats(CalibrationSet.load(calib).stats)
+        after = _numpy_stats(CalibrationSet.load(calib_after).stats) if calib_after else None
+        made.append(activation_distribution(before, out, after=after))
+    if plans:
+        made.append(bit_width_map({k: BitPlan.load(p) for k, p in plans.items()}, out))
+    if qualitative:
+        made.append(qualitative_grid(qualitative, out))
     return [p for p in made if p is not None]
+
+
+def _numpy_stats(stats: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, np.ndarray]]:
+    return {
+        site: {k: s[k].numpy() for k in ("ch_min", "ch_max") if k in s} for site, s in stats.items()
+    }

@@ -19,6 +19,7 @@ from quantface.io import atomic_write_text
 from quantface.report.aggregate import read_metrics
 
 REFERENCE_ROWS = ("input", "fp")
+MISSING = "—"  # a cell with no value (metric not run for that row)
 BIT_ORDER = ("fp32", "w8a8", "w6a6", "w4a8", "w4a6", "w4a4")
 METRIC_LABELS = {
     "psnr": "PSNR",
@@ -36,6 +37,22 @@ METRIC_LABELS = {
     "maniqa": "MANIQA",
     "clipiqa": "CLIP-IQA",
 }
+# cost.csv column -> (table column, scale, higher is better, decimals); rendered like a metric
+COST_COLUMNS = {
+    "params": ("Params (M)", 1e-6, False, 3),
+    "size_bytes": ("Size (KiB)", 1 / 1024, False, 1),
+    "param_bits_reduction": ("Param-bit reduction (%)", 100.0, True, 2),
+    "macs": ("GMACs", 1e-9, False, 3),
+    "bops": ("GBOPs", 1e-9, False, 2),
+    "bops_reduction": ("BOP reduction (%)", 100.0, True, 2),
+    "calibration_seconds": ("Calibration (s)", 1.0, False, 1),
+}
+METRIC_LABELS.update({f"cost:{k}": v[0] for k, v in COST_COLUMNS.items()})
+DECIMALS = {
+    **dict.fromkeys(("psnr", "psnr_fp", "piqe", "niqe", "musiq"), 2),
+    **{f"cost:{k}": v[3] for k, v in COST_COLUMNS.items()},
+}
+FULL_REFERENCE = {"psnr", "ssim", "ms_ssim", "fsim", "gmsd", "vif", "lpips", "dists", "deg", "lmd"}
 CONVENTIONS = (
     (
         "Quantization is simulated (fake-quant in FP32): uniform integer grids, weights per "
@@ -61,10 +78,8 @@ def _bits_key(bits: str) -> tuple[int, str]:
 
 def _fmt(value: float, metric: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return (
-        f"{value:.2f}" if metric in ("psnr", "psnr_fp", "piqe", "niqe", "musiq") else f"{value:.4f}"
-    )
+        return MISSING
+    return f"{value:.{DECIMALS.get(metric, 4)}f}"
 
 
 def build_table(df: pd.DataFrame, datasets: list[str]) -> tuple[pd.DataFrame, dict]:
@@ -106,13 +121,13 @@ def build_table(df: pd.DataFrame, datasets: list[str]) -> tuple[pd.DataFrame, di
         if len(block) < 2:
             continue
         for col in wide.columns:
-            vals = block[col].dropna()
-            if vals.empty:
-                continue
-            ordered = vals.sort_values(ascending=not hib[col[1]])
-            marks["rank"][(ordered.index[0], col)] = 1
-            if len(ordered) > 1 and ordered.iloc[1] != ordered.iloc[0]:
-                marks["rank"][(ordered.index[1], col)] = 2
+            # rank on the printed value, so two cells that read the same get the same mark
+            shown = {idx: _fmt(v, col[1]) for idx, v in block[col].dropna().items()}
+            levels = sorted({float(t) for t in shown.values()}, reverse=hib[col[1]])
+            for idx, text in shown.items():
+                rank = levels.index(float(text)) + 1
+                if rank <= 2:
+                    marks["rank"][(idx, col)] = rank
     return wide, marks
 
 
@@ -139,7 +154,7 @@ def _cell(wide: pd.DataFrame, idx, col, marks: dict, style: str) -> str:
 def _row_label(idx) -> tuple[str, str]:
     bits, method = idx
     if method == "input":
-        return "–", "Input (LQ)"
+        return MISSING, "Input (LQ)"
     if method == "fp":
         return "W32A32", "FP"
     return bits.upper(), method
@@ -171,6 +186,7 @@ def _tex_escape(s: str) -> str:
         .replace("#", r"\#")
         .replace("↑", r"$\uparrow$")
         .replace("↓", r"$\downarrow$")
+        .replace("—", "---")
         .replace("–", "--")
     )
 
@@ -249,52 +265,77 @@ def _write_table(
     atomic_write_text(out / f"{stem}.csv", to_csv(wide, marks))
 
 
-def cost_markdown(cost: pd.DataFrame, footnote: list[str]) -> tuple[str, str]:
-    """Cost table (md, csv): size, parameter-bit and BOP reductions, calibration time."""
-    rows = cost.copy()
-    rows["_k"] = [
-        (-1, "") if m == "fp" else (*_bits_key(b), m) for m, b in zip(rows["method"], rows["bits"])
-    ]
-    rows = rows.sort_values("_k").drop(columns="_k")
-    table = pd.DataFrame(
-        {
-            "Model": rows["model"],
-            "Method": rows["method"],
-            "Bits": rows["bits"].str.upper(),
-            "Params (M)": (rows["params"] / 1e6).round(3),
-            "Size (KiB)": (rows["size_bytes"] / 1024).round(1),
-            "Param bits ↓ (%)": (100 * rows["param_bits_reduction"]).round(2),
-            "GMACs": (rows["macs"] / 1e9).round(3),
-            "GBOPs": (rows["bops"] / 1e9).round(1),
-            "BOPs ↓ (%)": (100 * rows["bops_reduction"]).round(2),
-            "Calibration (s)": rows["calibration_seconds"].round(1),
-        }
-    )
-    head = "| " + " | ".join(table.columns) + " |"
-    sep = "|" + "|".join(["---"] * 3 + ["---:"] * (len(table.columns) - 3)) + "|"
-    body = ["| " + " | ".join(str(v) for v in r) + " |" for r in table.itertuples(index=False)]
+COST_NOTE = (
+    "Sizes and BOPs from quantface.quant.cost: quantized weights at w_bits, step sizes and zero "
+    "points at 32 bit, all other parameters FP32; MACs measured by hooks on one image; BOPs = MACs "
+    "x w_bits x a_bits (matmuls a_bits^2), FP32 sites at 32 x 32; norms/activations/softmax not "
+    "counted. Reductions are relative to FP32; a method's extra FP parameters and MACs (scales, "
+    "rotations, low-rank branches) are included."
+)
+
+
+def cost_long(cost: pd.DataFrame) -> pd.DataFrame:
+    """cost.csv rows as metrics.csv-style rows (dataset 'cost'), so one renderer serves both."""
+    rows = []
+    for r in cost.to_dict("records"):
+        for key, (_, scale, hib, _) in COST_COLUMNS.items():
+            rows.append(
+                {
+                    "model": r["model"],
+                    "method": r["method"],
+                    "bits": str(r["bits"]),
+                    "dataset": "cost",
+                    "metric": f"cost:{key}",
+                    "value": float(r[key]) * scale,
+                    "higher_is_better": hib,
+                    "note": "",
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def write_cost_table(cost: pd.DataFrame, out: Path, footnote: list[str]) -> None:
+    """Cost table (md, tex, csv) in the quality tables' layout: FP on top, grouped by bits."""
+    wide, marks = build_table(cost_long(cost), ["cost"])
+    if wide.empty:
+        return
+    models = ", ".join(sorted(set(cost["model"])))
     notes = [
-        *footnote,
-        (
-            "Sizes and BOPs from quantface.quant.cost: quantized weights at w_bits, step sizes "
-            "and zero points at 32 bit, all other parameters FP32; MACs measured by hooks on one "
-            "image; BOPs = MACs x w_bits x a_bits (matmuls a_bits^2), FP32 sites at 32 x 32; "
-            "norms/activations/softmax not counted. Reductions are relative to FP32."
-        ),
+        *(footnote or [f"Model(s): {models}."]),
+        COST_NOTE,
+        "Best per bit setting in bold, second underlined.",
     ]
-    md = "\n".join(["### Model cost", "", head, sep, *body, "", *[f"- {n}" for n in notes]]) + "\n"
-    return md, table.to_csv(index=False)
+    title = "Model cost"
+    atomic_write_text(out / "cost.md", to_markdown(wide, marks, title, notes))
+    atomic_write_text(out / "cost.tex", to_latex(wide, marks, title, notes))
+    atomic_write_text(out / "cost.csv", to_csv(wide, marks))
+
+
+def split_datasets(df: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """(paired, no-reference) datasets: paired ones were scored with full-reference metrics."""
+    paired = sorted(set(df[df["metric"].isin(FULL_REFERENCE)]["dataset"]))
+    return paired, sorted(set(df["dataset"]) - set(paired))
 
 
 def write_tables(
-    metrics: Path,
-    cost: Path | None,
+    metrics: Path | list[Path],
+    cost: Path | list[Path] | None,
     out: Path,
-    synthetic: list[str],
-    realworld: list[str],
-    footnote: list[str],
+    synthetic: list[str] | None = None,
+    realworld: list[str] | None = None,
+    footnote: list[str] | None = None,
+    ablation: list[str] | None = None,
 ) -> None:
-    df = read_metrics([metrics])
+    """Every table from metrics (and cost) CSVs; several files are merged like shards.
+
+    Datasets default to: scored with full-reference metrics -> Table 1, the rest -> Table 3.
+    `ablation` (method names) adds ablation.{md,tex,csv} on the Table 1 datasets.
+    """
+    footnote = footnote or []
+    df = read_metrics(list(metrics) if isinstance(metrics, list) else [metrics])
+    paired, unpaired = split_datasets(df)
+    synthetic = paired if synthetic is None else synthetic
+    realworld = unpaired if realworld is None else realworld
     out.mkdir(parents=True, exist_ok=True)
     _write_table(
         df, synthetic, out, "table1_synthetic", "Table 1: synthetic test set (paired)", footnote
@@ -307,7 +348,13 @@ def write_tables(
         "Table 3: real-world test sets (no reference)",
         footnote,
     )
-    if cost is not None:
-        md, csv = cost_markdown(pd.read_csv(cost, dtype={"bits": str}), footnote)
-        atomic_write_text(out / "cost.md", md)
-        atomic_write_text(out / "cost.csv", csv)
+    if ablation:
+        rows = df[df["method"].isin(["fp", *ablation])]
+        _write_table(rows, synthetic, out, "ablation", "Ablation (synthetic test set)", footnote)
+    paths = [] if cost is None else (cost if isinstance(cost, list) else [cost])
+    if paths:
+        frames = [pd.read_csv(p, dtype={"bits": str}) for p in paths]
+        merged = pd.concat(frames, ignore_index=True).drop_duplicates(
+            subset=["model", "method", "bits"], keep="last"
+        )
+        write_cost_table(merged, out, footnote)

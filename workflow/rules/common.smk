@@ -113,7 +113,7 @@ def table_outputs():
     for stem, key in (("table1_synthetic", "synthetic"), ("table3_realworld", "realworld")):
         if rep.get(key):
             outs += [f"results/tables/{stem}.{ext}" for ext in ("md", "tex", "csv")]
-    return outs + [f"results/tables/cost.{ext}" for ext in ("md", "csv")]
+    return outs + [f"results/tables/cost.{ext}" for ext in ("md", "tex", "csv")]
 
 
 def qualitative_dataset():
@@ -140,10 +140,28 @@ def qualitative_inputs(wildcards):
     ]
 
 
+def mixed_cells():
+    """(method, bits) cells with a mixed-precision plan, drawn in the bit-width map."""
+    return [(m, b) for m, b in quantized_cells() if b.startswith("mp")]
+
+
+def plan_options(wildcards):
+    cells = mixed_cells()
+    return " ".join(
+        f"--plan {m}_{b}=results/{MODEL}/{m}/{b}/plan.json" for m, b in cells
+    )
+
+
 def figure_outputs():
-    return [f"results/figures/quality_vs_bits_{d}.png" for d in DATASET_NAMES] + [
-        f"results/figures/qualitative_{qualitative_dataset()}.png"
+    figs = [f"results/figures/quality_vs_bits_{d}.png" for d in DATASET_NAMES]
+    figs += [f"results/figures/quality_vs_cost_{d}.png" for d in DATASET_NAMES]
+    figs += [
+        "results/figures/activation_distribution.png",
+        f"results/figures/qualitative_{qualitative_dataset()}.png",
     ]
+    if mixed_cells():
+        figs.append("results/figures/bit_width_map.png")
+    return figs
 
 
 def footnotes():
@@ -158,3 +176,23 @@ def footnotes():
 
 def final_outputs():
     return ["results/metrics.csv", "results/cost.csv"] + table_outputs() + figure_outputs()
+
+
+FIGURE_CAPTIONS = {  # figure file stem prefix -> caption file (relative to workflow/rules/)
+    "quality_vs_bits": "../report/quality_vs_bits.rst",
+    "quality_vs_cost": "../report/quality_vs_cost.rst",
+    "activation_distribution": "../report/activation_distribution.rst",
+    "bit_width_map": "../report/bit_width_map.rst",
+    "qualitative": "../report/qualitative.rst",
+}
+
+
+def figure_caption(path):
+    stem = os.path.basename(path).rsplit(".", 1)[0]
+    return next(c for prefix, c in FIGURE_CAPTIONS.items() if stem.startswith(prefix))
+
+
+def report_labels(path):
+    """Labels that sort report entries: the file's name without its extension, and the format."""
+    name, ext = os.path.basename(path).rsplit(".", 1)
+    return {"name": name, "format": ext}

@@ -29,7 +29,10 @@ rule tables:
         metrics="results/metrics.csv",
         cost="results/cost.csv",
     output:
-        table_outputs(),
+        [
+            report(f, caption="../report/tables.rst", category="Tables", labels=report_labels(f))
+            for f in table_outputs()
+        ],
     params:
         synthetic=",".join(config["report"].get("synthetic", [])),
         realworld=",".join(config["report"].get("realworld", [])),
@@ -51,11 +54,18 @@ rule tables:
 rule figures:
     input:
         metrics="results/metrics.csv",
+        cost="results/cost.csv",
+        calib=f"results/{MODEL}/calib/activations.pt",
+        plans=[f"results/{MODEL}/{m}/{b}/plan.json" for m, b in mixed_cells()],
         images=qualitative_inputs,
     output:
-        figure_outputs(),
+        [
+            report(f, caption=figure_caption(f), category="Figures", labels=report_labels(f))
+            for f in figure_outputs()
+        ],
     params:
         qualitative=qualitative_spec,
+        plans=plan_options,
     log:
         "results/logs/figures.log",
     benchmark:
@@ -65,5 +75,5 @@ rule figures:
         mem_mb=2000,
         runtime=10,
     shell:
-        "quantface figures --metrics {input.metrics} --out results/figures"
-        " --qualitative {params.qualitative} 2> {log}"
+        "quantface figures --metrics {input.metrics} --cost {input.cost} --calib {input.calib}"
+        " {params.plans} --out results/figures --qualitative {params.qualitative} 2> {log}"
