@@ -68,7 +68,7 @@ class Registry(Generic[T]):
         return out
 
 
-MODELS: Registry = Registry("model", ("quantface.models.tiny",))
+MODELS: Registry = Registry("model", ("quantface.models.tiny", "quantface.models.osdface"))
 METHODS: Registry = Registry("method", ("quantface.methods.reference", "baselines.maxmin"))
 METRICS: Registry = Registry("metric", ("quantface.metrics.iqa",))
 DATASETS: Registry = Registry("dataset", ("quantface.data.datasets",))
