@@ -71,4 +71,4 @@ class Registry(Generic[T]):
 MODELS: Registry = Registry("model", ("quantface.models.tiny", "quantface.models.osdface"))
 METHODS: Registry = Registry("method", ("quantface.methods.reference", "baselines.maxmin"))
 METRICS: Registry = Registry("metric", ("quantface.metrics.iqa",))
-DATASETS: Registry = Registry("dataset", ("quantface.data.datasets",))
+DATASETS: Registry = Registry("dataset", ("quantface.data.datasets", "quantface.data.folders"))

@@ -124,6 +124,11 @@ class OSDFaceRestorer(RestorerBundle):
             z = dist.mean + dist.std * noise
         return z * self.latent_scale
 
+    @staticmethod
+    def check_assets(assets: dict[str, Any]) -> None:
+        """Every file `from_assets` reads exists (checked when the config is validated)."""
+        resolve_assets(assets)
+
     # --- construction from the released files --------------------------------------------------
     @classmethod
     def from_assets(
