@@ -70,5 +70,7 @@ class Registry(Generic[T]):
 
 MODELS: Registry = Registry("model", ("quantface.models.tiny", "quantface.models.osdface"))
 METHODS: Registry = Registry("method", ("quantface.methods.reference", "baselines.maxmin"))
-METRICS: Registry = Registry("metric", ("quantface.metrics.iqa",))
+METRICS: Registry = Registry(
+    "metric", ("quantface.metrics.iqa", "quantface.metrics.identity", "quantface.metrics.fid")
+)
 DATASETS: Registry = Registry("dataset", ("quantface.data.datasets", "quantface.data.folders"))
