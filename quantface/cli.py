@@ -80,6 +80,22 @@ def cmd_train(args: argparse.Namespace) -> None:
     save_bundle(model, args.out, meta={"method": "fp", "seed": args.seed, "options": opts})
 
 
+def cmd_prepare_model(args: argparse.Namespace) -> None:
+    """The FP model of the study: converted from local files when the model has them, else trained."""
+    from quantface.models.checkpoint import save_bundle
+    from quantface.registry import MODELS
+
+    opts = _json(args.options)
+    cls = MODELS.get(args.model)
+    if not hasattr(cls, "from_assets"):
+        cmd_train(args)
+        return
+    model = cls.from_assets(opts.get("assets", {}), opts.get("arch", {}))
+    meta = {"method": "fp", "seed": args.seed, "assets": opts.get("assets", {})}
+    save_bundle(model, args.out, meta=meta)
+    log.info("converted %s from %s into %s", args.model, opts.get("assets"), args.out)
+
+
 def cmd_pretrain_vae(args: argparse.Namespace) -> None:
     from safetensors.torch import save_file
 
@@ -314,6 +330,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", default="tiny", help="registered model name")
     sp.add_argument("--out", required=True)
     sp.add_argument("--options", help="JSON: {arch: {...}, train: {...}, degradation: {...}}")
+    common(sp)
+
+    sp = add(
+        "prepare-model",
+        cmd_prepare_model,
+        "the study's FP model: convert local weights (osdface) or train (tiny)",
+    )
+    sp.add_argument("--model", default="tiny", help="registered model name")
+    sp.add_argument("--out", required=True)
+    sp.add_argument(
+        "--options", help="JSON: {arch, assets (local weight paths), train, degradation}"
+    )
     common(sp)
 
     sp = add("pretrain-vae", cmd_pretrain_vae, "pretrain the tiny model's VAE (the shipped asset)")

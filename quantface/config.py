@@ -13,7 +13,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from quantface.errors import ConfigError
+from quantface.errors import ConfigError, QuantFaceError
 from quantface.quant.plan import parse_bits
 from quantface.registry import DATASETS, METHODS, METRICS, MODELS
 
@@ -82,7 +82,21 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
                 f"config key 'method_options.{name}': unknown method '{name}'; "
                 f"known: {', '.join(METHODS.names())}"
             )
+    for name, opts in config["data"]["datasets"].items():
+        check_source = getattr(DATASETS.get(name)(), "check_source", None)
+        if check_source is not None:  # user folders: counts, pairs, headers before any job
+            try:
+                check_source(opts)
+            except QuantFaceError as e:
+                raise ConfigError(f"config key 'data.datasets.{name}': {e}") from None
     return config
+
+
+def check_model_assets(config: dict[str, Any]) -> None:
+    """Raise WeightsMissingError naming the first absent weight file of a converted model."""
+    check = getattr(MODELS.get(config["model"]["name"]), "check_assets", None)
+    if check is not None:
+        check(config["model"].get("assets", {}))
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

@@ -104,8 +104,14 @@ def evaluate_folder(
         other = {"fr": ref, "fidelity": fp}.get(metric.mode)
         if metric.mode in ("fr", "fidelity") and other is None:
             raise DataError(f"metric '{name}' needs --{'ref' if metric.mode == 'fr' else 'fp'}")
-        other_files = _paired(pred_files, other) if other is not None else None
         t0 = time.perf_counter()
+        if getattr(metric, "set_level", False):  # FID: one value for the folder
+            note = metric.build(weights_dir)
+            value = metric.score_set(pred, other, weights_dir, batch_size)
+            log.info("%s = %.4f over %d images (%.1f s)", name, value, n, time.perf_counter() - t0)
+            rows.append({**base, "value": value, "note": note})
+            continue
+        other_files = _paired(pred_files, other) if other is not None else None
         note = metric.build(weights_dir)
         scores = []
         for s in range(0, n, batch_size):

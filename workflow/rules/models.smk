@@ -13,7 +13,7 @@ rule prepare_model:
         mem_mb=6000,
         runtime=60,
     shell:
-        "quantface train --model {wildcards.model} --out {output} --options {params.options}"
+        "quantface prepare-model --model {wildcards.model} --out {output} --options {params.options}"
         " --seed {params.seed} --threads " + str(TORCH_THREADS) + " 2> {log}"
 
 
