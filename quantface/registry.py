@@ -69,6 +69,15 @@ class Registry(Generic[T]):
 
 
 MODELS: Registry = Registry("model", ("quantface.models.tiny",))
-METHODS: Registry = Registry("method", ("quantface.methods.reference", "baselines.maxmin"))
+METHODS: Registry = Registry(
+    "method",
+    (
+        "quantface.methods.reference",
+        "baselines.maxmin",
+        "baselines.smoothquant",
+        "baselines.quarot",
+        "baselines.svdquant",
+    ),
+)
 METRICS: Registry = Registry("metric", ("quantface.metrics.iqa",))
 DATASETS: Registry = Registry("dataset", ("quantface.data.datasets",))

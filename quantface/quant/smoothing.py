@@ -67,7 +67,7 @@ def smoothing_scales(act_absmax: Tensor, weight_absmax: Tensor, alpha: float) ->
     return s.float()
 
 
-def _linear_only_processor(attn: Attention) -> bool:
+def plain_attention(attn: Attention) -> bool:
     """Q/K/V projections and AV->to_out with nothing in between (no extra K/V, norms on q/k)."""
     return (
         getattr(attn, "add_k_proj", None) is None
@@ -105,7 +105,7 @@ def smoothing_groups(model: nn.Module, layers: Collection[str]) -> list[SmoothGr
             if (
                 not mod.only_cross_attention
                 and not a1.is_cross_attention
-                and _linear_only_processor(a1)
+                and plain_attention(a1)
                 and _affine_norm(mod.norm1)
             ):
                 add([f"{pre}attn1.to_{x}" for x in "qkv"], f"{pre}norm1", "norm")
@@ -117,7 +117,7 @@ def smoothing_groups(model: nn.Module, layers: Collection[str]) -> list[SmoothGr
             if isinstance(ff[0], GEGLU) and isinstance(ff[-1], nn.Linear):
                 add([f"{pre}ff.net.{len(ff) - 1}"], f"{pre}ff.net.0.proj", "geglu")
         elif isinstance(mod, Attention):
-            if not _linear_only_processor(mod):
+            if not plain_attention(mod):
                 continue
             add([f"{pre}to_out.0"], f"{pre}to_v", "rows")
             if mod.group_norm is not None and not mod.is_cross_attention:
@@ -162,3 +162,43 @@ def scale_weight_columns(layer: nn.Module, s: Tensor) -> None:
     """W[:, j] *= s_j (Linear [O, I], Conv2d [O, I, kh, kw])."""
     shape = [1, -1] + [1] * (layer.weight.dim() - 2)
     layer.weight.mul_(s.view(shape))
+
+
+def calib_absmax(stats: dict[str, Tensor]) -> Tensor:
+    """Per-input-channel max |X_j| from cached calibration statistics (ch_min / ch_max)."""
+    return torch.maximum(stats["ch_min"].abs(), stats["ch_max"].abs())
+
+
+@torch.no_grad()
+def apply_smoothing(
+    model: nn.Module,
+    groups: list[SmoothGroup],
+    act_absmax: dict[str, Tensor],
+    alpha: float | dict[str, float],
+) -> dict[str, Tensor]:
+    """Smooth every group: scale readers' weight columns by s, fold 1/s or set `input_scale`.
+
+    Output-side folds (`rows`, `geglu`) go first: they rescale the producer's rows, and the
+    producer (to_v, ff.net.0.proj) is itself smoothed afterwards from its updated weight. Online
+    groups need their reader wrapped with an `input_scale` buffer (InputTransform(scale=True)).
+    `alpha` may be a number or a per-first-reader mapping. Returns layer -> s.
+    """
+    order = sorted(groups, key=lambda g: g.fold not in ("rows", "geglu"))
+    scales: dict[str, Tensor] = {}
+    for g in order:
+        readers = [model.get_submodule(n) for n in g.layers]
+        a = torch.stack([act_absmax[n] for n in g.layers]).amax(0)
+        w = torch.stack([channel_absmax(r.weight) for r in readers]).amax(0)
+        al = alpha if isinstance(alpha, float | int) else alpha[g.layers[0]]
+        s = smoothing_scales(a, w, float(al)).to(readers[0].weight.device)
+        for r in readers:
+            scale_weight_columns(r, s)
+        if g.fold == "online":
+            for n, r in zip(g.layers, readers):
+                if "input_scale" not in r._buffers:
+                    raise ValueError(f"{n} needs an input_scale buffer for run-time smoothing")
+                r.input_scale.copy_(s)
+        else:
+            fold_inverse_scale(model, g, s)
+        scales.update(dict.fromkeys(g.layers, s))
+    return scales
