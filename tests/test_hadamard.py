@@ -24,7 +24,7 @@ def _naive_hadamard(n: int) -> torch.Tensor:
     """Sylvester's H_n by its closed form H[i, j] = (-1)^popcount(i & j) (independent of fwht)."""
     i = torch.arange(n)
     bits = (i[:, None] & i[None, :]).tolist()
-    return torch.tensor([[(-1) ** bin(b).count("1") for b in row] for row in bits]).double()
+    return torch.tensor([[(-1) ** b.bit_count() for b in row] for row in bits]).double()
 
 
 def test_fwht_matches_the_closed_form_sylvester_matrix():
