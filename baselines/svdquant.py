@@ -12,8 +12,10 @@ Adaptation and choices here:
   skips resblocks, proj_in/out and samplers on SDXL; methods.md §8 proposes all layers for the
   OSDFace UNet). A conv [O, I, kh, kw] is split as [O, I*kh*kw]; its branch is a kh x kw conv
   I -> r (the host's stride/padding) then a 1x1 conv r -> O;
-- rank: `rank` (32), capped at min(O, I*kh*kw) // 2 so a tiny layer is not mostly branch (the
-  micro and tiny models have 8..64-channel layers, where the cap decides the rank);
+- rank: `rank` (32), capped at floor(max_rank_fraction * min(O, I*kh*kw)) (fraction 0.5) so a
+  tiny layer is not mostly branch. The micro and tiny models have 8..64-channel layers, where the
+  cap decides the rank and the branch is far larger relative to the layer than rank 32 is in SD
+  (32 / 320 = 0.1): max_rank_fraction 0.1 reproduces SD's relative branch size;
 - smoothing reuses quant/smoothing.py with SmoothQuant's fold rules (folding is exact and free;
   the rest runs online and is counted); alpha is one value for all layers (`alpha`, 0.5) instead
   of the per-layer search, which needs a quantized forward per candidate and layer;
@@ -27,7 +29,7 @@ Adaptation and choices here:
   (nunchaku runs attention in 16 bit; DESIGN §5 keeps them at the activation bits for all).
 
 Options (config `method_options.svdquant`): rank (32), alpha (0.5), group_size (64),
-lowrank_iters (1), online (true).
+lowrank_iters (1), online (true), max_rank_fraction (0.5).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ DEFAULTS: dict[str, Any] = {
     "group_size": 64,
     "lowrank_iters": 1,
     "online": True,
+    "max_rank_fraction": 0.5,
 }
 
 
@@ -109,7 +112,8 @@ class SVDQuant:
             w = group_spec(bits.w_bits, c_in, gs, symmetric=True, channel_dim=1)
             if w.granularity == "token":  # one group spans all inputs: per output channel
                 w = QuantSpec(bits.w_bits, True, "channel", channel_dim=0)
-            rank = capped_rank(opts["rank"], o, fan_in) if name in layers else 0
+            rank = capped_rank(opts["rank"], o, fan_in, float(opts["max_rank_fraction"]))
+            rank = rank if name in layers else 0
             layout[name] = LayerQuant(kind, a, w, InputTransform(name in online, False, rank))
         wrap_model(model, layout)
         absmax = {n: calib_absmax(calib.input_stats(n)) for g in groups for n in g.layers}

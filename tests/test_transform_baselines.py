@@ -142,3 +142,18 @@ def test_unknown_option_is_named(micro_model, micro_calib):
     plan = BitPlan.uniform(micro_model.quant_targets(), 8, 8)
     with pytest.raises(ConfigError, match="alpah"):
         METHODS.get("smoothquant")().quantize(micro_model, micro_calib, plan, {"alpah": 0.5})
+
+
+def test_method_options_are_checked_by_the_schema():
+    from pathlib import Path
+
+    from quantface.config import load_config, validate_config
+    from quantface.errors import ConfigError
+
+    config = load_config(Path(__file__).parents[1] / "config" / "config.yaml")
+    assert {"smoothquant", "quarot", "svdquant"} <= set(config["methods"])
+    config["method_options"] = {"svdquant": {"rank": 8, "alpha": 0.7}, "quarot": {"seed": 1}}
+    validate_config(config)
+    config["method_options"] = {"quarot": {"clip": 0.9}}
+    with pytest.raises(ConfigError, match="method_options.quarot"):
+        validate_config(config)

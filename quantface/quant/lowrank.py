@@ -17,9 +17,10 @@ import torch
 from torch import Tensor
 
 
-def capped_rank(rank: int, out_features: int, fan_in: int) -> int:
-    """The rank actually used: at most half the smaller side, so a tiny layer is not all branch."""
-    return max(0, min(int(rank), min(out_features, fan_in) // 2))
+def capped_rank(rank: int, out_features: int, fan_in: int, max_fraction: float = 0.5) -> int:
+    """The rank actually used: at most a fraction (half) of the smaller side of the matrix, so a
+    tiny layer is not all branch."""
+    return max(0, min(int(rank), int(max_fraction * min(out_features, fan_in))))
 
 
 def _svd_r(w2: Tensor, rank: int) -> tuple[Tensor, Tensor]:
