@@ -69,7 +69,16 @@ class Registry(Generic[T]):
 
 
 MODELS: Registry = Registry("model", ("quantface.models.tiny", "quantface.models.osdface"))
-METHODS: Registry = Registry("method", ("quantface.methods.reference", "baselines.maxmin"))
+METHODS: Registry = Registry(
+    "method",
+    (
+        "quantface.methods.reference",
+        "baselines.maxmin",
+        "baselines.smoothquant",
+        "baselines.quarot",
+        "baselines.svdquant",
+    ),
+)
 METRICS: Registry = Registry(
     "metric", ("quantface.metrics.iqa", "quantface.metrics.identity", "quantface.metrics.fid")
 )

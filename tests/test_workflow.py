@@ -41,9 +41,9 @@ def test_dry_run_of_the_default_config_lists_every_job(tmp_path):
         ("prepare_data", 2),
         ("prepare_model", 1),
         ("calibrate", 1),
-        ("quantize", 4),
-        ("restore", 8),
-        ("evaluate", 8),
+        ("quantize", 16),  # 4 methods x 4 bit settings
+        ("restore", 32),
+        ("evaluate", 32),
         ("tables", 1),
         ("figures", 1),
     ]:

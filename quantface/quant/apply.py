@@ -8,12 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import torch
 from torch import nn
 
 from quantface.models.base import RestorerBundle
 from quantface.quant.calibration import CalibrationSet
-from quantface.quant.layers import LayerQuant, QuantLayerMixin, QuantMatMul, quantizers
-from quantface.quant.observers import make_observer
+from quantface.quant.layers import (
+    InputTransform,
+    LayerQuant,
+    QuantLayerMixin,
+    QuantMatMul,
+    quantizers,
+)
+from quantface.quant.observers import MinMaxObserver, make_observer
 from quantface.quant.plan import BitPlan, LayerBits
 from quantface.quant.quantizer import QuantSpec
 
@@ -54,11 +61,12 @@ def current_layout(model: nn.Module) -> dict[str, LayerQuant]:
     for name, mod in model.named_modules():
         if isinstance(mod, QuantLayerMixin):
             kind = "linear" if isinstance(mod, nn.Linear) else "conv2d"
+            t = mod.transform_spec()
         elif isinstance(mod, QuantMatMul):
-            kind = "matmul"
+            kind, t = "matmul", InputTransform()
         else:
             continue
-        layout[name] = LayerQuant(kind, mod.act_quantizer.spec, mod.weight_quantizer.spec)
+        layout[name] = LayerQuant(kind, mod.act_quantizer.spec, mod.weight_quantizer.spec, t)
     return layout
 
 
@@ -108,3 +116,35 @@ def set_activation_ranges(
         obs = make_observer(observer, q.spec, **kwargs)
         obs.update(stats["rows"])
         q.set_range(*obs.compute())
+
+
+def _is_weight_quantizer(model: nn.Module, qname: str) -> bool:
+    site, _, qattr = qname.rpartition(".")
+    return qattr == "weight_quantizer" and isinstance(model.get_submodule(site), QuantLayerMixin)
+
+
+@torch.no_grad()
+def observe_activation_ranges(model: RestorerBundle, images: torch.Tensor, batch_size: int = 8):
+    """Static min-max activation ranges measured on the *transformed* FP model.
+
+    The cached calibration statistics describe the original model's activations; once a method
+    has folded scales into norms or rotated values (to_v rows), the inputs some quantizers see
+    differ, so their ranges are re-observed here by one FP forward over the calibration images
+    (weights unquantized, every static activation quantizer observing). Dynamic ones need nothing.
+    """
+    qs = quantizers(model)
+    act = {n: q for n, q in qs.items() if not _is_weight_quantizer(model, n)}
+    static = {n: q for n, q in act.items() if not q.spec.dynamic}
+    modes = {n: q.mode for n, q in qs.items()}
+    try:
+        for n, q in qs.items():
+            q.mode = "off"
+        for q in static.values():
+            q.mode, q.observer = "observe", MinMaxObserver(q.spec)
+        for start in range(0, len(images), batch_size):
+            model.restore(images[start : start + batch_size])
+        for q in static.values():
+            q.set_range(*q.observer.compute())
+    finally:
+        for n, q in qs.items():
+            q.mode, q.observer = modes[n], None

@@ -7,8 +7,15 @@ How we count (also written under every cost table):
 - BOPs = MACs x w_bits x a_bits for quantized sites (matmuls: a_bits x a_bits); full-precision
   sites count at 32 x 32.
 - Parameter bits: quantized weights at w_bits, plus each quantizer's step size and zero point at
-  32 bits; every other parameter (biases, norms, the FP embedder, extra FP branches a method adds)
-  at 32 bits. Reduction is relative to the same model entirely in FP32.
+  32 bits; every other parameter (biases, norms, the FP embedder) at 32 bits. Reduction is
+  relative to the same model entirely in FP32.
+- Input transforms a method could not fold (layers.InputTransform) are extra, never hidden:
+  a low-rank branch's weights are stored at 16 bits and its MACs (positions x r x (fan_in + O))
+  count in `lowrank_macs` and in BOPs at 16 x 16; a run-time smoothing vector is C_in FP32
+  values and C_in multiplies per input position (`online_scale_ops`); an online Hadamard is
+  C_in sign bits and `hadamard_ops(C_in)` additions per position (`online_hadamard_ops`).
+  Run-time multiplies/adds are reported beside BOPs, not inside them (an add is no MAC), like
+  norms; `extra_fp_params` / `extra_fp_param_bits` total what the transforms store.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import torch
 from torch import nn
 
 from quantface.models.base import RestorerBundle
+from quantface.quant.hadamard import hadamard_ops
 from quantface.quant.layers import (
     LayerQuant,
     QuantAttnProcessor,
@@ -31,6 +39,9 @@ from quantface.quant.plan import BitPlan
 from quantface.quant.quantizer import QuantSpec
 
 FP_BITS = 32
+LOWRANK_BITS = 16
+SIGN_BITS = 1
+EXTRA_KEYS = ("lowrank_macs", "online_scale_ops", "online_hadamard_ops")
 
 
 @contextlib.contextmanager
@@ -58,9 +69,32 @@ def _countable_matmuls(bundle: RestorerBundle, sites: dict[str, str]) -> Iterato
             attn.set_processor(proc)
 
 
+def _transform_ops(mod: nn.Module, x: torch.Tensor, out: torch.Tensor) -> dict[str, int]:
+    """Extra run-time work of a transformed layer for one call (see the module docstring)."""
+    ops = dict.fromkeys(EXTRA_KEYS, 0)
+    if not isinstance(mod, QuantLayerMixin):
+        return ops
+    t = mod.transform_spec()
+    c_in = x.shape[mod.channel_dim]
+    positions_in = x.numel() // c_in
+    if t.scale:
+        ops["online_scale_ops"] = positions_in * c_in
+    if t.hadamard:
+        ops["online_hadamard_ops"] = positions_in * hadamard_ops(c_in)
+    if t.lowrank:
+        c_out = out.shape[mod.channel_dim]
+        fan_in = mod.weight[0].numel()
+        ops["lowrank_macs"] = (out.numel() // c_out) * t.lowrank * (fan_in + c_out)
+    return ops
+
+
 @torch.no_grad()
-def measure_macs(bundle: RestorerBundle, sites: dict[str, str]) -> dict[str, int]:
-    """MACs per site for one image, counted by forward hooks."""
+def measure_macs(
+    bundle: RestorerBundle,
+    sites: dict[str, str],
+    extra: dict[str, dict[str, int]] | None = None,
+) -> dict[str, int]:
+    """MACs per site for one image, counted by forward hooks (transform work into `extra`)."""
     macs: dict[str, int] = {}
     handles = []
 
@@ -75,6 +109,10 @@ def measure_macs(bundle: RestorerBundle, sites: dict[str, str]) -> dict[str, int
                 a, b = args
                 n = a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2]
             macs[name] = macs.get(name, 0) + int(n)
+            if extra is not None and kind != "matmul":
+                e = extra.setdefault(name, dict.fromkeys(EXTRA_KEYS, 0))
+                for k, v in _transform_ops(mod, args[0], out).items():
+                    e[k] += int(v)
 
         return hook
 
@@ -90,13 +128,39 @@ def measure_macs(bundle: RestorerBundle, sites: dict[str, str]) -> dict[str, int
     return macs
 
 
+def transform_storage(mod: nn.Module) -> tuple[int, int, int]:
+    """(extra values, their bits, of which buffer bits) that a layer's input transforms store."""
+    if not isinstance(mod, QuantLayerMixin):
+        return 0, 0, 0
+    values = bits = buffer_bits = 0
+    lr = mod._modules.get("lowrank")
+    if lr is not None:
+        n = sum(p.numel() for p in lr.parameters())
+        values, bits = values + n, bits + n * LOWRANK_BITS
+    s = mod._buffers.get("input_scale")
+    if s is not None:
+        values, buffer_bits = values + s.numel(), buffer_bits + s.numel() * FP_BITS
+    had = mod._modules.get("input_hadamard")
+    if had is not None:
+        values, buffer_bits = (
+            values + had.signs.numel(),
+            buffer_bits + had.signs.numel() * SIGN_BITS,
+        )
+    return values, bits + buffer_bits, buffer_bits
+
+
 def cost_table(bundle: RestorerBundle, plan: BitPlan) -> dict[str, Any]:
     """Per-site rows and totals for a (possibly quantized) bundle."""
     sites = bundle.quant_targets()
-    macs = measure_macs(bundle, sites)
+    extra: dict[str, dict[str, int]] = {}
+    macs = measure_macs(bundle, sites, extra)
     modules = dict(bundle.named_modules())
     rows = []
-    weight_bits: dict[int, int] = {}  # id(weight Parameter) -> bits it is stored at
+    weight_bits: dict[int, int] = {}  # id(Parameter) -> bits it is stored at
+    quantized: set[int] = set()  # ids of quantized weights
+    added: set[int] = set()  # ids of parameters a transform added (not in the FP model)
+    extra_bits: list[int] = []  # per row: bits of transform values (all of them)
+    buffer_bits = 0  # run-time scales and Hadamard signs are buffers, not parameters
     for name, kind in sites.items():
         mod = modules.get(name)  # None for a full-precision attention matmul
         bits = plan.get(name)
@@ -109,7 +173,16 @@ def cost_table(bundle: RestorerBundle, plan: BitPlan) -> dict[str, Any]:
                 qparam_bits += (q.scale.numel() + q.zero_point.numel()) * FP_BITS
         if isinstance(mod, QuantLayerMixin):
             weight_bits[id(mod.weight)] = w_bits
+            quantized.add(id(mod.weight))
+            lr = mod._modules.get("lowrank")
+            for p in lr.parameters() if lr is not None else ():
+                weight_bits[id(p)] = LOWRANK_BITS
+                added.add(id(p))
+        x_values, x_bits, x_buffer_bits = transform_storage(mod)
+        buffer_bits += x_buffer_bits
+        extra_bits.append(x_bits)
         m = macs.get(name, 0)
+        ops = extra.get(name, dict.fromkeys(EXTRA_KEYS, 0))
         rows.append(
             {
                 "layer": name,
@@ -117,24 +190,32 @@ def cost_table(bundle: RestorerBundle, plan: BitPlan) -> dict[str, Any]:
                 "params": params,
                 "w_bits": w_bits,
                 "a_bits": a_bits,
-                "param_bits": params * w_bits + qparam_bits,
+                "param_bits": params * w_bits + qparam_bits + x_bits,
                 "macs": m,
-                "bops": m * (a_bits * a_bits if kind == "matmul" else w_bits * a_bits),
+                "bops": m * (a_bits * a_bits if kind == "matmul" else w_bits * a_bits)
+                + ops["lowrank_macs"] * LOWRANK_BITS * LOWRANK_BITS,
+                "extra_fp_params": x_values,
+                **ops,
             }
         )
     params = list(bundle.parameters())
     total_params = sum(p.numel() for p in params)
     param_bits = sum(p.numel() * weight_bits.get(id(p), FP_BITS) for p in params)
-    param_bits += sum(r["param_bits"] - r["params"] * r["w_bits"] for r in rows)  # scales, zeros
+    # step sizes and zero points of every quantizer, and the transforms' buffers
+    param_bits += sum(
+        r["param_bits"] - r["params"] * r["w_bits"] - x for r, x in zip(rows, extra_bits)
+    )
+    param_bits += buffer_bits
     total_macs = sum(r["macs"] for r in rows)
     fp_bops = total_macs * FP_BITS * FP_BITS
     bops = sum(r["bops"] for r in rows)
-    fp_bits = total_params * FP_BITS
+    # the reference is the original model in FP32: parameters a transform added are not in it
+    fp_bits = sum(p.numel() for p in params if id(p) not in added) * FP_BITS
     return {
         "rows": rows,
         "total": {
             "params": total_params,
-            "quantized_weight_params": sum(p.numel() for p in params if id(p) in weight_bits),
+            "quantized_weight_params": sum(p.numel() for p in params if id(p) in quantized),
             "param_bits": int(param_bits),
             "fp32_param_bits": fp_bits,
             "size_bytes": int(param_bits) // 8,
@@ -143,5 +224,8 @@ def cost_table(bundle: RestorerBundle, plan: BitPlan) -> dict[str, Any]:
             "bops": bops,
             "fp32_bops": fp_bops,
             "bops_reduction": 1.0 - bops / fp_bops if fp_bops else 0.0,
+            "extra_fp_params": sum(r["extra_fp_params"] for r in rows),
+            "extra_fp_param_bits": sum(extra_bits),
+            **{k: sum(r[k] for r in rows) for k in EXTRA_KEYS},
         },
     }

@@ -8,6 +8,16 @@ attention matmuls are quantized inside diffusers' own `Attention` modules withou
 
 Which layer gets which quantizers is a *layout*: name -> `LayerQuant`. The layout is plain data,
 saved in the checkpoint, so a quantized model is rebuilt exactly on load.
+
+A layer may also carry an *input transform* (`InputTransform`, part of its layout) that a method
+could not fold into neighbouring weights: a per-channel division of the input (run-time
+smoothing), an online randomized Hadamard of the input channels (QuaRot; per pixel for a conv),
+and a 16-bit low-rank branch reading the transformed, unquantized input (SVDQuant):
+
+    x' = H(x / s);   y = conv_or_linear(Q_a(x'), Q_w(W)) + b + up(down(x'))
+
+The layout says which parts exist; their values (s, Hadamard signs, branch weights) are buffers
+and parameters in the state dict, so save/load stays exact.
 """
 
 from __future__ import annotations
@@ -20,9 +30,31 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import Tensor, nn
 
+from quantface.quant.hadamard import randomized_hadamard
 from quantface.quant.quantizer import QuantSpec, UniformQuantizer
 
 MATMUL_SITES = ("qk_matmul", "av_matmul")
+TRANSFORM_MODULES = ("input_hadamard", "lowrank")
+
+
+@dataclass(frozen=True)
+class InputTransform:
+    """Which run-time input transforms a Linear/Conv2d site carries (plain data)."""
+
+    scale: bool = False  # divide input channel j by a saved s_j
+    hadamard: bool = False  # online randomized Hadamard over the input channels
+    lowrank: int = 0  # rank of the 16-bit low-rank branch (0: none)
+
+    @property
+    def active(self) -> bool:
+        return self.scale or self.hadamard or self.lowrank > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scale": self.scale, "hadamard": self.hadamard, "lowrank": self.lowrank}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> InputTransform:
+        return cls(**(d or {}))
 
 
 @dataclass(frozen=True)
@@ -32,13 +64,79 @@ class LayerQuant:
     kind: str  # "linear" | "conv2d" | "matmul"
     a: QuantSpec
     w: QuantSpec
+    transform: InputTransform = InputTransform()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "a": self.a.to_dict(), "w": self.w.to_dict()}
+        d = {"kind": self.kind, "a": self.a.to_dict(), "w": self.w.to_dict()}
+        if self.transform.active:
+            d["transform"] = self.transform.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LayerQuant:
-        return cls(d["kind"], QuantSpec.from_dict(d["a"]), QuantSpec.from_dict(d["w"]))
+        return cls(
+            d["kind"],
+            QuantSpec.from_dict(d["a"]),
+            QuantSpec.from_dict(d["w"]),
+            InputTransform.from_dict(d.get("transform")),
+        )
+
+
+class OnlineHadamard(nn.Module):
+    """x -> x diag(signs) H_n / sqrt(n) along the channel dim (randomized Hadamard, run time)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.register_buffer("signs", torch.ones(n))
+
+    def forward(self, x: Tensor, dim: int) -> Tensor:
+        return randomized_hadamard(x, self.signs, dim)
+
+    def matrix(self) -> Tensor:
+        """The explicit rotation (rows: input channel, cols: rotated channel)."""
+        eye = torch.eye(self.signs.numel(), dtype=torch.float64, device=self.signs.device)
+        return randomized_hadamard(eye, self.signs.double(), -1)
+
+
+class LowRankBranch(nn.Module):
+    """up(down(x)): Linear I->r->O, or a kh x kw conv I->r (host's stride/padding) then 1x1 r->O.
+
+    Deliberately not an nn.Linear/nn.Conv2d, so it is never mistaken for a quantization site; its
+    weights are 16-bit values (FP16-rounded, computed in FP32 like all simulation).
+    """
+
+    def __init__(self, host: nn.Module, rank: int) -> None:
+        super().__init__()
+        self.rank = rank
+        self.conv = isinstance(host, nn.Conv2d)
+        out_ch = host.weight.shape[0]
+        if self.conv:
+            if host.groups != 1:
+                raise ValueError("a low-rank branch needs an ungrouped conv")
+            kh, kw = host.kernel_size
+            self.down = nn.Parameter(torch.zeros(rank, host.in_channels, kh, kw))
+            self.up = nn.Parameter(torch.zeros(out_ch, rank, 1, 1))
+            self.stride, self.padding, self.dilation = host.stride, host.padding, host.dilation
+        else:
+            self.down = nn.Parameter(torch.zeros(rank, host.in_features))
+            self.up = nn.Parameter(torch.zeros(out_ch, rank))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.conv:
+            h = F.conv2d(x, self.down, None, self.stride, self.padding, self.dilation)
+            return F.conv2d(h, self.up)
+        return F.linear(F.linear(x, self.down), self.up)
+
+    def set_factors(self, l1: Tensor, l2: Tensor) -> None:
+        """From a split W = L1 [O, r] @ L2 [r, fan_in] + R."""
+        with torch.no_grad():
+            self.up.copy_(l1.reshape(self.up.shape))
+            self.down.copy_(l2.reshape(self.down.shape))
+
+    def matrix(self) -> Tensor:
+        """L1 @ L2 as a weight-shaped tensor (conv: [O, I, kh, kw])."""
+        w = self.up.reshape(self.up.shape[0], -1) @ self.down.reshape(self.rank, -1)
+        return w.reshape(self.up.shape[0], *self.down.shape[1:])
 
 
 class QuantLayerMixin:
@@ -47,6 +145,8 @@ class QuantLayerMixin:
     act_quantizer: UniformQuantizer
     weight_quantizer: UniformQuantizer
     float_cls: type[nn.Module]
+
+    channel_dim: int  # of the input: -1 for Linear, 1 for Conv2d
 
     @classmethod
     def from_float(cls, mod: nn.Module, lq: LayerQuant) -> nn.Module:
@@ -57,16 +157,74 @@ class QuantLayerMixin:
         q._modules = dict(mod._modules)
         q.act_quantizer = UniformQuantizer(lq.a)
         q.weight_quantizer = UniformQuantizer(lq.w)
+        q.add_transform(lq.transform)
         return q
 
+    def add_transform(self, t: InputTransform) -> None:
+        """Create (identity-valued) transform parts; a method or the checkpoint fills them."""
+        n = self.weight.shape[1] * getattr(self, "groups", 1)
+        dev = self.weight.device
+        if t.scale and "input_scale" not in self._buffers:
+            self.register_buffer("input_scale", torch.ones(n, device=dev))
+        if t.hadamard and "input_hadamard" not in self._modules:
+            self.add_module("input_hadamard", OnlineHadamard(n).to(dev))
+        if t.lowrank > 0 and "lowrank" not in self._modules:
+            self.add_module("lowrank", LowRankBranch(self, t.lowrank).to(dev))
+
+    def transform_spec(self) -> InputTransform:
+        lr = self._modules.get("lowrank")
+        return InputTransform(
+            scale="input_scale" in self._buffers,
+            hadamard="input_hadamard" in self._modules,
+            lowrank=lr.rank if lr is not None else 0,
+        )
+
+    def transform_input(self, x: Tensor) -> Tensor:
+        """x -> H(x / s), the input the quantizer and the low-rank branch see."""
+        s = self._buffers.get("input_scale")
+        if s is not None:
+            shape = [1] * x.dim()
+            shape[self.channel_dim] = -1
+            x = x / s.view(shape)
+        had = self._modules.get("input_hadamard")
+        if had is not None:
+            x = had(x, self.channel_dim)
+        return x
+
+    def _add_branch(self, y: Tensor, x: Tensor) -> Tensor:
+        lr = self._modules.get("lowrank")
+        return y if lr is None else y + lr(x)
+
+    @torch.no_grad()
+    def effective_weight(self) -> Tensor:
+        """The FP weight W_eff with layer(x) == float_layer(x, W_eff) when quantizers are off.
+
+        W_eff = (R + L1 L2) H^T diag(1/s) over the input channels (exact algebra, FP64).
+        """
+        w = self.weight.detach().double()
+        lr = self._modules.get("lowrank")
+        if lr is not None:
+            w = w + lr.matrix().double()
+        had = self._modules.get("input_hadamard")
+        if had is not None:  # y = (x H) W^T -> W_eff = W H^T along the input-channel dim
+            w = torch.einsum("oi...,ji->oj...", w, had.matrix().to(w.device))
+        s = self._buffers.get("input_scale")
+        if s is not None:
+            w = w / s.double().view([1, -1] + [1] * (w.dim() - 2))
+        return w.to(self.weight.dtype)
+
     def to_float(self) -> nn.Module:
+        """The float layer computing the same function (transforms multiplied into the weight)."""
         mod = self.float_cls.__new__(self.float_cls)
         mod.__dict__.update(self.__dict__)
         mod._parameters = dict(self._parameters)
-        mod._buffers = dict(self._buffers)
-        mod._modules = {
-            k: v for k, v in self._modules.items() if k not in ("act_quantizer", "weight_quantizer")
-        }
+        if self.transform_spec().active:
+            mod._parameters["weight"] = nn.Parameter(
+                self.effective_weight(), self.weight.requires_grad
+            )
+        mod._buffers = {k: v for k, v in self._buffers.items() if k != "input_scale"}
+        drop = ("act_quantizer", "weight_quantizer", *TRANSFORM_MODULES)
+        mod._modules = {k: v for k, v in self._modules.items() if k not in drop}
         return mod
 
     def quantized_weight(self) -> Tensor:
@@ -75,16 +233,22 @@ class QuantLayerMixin:
 
 class QuantLinear(QuantLayerMixin, nn.Linear):
     float_cls = nn.Linear
+    channel_dim = -1
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(self.act_quantizer(x), self.quantized_weight(), self.bias)
+        x = self.transform_input(x)
+        y = F.linear(self.act_quantizer(x), self.quantized_weight(), self.bias)
+        return self._add_branch(y, x)
 
 
 class QuantConv2d(QuantLayerMixin, nn.Conv2d):
     float_cls = nn.Conv2d
+    channel_dim = 1
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(self.act_quantizer(x), self.quantized_weight(), self.bias)
+        x = self.transform_input(x)
+        y = self._conv_forward(self.act_quantizer(x), self.quantized_weight(), self.bias)
+        return self._add_branch(y, x)
 
 
 class QuantMatMul(nn.Module):

@@ -33,12 +33,15 @@ class QuantSpec:
     group_size: int = 64
     dynamic: bool = False
     channel_dim: int = 0
+    clip_ratio: float = 1.0  # dynamic only: the range found in x is shrunk by this factor (QuaRot)
 
     def __post_init__(self) -> None:
         if not 1 <= self.bits <= 16:
             raise ValueError(f"bits must be in 1..16, got {self.bits}")
         if self.granularity not in ("tensor", "channel", "token", "group"):
             raise ValueError(f"unknown granularity {self.granularity!r}")
+        if not 0.0 < self.clip_ratio <= 1.0:
+            raise ValueError(f"clip_ratio must be in (0, 1], got {self.clip_ratio}")
 
     @property
     def qmin(self) -> int:
@@ -176,7 +179,10 @@ class UniformQuantizer(nn.Module):
                 self.observer.update(x)
             return x
         if self.spec.dynamic:
-            scale, zero = qparams_from_range(*reduce_range(x, self.spec), self.spec)
+            lo, hi = reduce_range(x, self.spec)
+            if self.spec.clip_ratio != 1.0:
+                lo, hi = lo * self.spec.clip_ratio, hi * self.spec.clip_ratio
+            scale, zero = qparams_from_range(lo, hi, self.spec)
             return quantize_tensor(x, scale.to(x.dtype), zero.to(x.dtype), self.spec)
         if not self.calibrated:
             raise RuntimeError("static quantizer used before calibration (no scale set)")

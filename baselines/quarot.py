@@ -1,0 +1,135 @@
+"""QuaRot (Ashkboos et al., NeurIPS 2024): randomized Hadamard rotations remove outliers.
+
+What the paper/code does (methods.md §5): rotate the residual stream of an LLM by one random
+Hadamard Q fused into every weight (`W <- W Q`, writers `W <- Q^T W`), plus online Hadamards
+where no fusion exists (down_proj input, o_proj input, Q and K per head for the KV cache);
+weights per-output-channel *symmetric* (RTN or GPTQ; `--w_clip` = MSE clip search: grid 100,
+max shrink 0.8, norm 2.4), activations per-token *dynamic symmetric* with a clip ratio
+(`--a_clip_ratio`, 1.0 by default). Non-power-of-two sizes use H_K (x) H_{2^m} with a stored H_K.
+
+Adaptation to a UNet/VAE (no residual stream that every reader reaches through a norm: GroupNorm
++ SiLU before convs, concatenated skips, resampling, and proj_out reads the stream with no norm,
+so the LLM's global fused Q is not exact here; methods.md §5 "On the SD UNet/VAE"):
+- every quantized Linear/Conv2d gets its *own* randomized Hadamard on its input, applied online
+  (`InputTransform(hadamard=True)`: per token for a Linear, over channels per pixel for a conv),
+  and its weight is pre-rotated offline, `W <- W diag(r) H` over the input channels (the variant
+  deepcompressor uses for diffusion, extended to convs; conv2d(x H, W H) = conv2d(x, W) with
+  zero padding). Rotating C_in*k*k instead would hit sizes with no Hadamard (2880 = 60*48);
+- sizes: quant/hadamard.py (Paley-constructed H_K, K = 12, 20, 60, ...; 320/640/1280 = 20*2^k;
+  block-diagonal for the 3 RGB channels); signs seeded per layer from `seed` and the layer name;
+- attention: Q and K are rotated per head by an orthonormal H_{d_head} fused into to_q/to_k
+  rows ((qH)(kH)^T = qk^T, QuaRot's KV-cache rotation, offline here because there is no RoPE),
+  and V per head fused into to_v rows with the inverse in to_out.0's columns (QuaRot's
+  rotate_ov_proj). No cross-head Hadamard (5/10/20 heads have none);
+- QuaRot keeps queries and the softmax output in 16 bit; here both attention matmuls are
+  quantized at the activation bits like every method (DESIGN §5), per token (K per token too);
+- the online Hadamards' n*log2(n) adds per position and their sign vectors are in cost.json;
+- RTN only (no GPTQ), with the MSE weight clip (`w_clip`, on by default as in the README command).
+
+Options (config `method_options.quarot`): a_clip_ratio (1.0), w_clip (true), seed (0),
+rotate_attention (true).
+"""
+
+from __future__ import annotations
+
+import copy
+import zlib
+from typing import Any
+
+import torch
+from diffusers.models.attention_processor import Attention
+from torch import nn
+
+from baselines.smoothquant import act_spec, check_options
+from quantface.models.base import RestorerBundle
+from quantface.quant.apply import calibrate_weights
+from quantface.quant.calibration import CalibrationSet
+from quantface.quant.hadamard import hadamard_matrix, random_signs, randomized_hadamard
+from quantface.quant.layers import InputTransform, LayerQuant, QuantLayerMixin, wrap_model
+from quantface.quant.plan import BitPlan
+from quantface.quant.quantizer import QuantSpec
+from quantface.quant.smoothing import plain_attention
+from quantface.registry import METHODS
+
+DEFAULTS: dict[str, Any] = {
+    "a_clip_ratio": 1.0,
+    "w_clip": True,
+    "seed": 0,
+    "rotate_attention": True,
+}
+
+
+def layer_seed(seed: int, name: str) -> int:
+    """A stable per-layer seed (the same layer gets the same signs in every run)."""
+    return (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % 2**31
+
+
+@torch.no_grad()
+def _rotate_rows(lin: nn.Linear, h: torch.Tensor, heads: int) -> None:
+    """Per head: W_block <- H^T W_block, b_block <- H^T b_block (output y_head -> y_head H)."""
+    w = lin.weight.view(heads, h.shape[0], -1)
+    lin.weight.copy_(torch.einsum("dc,hdi->hci", h, w).reshape_as(lin.weight))
+    if lin.bias is not None:
+        b = lin.bias.view(heads, h.shape[0])
+        lin.bias.copy_(torch.einsum("dc,hd->hc", h, b).reshape_as(lin.bias))
+
+
+@torch.no_grad()
+def rotate_attention_heads(attn: Attention) -> bool:
+    """Fuse per-head Hadamards: Q, K (QK^T unchanged) and V with its inverse in to_out.0."""
+    if not plain_attention(attn):
+        return False
+    inner = attn.to_q.out_features
+    if inner % attn.heads or attn.to_k.out_features != inner or attn.to_v.out_features != inner:
+        return False
+    d = inner // attn.heads
+    h = hadamard_matrix(d, torch.float32).to(attn.to_q.weight.device)
+    for lin in (attn.to_q, attn.to_k, attn.to_v):
+        _rotate_rows(lin, h, attn.heads)
+    out = attn.to_out[0]  # input o -> o B with B = I (x) H: W_o <- W_o B
+    w = out.weight.view(out.out_features, attn.heads, d)
+    out.weight.copy_(torch.einsum("ohd,dc->ohc", w, h).reshape_as(out.weight))
+    return True
+
+
+@METHODS.register("quarot")
+class QuaRot:
+    """QuaRot: online randomized Hadamard per layer, fused weights, per-token dynamic activations."""
+
+    name = "quarot"
+
+    def quantize(
+        self, fp: RestorerBundle, calib: CalibrationSet, plan: BitPlan, cfg: dict[str, Any]
+    ) -> RestorerBundle:
+        opts = check_options(cfg, DEFAULTS, self.name)
+        model = copy.deepcopy(fp)
+        sites = model.quant_targets()
+        if opts["rotate_attention"]:
+            attn_names = {n.rpartition(".")[0] for n, k in sites.items() if k == "matmul"}
+            for n in sorted(attn_names):
+                rotate_attention_heads(model.get_submodule(n))
+        clip = float(opts["a_clip_ratio"])
+        layout = {}
+        for name, bits in plan.items():
+            kind = sites[name]
+            a = act_spec(bits.a_bits, kind, "token", True, clip_ratio=clip)
+            if kind == "matmul":  # K^T [B*h, d, M]: per token = reduce over d (dim -2)
+                b_dim = -2 if name.endswith("qk_matmul") else -1
+                w = QuantSpec(
+                    bits.a_bits, True, "token", dynamic=True, channel_dim=b_dim, clip_ratio=clip
+                )
+                layout[name] = LayerQuant(kind, a, w)
+                continue
+            w = QuantSpec(bits.w_bits, True, "channel", channel_dim=0)
+            n_in = model.get_submodule(name).weight.shape[1]
+            grouped = getattr(model.get_submodule(name), "groups", 1) != 1
+            layout[name] = LayerQuant(kind, a, w, InputTransform(hadamard=n_in > 1 and not grouped))
+        wrap_model(model, layout)
+        for name, mod in model.named_modules():
+            if isinstance(mod, QuantLayerMixin) and mod.transform_spec().hadamard:
+                signs = random_signs(mod.weight.shape[1], layer_seed(opts["seed"], name))
+                with torch.no_grad():
+                    mod.input_hadamard.signs.copy_(signs)
+                    mod.weight.copy_(randomized_hadamard(mod.weight, signs, dim=1))
+        calibrate_weights(model, "mse" if opts["w_clip"] else "minmax")
+        return model.eval()

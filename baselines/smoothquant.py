@@ -1,0 +1,112 @@
+"""SmoothQuant (Xiao et al., ICML 2023): migrate activation outliers into the weights.
+
+What the paper/code does (methods.md §4): per input channel j,
+`s_j = max|X_j|^alpha / max|W_j|^(1-alpha)` from calibration activations (all linears reading X
+share one s), `X <- X diag(s)^-1`, `W <- W diag(s)`, the division folded into the preceding
+LayerNorm; no training. alpha = 0.5 by default (the paper tunes it per model: an option here).
+Quantizers: weights per-output-channel symmetric absmax, activations symmetric absmax; level O3
+= per-tensor *static* activations (the DESIGN §5 default) with `act_granularity: token` giving
+O1 (per-token dynamic). Attention QK^T/AV operands are quantized at the activation bits
+(`quantize_output=True` on q/k/v in the repo simulates the BMM inputs the same way).
+
+Adaptation to a UNet/VAE (diffusers modules):
+- The LLM code smooths only LayerNorm-fed layers (QKV, FC1). Here every quantized Linear/Conv2d
+  (groups = 1) is smoothed; convs per input channel over (C_out, kh, kw), activations per pixel.
+- 1/s is folded where the graph is per-channel linear before the layer (quant/smoothing.py:
+  norm1/2/3 -> attention q/k/v and ff, Transformer2D GroupNorm -> proj_in, VAE attention
+  group_norm -> q/k/v, to_v rows -> to_out.0, GEGLU value rows -> ff.net.2). Elsewhere (convs
+  after SiLU, attn2.to_k/to_v fed by the visual prompt, shortcuts, samplers, time embeddings,
+  proj_out) it is applied at run time (`InputTransform(scale=True)`), whose C_in multiplies per
+  position and C_in FP32 scales are counted in cost.json. `online: false` gives the paper's
+  fold-only variant (layers without a foldable producer stay unsmoothed).
+- Activation ranges are re-observed on the smoothed FP model (the cached statistics describe the
+  unsmoothed one), with the same min-max rule as MaxMin.
+
+Options (config `method_options.smoothquant`): alpha (0.5), online (true),
+act_granularity ("tensor" | "token"), symmetric (true).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from quantface.models.base import RestorerBundle
+from quantface.quant.apply import calibrate_weights, observe_activation_ranges
+from quantface.quant.calibration import CalibrationSet
+from quantface.quant.layers import InputTransform, LayerQuant, wrap_model
+from quantface.quant.plan import BitPlan
+from quantface.quant.quantizer import QuantSpec
+from quantface.quant.smoothing import apply_smoothing, calib_absmax, smoothing_groups
+from quantface.registry import METHODS
+
+DEFAULTS: dict[str, Any] = {
+    "alpha": 0.5,
+    "online": True,
+    "act_granularity": "tensor",
+    "symmetric": True,
+}
+
+
+def check_options(cfg: dict[str, Any], defaults: dict[str, Any], method: str) -> dict[str, Any]:
+    """Defaults merged with cfg; an unknown key is an error naming it (no silent typos)."""
+    from quantface.errors import ConfigError
+
+    unknown = sorted(set(cfg) - set(defaults))
+    if unknown:
+        raise ConfigError(
+            f"method_options.{method}: unknown option(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(defaults))}"
+        )
+    return {**defaults, **cfg}
+
+
+def smoothable(model: RestorerBundle, plan: BitPlan) -> list[str]:
+    """Quantized Linear/Conv2d sites with an ungrouped weight (channel scaling is exact there)."""
+    sites = model.quant_targets()
+    return [
+        n
+        for n in plan
+        if sites[n] != "matmul" and getattr(model.get_submodule(n), "groups", 1) == 1
+    ]
+
+
+def act_spec(bits: int, kind: str, granularity: str, symmetric: bool, **kw: Any) -> QuantSpec:
+    dynamic = granularity != "tensor"
+    dim = 1 if kind == "conv2d" else -1
+    return QuantSpec(bits, symmetric, granularity, dynamic=dynamic, channel_dim=dim, **kw)
+
+
+@METHODS.register("smoothquant")
+class SmoothQuant:
+    """SmoothQuant: per-channel smoothing s = max|X|^a / max|W|^(1-a), folded where possible."""
+
+    name = "smoothquant"
+
+    def quantize(
+        self, fp: RestorerBundle, calib: CalibrationSet, plan: BitPlan, cfg: dict[str, Any]
+    ) -> RestorerBundle:
+        opts = check_options(cfg, DEFAULTS, self.name)
+        model = copy.deepcopy(fp)
+        sites = model.quant_targets()
+        layers = smoothable(model, plan)
+        groups = smoothing_groups(model, layers)
+        if not opts["online"]:
+            groups = [g for g in groups if g.fold != "online"]
+        online = {n for g in groups if g.fold == "online" for n in g.layers}
+        gran, sym = opts["act_granularity"], bool(opts["symmetric"])
+        layout = {}
+        for name, bits in plan.items():
+            kind = sites[name]
+            a = act_spec(bits.a_bits, kind, gran, sym)
+            if kind == "matmul":
+                w = QuantSpec(bits.a_bits, sym, gran, dynamic=gran != "tensor", channel_dim=-1)
+            else:
+                w = QuantSpec(bits.w_bits, True, "channel", channel_dim=0)
+            layout[name] = LayerQuant(kind, a, w, InputTransform(scale=name in online))
+        wrap_model(model, layout)
+        absmax = {n: calib_absmax(calib.input_stats(n)) for g in groups for n in g.layers}
+        apply_smoothing(model, groups, absmax, float(opts["alpha"]))
+        calibrate_weights(model, "minmax")
+        observe_activation_ranges(model, calib.images)
+        return model.eval()
