@@ -12,10 +12,11 @@ Adaptation and choices here:
   skips resblocks, proj_in/out and samplers on SDXL; methods.md §8 proposes all layers for the
   OSDFace UNet). A conv [O, I, kh, kw] is split as [O, I*kh*kw]; its branch is a kh x kw conv
   I -> r (the host's stride/padding) then a 1x1 conv r -> O;
-- rank: `rank` (32), capped at floor(max_rank_fraction * min(O, I*kh*kw)) (fraction 0.5) so a
+- rank: `rank` (32), capped at floor(max_rank_fraction * min(O, I*kh*kw)) (fraction 0.1) so a
   tiny layer is not mostly branch. The micro and tiny models have 8..64-channel layers, where the
-  cap decides the rank and the branch is far larger relative to the layer than rank 32 is in SD
-  (32 / 320 = 0.1): max_rank_fraction 0.1 reproduces SD's relative branch size;
+  cap decides the rank; 0.1 keeps the branch as large relative to the layer as rank 32 is on
+  SD's 320-channel layers (32 / 320), so the tiny study does not hand SVDQuant (or QuantFace,
+  whose two branches share the same total budget) a far larger FP16 branch than the paper's;
 - smoothing reuses quant/smoothing.py with SmoothQuant's fold rules (folding is exact and free;
   the rest runs online and is counted); alpha is one value for all layers (`alpha`, 0.5) instead
   of the per-layer search, which needs a quantized forward per candidate and layer;
@@ -29,7 +30,7 @@ Adaptation and choices here:
   (nunchaku runs attention in 16 bit; DESIGN §5 keeps them at the activation bits for all).
 
 Options (config `method_options.svdquant`): rank (32), alpha (0.5), group_size (64),
-lowrank_iters (1), online (true), max_rank_fraction (0.5).
+lowrank_iters (1), online (true), max_rank_fraction (0.1).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ DEFAULTS: dict[str, Any] = {
     "group_size": 64,
     "lowrank_iters": 1,
     "online": True,
-    "max_rank_fraction": 0.5,
+    "max_rank_fraction": 0.1,
 }
 
 

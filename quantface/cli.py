@@ -166,9 +166,14 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     if layout:
         raise QuantFaceError(f"{args.model} is already quantized; quantize the FP model")
     calib = CalibrationSet.load(args.calib)
-    if setting.mixed:
+    mixed_method = getattr(method, "mixed_precision", False)
+    if setting.mixed and not mixed_method:
         raise QuantFaceError(
             f"method '{args.method}' has no mixed-precision mode for '{args.bits}'"
+        )
+    if mixed_method and not setting.mixed:
+        raise QuantFaceError(
+            f"method '{args.method}' allocates bits itself: use an mpX bit setting, not '{args.bits}'"
         )
     plan = BitPlan.uniform(fp.quant_targets(), setting.w_bits, setting.a_bits)
     torch.manual_seed(args.seed)

@@ -63,6 +63,12 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
             parse_bits(b)
         except ConfigError as e:
             raise ConfigError(f"config key 'bits': {e}") from None
+    for m in config["methods"]:
+        if m != "fp" and not any(
+            c[0] == m for c in quantized_cells(config["methods"], config["bits"])
+        ):
+            kind = "an mpX" if _is_mixed(m) else "a uniform wXaY"
+            raise ConfigError(f"config key 'methods': '{m}' needs {kind} entry in 'bits'")
     for k in ("synthetic", "realworld"):
         for name in config["report"].get(k, []):
             if name not in config["data"]["datasets"]:
@@ -90,6 +96,17 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
             except QuantFaceError as e:
                 raise ConfigError(f"config key 'data.datasets.{name}': {e}") from None
     return config
+
+
+def _is_mixed(method: str) -> bool:
+    return bool(getattr(METHODS.get(method), "mixed_precision", False))
+
+
+def quantized_cells(methods: list[str], bits: list[str]) -> list[tuple[str, str]]:
+    """(method, bits) jobs: mixed-precision methods run at mpX settings, the others at wXaY."""
+    return [
+        (m, b) for m in methods if m != "fp" for b in bits if parse_bits(b).mixed == _is_mixed(m)
+    ]
 
 
 def check_model_assets(config: dict[str, Any]) -> None:

@@ -77,6 +77,7 @@ METHODS: Registry = Registry(
         "baselines.smoothquant",
         "baselines.quarot",
         "baselines.svdquant",
+        "quantface.methods.quantface",
     ),
 )
 METRICS: Registry = Registry(

@@ -6,6 +6,7 @@ import shlex
 import sys
 import zlib
 
+import quantface.config as qf_config
 from quantface.config import check_model_assets, validate_config
 from quantface.errors import QuantFaceError
 from quantface.registry import DATASETS, METRICS
@@ -92,7 +93,7 @@ def method_options(wildcards):
 
 
 def quantized_cells():
-    return [(m, b) for m in METHOD_NAMES for b in BITS]
+    return qf_config.quantized_cells(METHOD_NAMES, BITS)
 
 
 def all_metric_files():
@@ -128,7 +129,7 @@ def qualitative_spec(wildcards):
     d = qualitative_dataset()
     bits = config["report"].get("qualitative_bits", BITS[-1])
     cols = [["LQ", f"results/data/{d}/lq"], ["FP", f"results/{MODEL}/fp/{d}/images"]]
-    cols += [[m, f"results/{MODEL}/{m}/{bits}/{d}/images"] for m in METHOD_NAMES]
+    cols += [[m, f"results/{MODEL}/{m}/{b}/{d}/images"] for m, b in quantized_cells() if b == bits]
     if is_paired(d):
         cols.append(["HQ", f"results/data/{d}/hq"])
     n = config["report"].get("qualitative_images", 4)
@@ -139,7 +140,7 @@ def qualitative_inputs(wildcards):
     d = qualitative_dataset()
     bits = config["report"].get("qualitative_bits", BITS[-1])
     return [f"results/data/{d}/manifest.json", f"results/{MODEL}/fp/{d}/images"] + [
-        f"results/{MODEL}/{m}/{bits}/{d}/images" for m in METHOD_NAMES
+        f"results/{MODEL}/{m}/{b}/{d}/images" for m, b in quantized_cells() if b == bits
     ]
 
 

@@ -1,0 +1,275 @@
+"""QuantFace (arXiv 2506.00820): rotation-scaling balancing + QD-LoRA, and its MP variant.
+
+`quantface`: every UNet/VAE Linear and Conv2d is balanced (methods/rotation_scaling.py), split
+into a quantized residual plus SVD and LoRA branches (methods/qdlora.py), then the branches and
+all step sizes are trained by distillation from the FP model on the calibration LQ faces.
+`quantface_mp`: the same, with activation bit-widths chosen per layer by the integer program
+(methods/allocation.py) before the distillation, so QD-LoRA trains under the final plan.
+
+Quantizers (the paper does not say; PassionSR's, the same lab's, conventions): weights
+per-output-channel asymmetric, initial range by the Lp-2.4 MSE search; activations per-tensor
+asymmetric static, initial range min-max over the calibration set measured on the balanced model;
+attention QK^T and AV at the activation bits (DESIGN §5), with Q/K/V rotated per head by a
+Hadamard (`rotate_attention`, the RHT applied to the attention operands). The visual prompt
+embedder stays FP. Ablations are options (see config/README.md): balancing both|scale|rht|none,
+branches both|svd|lora|none ("none" = no QD-LoRA: no branches and no distillation), lam (1.0 =
+allocation by quantization error only).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from baselines.quarot import rotate_attention_heads
+from baselines.smoothquant import check_options, smoothable
+from quantface.errors import ConfigError
+from quantface.methods.allocation import (
+    AllocationProblem,
+    activation_elements,
+    activation_sites,
+    combine_costs,
+    layer_sensitivity,
+    solve_allocation,
+)
+from quantface.methods.qdlora import (
+    branch_parameters,
+    branch_ranks,
+    init_qdlora,
+    round_branches_to_fp16,
+)
+from quantface.methods.rotation_scaling import apply_balancing, plan_balancing
+from quantface.models.base import RestorerBundle
+from quantface.quant.apply import calibrate_weights, observe_activation_ranges, standard_layout
+from quantface.quant.calibration import CalibrationSet
+from quantface.quant.distill import DistillConfig, distill, fp_targets, random_crops
+from quantface.quant.layers import InputTransform, wrap_model
+from quantface.quant.learnable import clamp_scales_, learnable_scales
+from quantface.quant.plan import BitPlan
+from quantface.registry import METHODS
+
+log = logging.getLogger(__name__)
+
+DEFAULTS: dict[str, Any] = {
+    "balancing": "both",
+    "alpha": 0.5,
+    "rotate_attention": True,
+    "seed": 0,
+    "branches": "both",
+    "rank": 16,
+    "max_rank_fraction": 0.05,
+    "weight_observer": "mse",
+    "steps": 80,
+    "lr": 1.0e-3,
+    "scale_lr": 1.0e-4,
+    "batch_size": 4,
+    "crop": 64,
+    "crops_per_image": 2,
+    "loss": "l2",
+    "act_granularity": "token",
+}
+MP_DEFAULTS: dict[str, Any] = {
+    **DEFAULTS,
+    "candidates": [3, 4, 5, 6],
+    "budget": None,  # average activation bits; None: the X of mpX
+    "lam": 0.5,
+    "perceptual": "ssim",
+    "weights_dir": "results/.weights",
+    "sensitivity_images": 2,
+    "sensitivity_crop": 64,
+}
+
+
+def build_balanced(
+    fp: RestorerBundle, calib: CalibrationSet, plan: BitPlan, opts: dict[str, Any]
+) -> RestorerBundle:
+    """Balanced, split and calibrated (not yet trained) QuantFace model; FP-exact with quantizers off."""
+    model = copy.deepcopy(fp)
+    sites = model.quant_targets()
+    layers = smoothable(model, plan)
+    if opts["rotate_attention"] and opts["balancing"] in ("both", "rht"):
+        for attn in sorted({n.rpartition(".")[0] for n in plan if sites[n] == "matmul"}):
+            rotate_attention_heads(model.get_submodule(attn))
+    groups, online_scale, rotated = plan_balancing(model, layers, opts["balancing"])
+    ranks = {
+        n: branch_ranks(
+            model.get_submodule(n).weight.shape,
+            int(opts["rank"]),
+            float(opts["max_rank_fraction"]),
+            opts["branches"],
+        )
+        for n in layers
+    }
+    layout = {}
+    gran = opts["act_granularity"]
+    if gran not in ("tensor", "token"):
+        raise ConfigError(
+            f"method_options.quantface.act_granularity must be tensor|token, got {gran!r}"
+        )
+    base = standard_layout(sites, plan, act_dynamic=gran == "token", act_granularity=gran)
+    for name, lq in base.items():
+        if lq.kind == "matmul" and gran == "token":  # K^T [B*h, d, M]: a token is a column
+            dim = -2 if name.endswith("qk_matmul") else -1
+            lq = dataclasses.replace(lq, w=dataclasses.replace(lq.w, channel_dim=dim))
+        if name in ranks:
+            t = InputTransform(name in online_scale, name in rotated, sum(ranks[name]))
+            lq = dataclasses.replace(lq, transform=t)
+        layout[name] = lq
+    wrap_model(model, layout)
+    apply_balancing(model, calib, groups, float(opts["alpha"]), int(opts["seed"]))
+    gen = torch.Generator().manual_seed(int(opts["seed"]))
+    for name, (svd_rank, lora_rank) in ranks.items():
+        init_qdlora(model.get_submodule(name), svd_rank, lora_rank, gen)
+    calibrate_weights(model, opts["weight_observer"])
+    observe_activation_ranges(model, calib.images)
+    return model
+
+
+def train_qdlora(
+    model: RestorerBundle, fp: RestorerBundle, calib: CalibrationSet, opts: dict[str, Any]
+) -> list[float]:
+    """Jointly train the branches and every static step size against the FP model's outputs."""
+    if opts["branches"] == "none" or int(opts["steps"]) <= 0:
+        return []
+    cfg = DistillConfig(
+        int(opts["steps"]),
+        float(opts["lr"]),
+        int(opts["batch_size"]),
+        opts["loss"],
+        int(opts["seed"]),
+    )
+    images = random_crops(
+        calib.images, int(opts["crop"]), int(opts["crops_per_image"]), int(opts["seed"])
+    )
+    targets = fp_targets(fp, images, cfg.batch_size)
+    model.requires_grad_(False)
+    branches = branch_parameters(model)
+    for p in branches:
+        p.requires_grad_(True)
+    with learnable_scales(model) as scales:
+        groups = [{"params": branches}, {"params": scales, "lr": float(opts["scale_lr"])}]
+        curve = distill(model, images, targets, groups, cfg, lambda: clamp_scales_(scales))
+    model.requires_grad_(False)
+    round_branches_to_fp16(model)
+    if curve:
+        log.info("QD-LoRA distillation loss %.3e -> %.3e", curve[0], curve[-1])
+    return curve
+
+
+@METHODS.register("quantface")
+class QuantFace:
+    """QuantFace: rotation-scaling balancing + QD-LoRA distillation, uniform bits."""
+
+    name = "quantface"
+    mixed_precision = False
+
+    def quantize(
+        self, fp: RestorerBundle, calib: CalibrationSet, plan: BitPlan, cfg: dict[str, Any]
+    ) -> RestorerBundle:
+        opts = check_options(cfg, DEFAULTS, self.name)
+        model = build_balanced(fp, calib, plan, opts)
+        curve = train_qdlora(model, fp, calib, opts)
+        model.plan_notes = _curve_notes(curve)
+        return model.eval()
+
+
+@METHODS.register("quantface_mp")
+class QuantFaceMP:
+    """QuantFace-MP: QuantFace with per-layer activation bits from an integer program."""
+
+    name = "quantface_mp"
+    mixed_precision = True
+
+    def quantize(
+        self, fp: RestorerBundle, calib: CalibrationSet, plan: BitPlan, cfg: dict[str, Any]
+    ) -> RestorerBundle:
+        opts = check_options(cfg, MP_DEFAULTS, self.name)
+        budget = float(opts["budget"] or _plan_act_bits(plan))
+        candidates = sorted(int(b) for b in opts["candidates"])
+        model = build_balanced(fp, calib, plan, opts)
+        images = random_crops(
+            calib.images[: int(opts["sensitivity_images"])],
+            int(opts["sensitivity_crop"]),
+            1,
+            int(opts["seed"]) + 1,
+        )
+        perceptual = perceptual_distance(opts["perceptual"], Path(opts["weights_dir"]))
+        e_q, e_p = layer_sensitivity(model, images, candidates, perceptual, int(opts["batch_size"]))
+        weight = activation_elements(model, list(e_q))
+        problem = AllocationProblem(combine_costs(e_q, e_p, float(opts["lam"])), weight, budget)
+        alloc = solve_allocation(problem)
+        sites = activation_sites(model)
+        for name, bits in alloc.bits.items():
+            for q in sites[name]:
+                q.set_bits(bits)
+        curve = train_qdlora(model, fp, calib, opts)
+        model.plan_notes = {
+            **_curve_notes(curve),
+            "allocation": json.dumps(
+                {
+                    "budget": budget,
+                    "average_act_bits": round(alloc.average_bits, 4),
+                    "candidates": candidates,
+                    "lam": float(opts["lam"]),
+                    "perceptual": opts["perceptual"],
+                    "weighting": "activation elements per image",
+                    "ilp_variables": alloc.n_variables,
+                    "ilp_constraints": alloc.n_constraints,
+                    "ilp_status": alloc.status,
+                    "ilp_seconds": round(alloc.solve_s, 4),
+                    "objective": alloc.objective,
+                }
+            ),
+        }
+        return model.eval()
+
+
+def _plan_act_bits(plan: BitPlan) -> int:
+    bits = {b.a_bits for b in plan.values()}
+    if len(bits) != 1:
+        raise ConfigError("quantface_mp needs a uniform starting plan (the budget is its width)")
+    return bits.pop()
+
+
+def _curve_notes(curve: list[float]) -> dict[str, str]:
+    if not curve:
+        return {"qdlora": "no distillation"}
+    return {"qdlora": f"{len(curve)} steps, loss {curve[0]:.4e} -> {curve[-1]:.4e}"}
+
+
+def perceptual_distance(metric_name: str, weights_dir: Path):
+    """A full-reference metric turned into a distance from the FP output (0 = identical)."""
+    from quantface.registry import METRICS
+
+    metric = METRICS.get(metric_name)
+    if metric.mode == "nr":
+        raise ConfigError(
+            f"method_options.quantface_mp.perceptual: '{metric_name}' is no-reference; "
+            "use a full-reference metric (e.g. ssim, lpips, dists)"
+        )
+    missing = metric.missing_weights(weights_dir)
+    if missing:
+        raise ConfigError(
+            f"method_options.quantface_mp.perceptual: '{metric_name}' needs "
+            f"{weights_dir / missing[0]}; use ssim or provide the file"
+        )
+    metric.build(weights_dir)
+    sign = 1.0 if metric.higher_is_better else -1.0
+
+    cache: dict[str, torch.Tensor] = {}
+
+    def distance(out: torch.Tensor, ref: torch.Tensor) -> float:
+        if cache.get("ref") is not ref:  # one reference per sensitivity run: score it once
+            cache.update(ref=ref, perfect=metric.score(ref, ref))
+        perfect = cache["perfect"]
+        if not torch.isfinite(perfect).all():
+            raise ConfigError(f"perceptual metric '{metric_name}' has no finite perfect score")
+        return float((sign * (perfect - metric.score(out.clamp(0, 1), ref))).mean())
+
+    return distance
