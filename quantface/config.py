@@ -69,6 +69,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         ):
             kind = "an mpX" if _is_mixed(m) else "a uniform wXaY"
             raise ConfigError(f"config key 'methods': '{m}' needs {kind} entry in 'bits'")
+    _check_ablation(config)
     for k in ("synthetic", "realworld"):
         for name in config["report"].get(k, []):
             if name not in config["data"]["datasets"]:
@@ -107,6 +108,62 @@ def quantized_cells(methods: list[str], bits: list[str]) -> list[tuple[str, str]
     return [
         (m, b) for m in methods if m != "fp" for b in bits if parse_bits(b).mixed == _is_mixed(m)
     ]
+
+
+def ablation_variants(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Ablation variant name -> {method, options}: extra quantize jobs shown in ablation tables."""
+    return dict(config.get("ablation", {}).get("variants", {}))
+
+
+def ablation_cells(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """(variant, bits): a variant's own `bits`, else `ablation.bits`."""
+    default = config.get("ablation", {}).get("bits")
+    return [(n, v.get("bits", default)) for n, v in ablation_variants(config).items()]
+
+
+def resolve_method(config: dict[str, Any], name: str) -> tuple[str, dict[str, Any]]:
+    """(registered method, options) of a method or ablation-variant name."""
+    variants = ablation_variants(config)
+    if name in variants:
+        v = variants[name]
+        base = config.get("method_options", {}).get(v["method"], {})
+        return v["method"], {**base, **v.get("options", {})}
+    return name, dict(config.get("method_options", {}).get(name, {}))
+
+
+def _check_ablation(config: dict[str, Any]) -> None:
+    variants = ablation_variants(config)
+    if not variants:
+        return
+    default = config["ablation"].get("bits")
+    subschemas = schema()["properties"]["method_options"]["properties"]
+    for name, v in variants.items():
+        key = f"ablation.variants.{name}"
+        if name in METHODS or name in config["methods"]:
+            raise ConfigError(f"config key '{key}': the name is a registered method; rename it")
+        if v["method"] not in METHODS:
+            raise ConfigError(
+                f"config key '{key}.method': unknown method '{v['method']}'; "
+                f"known: {', '.join(METHODS.names())}"
+            )
+        bits = v.get("bits", default)
+        if not bits:
+            raise ConfigError(f"config key '{key}.bits': no bits (and no 'ablation.bits')")
+        try:
+            setting = parse_bits(bits)
+        except ConfigError as e:
+            raise ConfigError(f"config key '{key}.bits': {e}") from None
+        if setting.mixed != _is_mixed(v["method"]):
+            raise ConfigError(f"config key '{key}.bits': '{bits}' does not suit '{v['method']}'")
+        sub = subschemas.get(v["method"])
+        if sub is not None:
+            errors = jsonschema.Draft202012Validator(sub).iter_errors(v.get("options", {}))
+            err = next(iter(errors), None)
+            if err is not None:
+                raise ConfigError(f"config key '{key}.options': {err.message}")
+    for d in config["ablation"].get("datasets", []):
+        if d not in config["data"]["datasets"]:
+            raise ConfigError(f"config key 'ablation.datasets': '{d}' is not in data.datasets")
 
 
 def check_model_assets(config: dict[str, Any]) -> None:

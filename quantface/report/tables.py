@@ -325,14 +325,17 @@ def write_tables(
     realworld: list[str] | None = None,
     footnote: list[str] | None = None,
     ablation: list[str] | None = None,
+    ablation_reference: list[str] | None = None,
 ) -> None:
     """Every table from metrics (and cost) CSVs; several files are merged like shards.
 
     Datasets default to: scored with full-reference metrics -> Table 1, the rest -> Table 3.
-    `ablation` (method names) adds ablation.{md,tex,csv} on the Table 1 datasets.
+    `ablation` (variant names) adds ablation.{md,tex,csv} on the Table 1 datasets, with the FP
+    row and the `ablation_reference` methods beside them; variants stay out of Tables 1 and 3.
     """
     footnote = footnote or []
-    df = read_metrics(list(metrics) if isinstance(metrics, list) else [metrics])
+    everything = read_metrics(list(metrics) if isinstance(metrics, list) else [metrics])
+    df = everything[~everything["method"].isin(ablation or [])]
     paired, unpaired = split_datasets(df)
     synthetic = paired if synthetic is None else synthetic
     realworld = unpaired if realworld is None else realworld
@@ -349,7 +352,8 @@ def write_tables(
         footnote,
     )
     if ablation:
-        rows = df[df["method"].isin(["fp", *ablation])]
+        keep = ["fp", *(ablation_reference or []), *ablation]
+        rows = everything[everything["method"].isin(keep)]
         _write_table(rows, synthetic, out, "ablation", "Ablation (synthetic test set)", footnote)
     paths = [] if cost is None else (cost if isinstance(cost, list) else [cost])
     if paths:

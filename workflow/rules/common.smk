@@ -26,6 +26,11 @@ if not os.access(_target, os.W_OK):
 
 MODEL = config["model"]["name"]
 METHOD_NAMES = [m for m in config["methods"] if m != "fp"]
+ABLATION_CELLS = qf_config.ablation_cells(config)
+ABLATION_NAMES = [v for v, _ in ABLATION_CELLS]
+ABLATION_DATASETS = list(
+    config.get("ablation", {}).get("datasets") or config["report"].get("synthetic", [])
+)
 BITS = list(config["bits"])
 DATASET_NAMES = list(config["data"]["datasets"])
 # torch threads per job are fixed, not taken from --cores, so results do not depend on the
@@ -40,8 +45,8 @@ def _alternatives(names):
 
 wildcard_constraints:
     model=_alternatives([MODEL]),
-    method=_alternatives(METHOD_NAMES),
-    bits=_alternatives(BITS),
+    method=_alternatives(METHOD_NAMES + ABLATION_NAMES),
+    bits=_alternatives(sorted(set(BITS) | {b for _, b in ABLATION_CELLS})),
     dataset=_alternatives(DATASET_NAMES),
 
 
@@ -89,7 +94,12 @@ def train_options(wildcards):
 
 
 def method_options(wildcards):
-    return shell_json(config.get("method_options", {}).get(wildcards.method, {}))
+    return shell_json(qf_config.resolve_method(config, wildcards.method)[1])
+
+
+def method_base(wildcards):
+    """The registered method behind a method or ablation-variant name."""
+    return qf_config.resolve_method(config, wildcards.method)[0]
 
 
 def quantized_cells():
@@ -102,12 +112,14 @@ def all_metric_files():
         files.append(f"results/{MODEL}/input/{d}/metrics.csv")
         files.append(f"results/{MODEL}/fp/{d}/metrics.csv")
         files += [f"results/{MODEL}/{m}/{b}/{d}/metrics.csv" for m, b in quantized_cells()]
+    for d in ABLATION_DATASETS:
+        files += [f"results/{MODEL}/{v}/{b}/{d}/metrics.csv" for v, b in ABLATION_CELLS]
     return files
 
 
 def all_cost_files():
     return [f"results/{MODEL}/fp/cost.json"] + [
-        f"results/{MODEL}/{m}/{b}/cost.json" for m, b in quantized_cells()
+        f"results/{MODEL}/{m}/{b}/cost.json" for m, b in quantized_cells() + ABLATION_CELLS
     ]
 
 
@@ -117,6 +129,8 @@ def table_outputs():
     for stem, key in (("table1_synthetic", "synthetic"), ("table3_realworld", "realworld")):
         if rep.get(key):
             outs += [f"results/tables/{stem}.{ext}" for ext in ("md", "tex", "csv")]
+    if ABLATION_CELLS:
+        outs += [f"results/tables/ablation.{ext}" for ext in ("md", "tex", "csv")]
     return outs + [f"results/tables/cost.{ext}" for ext in ("md", "tex", "csv")]
 
 

@@ -8,6 +8,7 @@ rule quantize:
         cost="results/{model}/{method}/{bits}/cost.json",
     params:
         options=method_options,
+        method=method_base,
         seed=lambda w: job_seed("quantize", w.model, w.method, w.bits),
         folder=lambda w: f"results/{w.model}/{w.method}/{w.bits}",
     log:
@@ -19,7 +20,7 @@ rule quantize:
         mem_mb=6000,
         runtime=120,
     shell:
-        "quantface quantize --model {input.model} --method {wildcards.method}"
+        "quantface quantize --model {input.model} --method {params.method}"
         " --bits {wildcards.bits} --calib {input.calib} --out {params.folder}"
         " --options {params.options} --seed {params.seed}"
         " --threads " + str(TORCH_THREADS) + " 2> {log}"

@@ -37,6 +37,12 @@ rule tables:
         synthetic=",".join(config["report"].get("synthetic", [])),
         realworld=",".join(config["report"].get("realworld", [])),
         footnotes=footnotes(),
+        ablation=(
+            f"--ablation {','.join(ABLATION_NAMES)} --ablation-reference "
+            + ",".join(sorted({qf_config.resolve_method(config, v)[0] for v in ABLATION_NAMES}))
+            if ABLATION_NAMES
+            else ""
+        ),
     log:
         "results/logs/tables.log",
     benchmark:
@@ -48,7 +54,7 @@ rule tables:
     shell:
         "quantface tables --metrics {input.metrics} --cost {input.cost} --out results/tables"
         " --synthetic '{params.synthetic}' --realworld '{params.realworld}'"
-        " {params.footnotes} 2> {log}"
+        " {params.footnotes} {params.ablation} 2> {log}"
 
 
 rule figures:
