@@ -66,7 +66,8 @@ def current_layout(model: nn.Module) -> dict[str, LayerQuant]:
             kind, t = "matmul", InputTransform()
         else:
             continue
-        layout[name] = LayerQuant(kind, mod.act_quantizer.spec, mod.weight_quantizer.spec, t)
+        split = getattr(mod, "split", 0)
+        layout[name] = LayerQuant(kind, mod.act_quantizer.spec, mod.weight_quantizer.spec, t, split)
     return layout
 
 
@@ -78,13 +79,18 @@ def plan_of(model: nn.Module, notes: Mapping[str, str] | None = None) -> BitPlan
 
 
 def calibrate_weights(model: nn.Module, observer: str = "minmax", **kwargs) -> None:
-    """Set every weight quantizer's range from its own weight tensor."""
+    """Set every weight quantizer's range from its own weight tensor (split: from its half)."""
     for mod in model.modules():
         if isinstance(mod, QuantLayerMixin):
-            q = mod.weight_quantizer
-            obs = make_observer(observer, q.spec, **kwargs)
-            obs.update(mod.weight)
-            q.set_range(*obs.compute())
+            parts = [(mod.weight_quantizer, mod.weight)]
+            if mod.split:
+                w = mod.weight
+                parts = [(mod.weight_quantizer, w[:, : mod.split])]
+                parts.append((mod.weight_quantizer_1, w[:, mod.split :]))
+            for q, w in parts:
+                obs = make_observer(observer, q.spec, **kwargs)
+                obs.update(w)
+                q.set_range(*obs.compute())
 
 
 def set_activation_ranges(
@@ -98,13 +104,16 @@ def set_activation_ranges(
     for qname, q in quantizers(model).items():
         site, _, qattr = qname.rpartition(".")
         mod = model.get_submodule(site)
-        if q.spec.dynamic or (isinstance(mod, QuantLayerMixin) and qattr == "weight_quantizer"):
+        is_weight = qattr.startswith("weight_quantizer")
+        if q.spec.dynamic or (isinstance(mod, QuantLayerMixin) and is_weight):
             continue
         if isinstance(mod, QuantMatMul):
             operand = "a" if qattr == "act_quantizer" else "b"
         else:
             operand = "input"
         stats = calib.input_stats(site, operand)
+        if isinstance(mod, QuantLayerMixin) and mod.split:
+            stats = _split_stats(stats, mod.split, qattr == "act_quantizer_1")
         if observer == "minmax" and q.spec.granularity == "tensor":
             q.set_range(stats["min"], stats["max"])
             continue
@@ -118,9 +127,26 @@ def set_activation_ranges(
         q.set_range(*obs.compute())
 
 
+def _split_stats(
+    stats: dict[str, torch.Tensor], split: int, second: bool
+) -> dict[str, torch.Tensor]:
+    """The statistics of one half of a split layer's input channels."""
+    part = slice(split, None) if second else slice(0, split)
+    lo, hi = stats["ch_min"][part], stats["ch_max"][part]
+    return {
+        "min": lo.min(),
+        "max": hi.max(),
+        "ch_min": lo,
+        "ch_max": hi,
+        "rows": stats["rows"][:, part],
+    }
+
+
 def _is_weight_quantizer(model: nn.Module, qname: str) -> bool:
     site, _, qattr = qname.rpartition(".")
-    return qattr == "weight_quantizer" and isinstance(model.get_submodule(site), QuantLayerMixin)
+    return qattr.startswith("weight_quantizer") and isinstance(
+        model.get_submodule(site), QuantLayerMixin
+    )
 
 
 @torch.no_grad()

@@ -28,7 +28,7 @@ def _static_quantizers(root: nn.Module, which: str) -> list[UniformQuantizer]:
     found = []
     for mod in root.modules():
         if isinstance(mod, QuantLayerMixin):
-            pairs = [(mod.act_quantizer, "act"), (mod.weight_quantizer, "weight")]
+            pairs = mod.layer_quantizers()
         elif isinstance(mod, QuantMatMul):
             pairs = [(mod.act_quantizer, "act"), (mod.weight_quantizer, "act")]
         else:
