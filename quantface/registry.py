@@ -77,6 +77,9 @@ METHODS: Registry = Registry(
         "baselines.smoothquant",
         "baselines.quarot",
         "baselines.svdquant",
+        "baselines.qdiffusion",
+        "baselines.passionsr",
+        "baselines.efficientdm",
     ),
 )
 METRICS: Registry = Registry(

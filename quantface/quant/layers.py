@@ -302,9 +302,12 @@ class QuantLayerMixin:
         return mod
 
     def quantized_weight(self) -> Tensor:
+        return self.quantize_weight(self.weight)
+
+    def quantize_weight(self, w: Tensor) -> Tensor:
+        """Q_w(w) with this layer's weight quantizer(s); methods pass W + (LoRA) deltas."""
         if not self.split:
-            return self.weight_quantizer(self.weight)
-        w = self.weight
+            return self.weight_quantizer(w)
         return torch.cat(
             [
                 self.weight_quantizer(w[:, : self.split]),
