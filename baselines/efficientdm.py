@@ -34,7 +34,7 @@ from typing import Any
 
 from baselines.smoothquant import check_options, smoothable
 from quantface.models.base import RestorerBundle
-from quantface.quant.apply import calibrate_weights, set_activation_ranges, standard_layout
+from quantface.quant.apply import calibrate_weights, observe_activation_ranges, standard_layout
 from quantface.quant.calibration import CalibrationSet
 from quantface.quant.distill import DistillConfig, distill, fp_targets
 from quantface.quant.layers import wrap_model
@@ -86,7 +86,8 @@ class EfficientDM:
         model = copy.deepcopy(fp).eval()
         wrap_model(model, standard_layout(model.quant_targets(), plan))
         calibrate_weights(model, "minmax")
-        set_activation_ranges(model, calib, "mse")
+        bs = int(opts["batch_size"])
+        observe_activation_ranges(model, calib.images, bs, "mse")  # Lp search, real activations
         model.requires_grad_(False)
         layers = {n: model.get_submodule(n) for n in smoothable(model, plan)}
         frac = float(opts["max_rank_fraction"])
@@ -94,7 +95,6 @@ class EfficientDM:
             n: capped_rank(int(opts["rank"]), m.weight.shape[0], m.weight[0].numel(), frac)
             for n, m in layers.items()
         }
-        bs = int(opts["batch_size"])
         targets = fp_targets(fp, calib.images, bs)
         with (
             learnable_scales(model, "weight") as w_scales,

@@ -45,7 +45,7 @@ from torch import nn
 from baselines.smoothquant import check_options
 from quantface.models.base import RestorerBundle
 from quantface.quant.adaround import adaround, temperature
-from quantface.quant.apply import calibrate_weights, set_activation_ranges, standard_layout
+from quantface.quant.apply import calibrate_weights, observe_activation_ranges, standard_layout
 from quantface.quant.calibration import CalibrationSet
 from quantface.quant.layers import LayerQuant, set_quant_mode, wrap_model
 from quantface.quant.learnable import clamp_scales_, learnable_scales
@@ -66,11 +66,20 @@ DEFAULTS: dict[str, Any] = {
     "b_end": 2.0,
     "warmup": 0.2,
     "sm_abit": 16,
+    "w_init": "mse",
+    "a_init": "mse",
     "split_shortcut": True,
     "n_samples": 16,
     "batch_size": 4,
 }
 SOFTMAX_NOTE = "softmax output P of the AV matmul kept at {b} bit (Q-Diffusion --sm_abit {b})"
+
+
+def _bits_of(module: nn.Module, param: nn.Parameter) -> int:
+    for q in module.modules():
+        if q._parameters.get("scale") is param:
+            return q.spec.bits
+    return 0
 
 
 def shortcut_splits(model: nn.Module) -> dict[str, int]:
@@ -120,10 +129,11 @@ class QDiffusion:
             if name in layout:
                 notes[name] = "split shortcut quantizer: [up-path, skip] quantized separately"
         wrap_model(model, layout)
-        calibrate_weights(model, "mse")
-        set_activation_ranges(model, calib, "mse")
+        calibrate_weights(model, opts["w_init"])
         images = calib.images[: int(opts["n_samples"])]
         bs = int(opts["batch_size"])
+        # Lp-2.4 search on the real activations of the calibration images (Q-Diffusion's init)
+        observe_activation_ranges(model, images, bs, opts["a_init"])
         fp = copy.deepcopy(fp).eval()
         model.eval().requires_grad_(False)
         t0 = time.perf_counter()
@@ -169,7 +179,9 @@ class QDiffusion:
     def _activations(module, inputs, targets, opts, desc) -> None:
         """LSQ step sizes of the block's activation quantizers, p = 2.4, cosine (act stage)."""
         with learnable_scales(module, "act") as params:
-            params = [p for p in params if p.numel()]
+            # a 16-bit quantizer (softmax P) is not learned, as in Q-Diffusion (its step, ~1e-5,
+            # is below one Adam step)
+            params = [p for p in params if _bits_of(module, p) < 16]
             cfg = ReconConfig(int(opts["a_iters"]), float(opts["a_lr"]), 2.4, cosine=True)
             reconstruct(
                 module,

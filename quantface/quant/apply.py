@@ -150,13 +150,21 @@ def _is_weight_quantizer(model: nn.Module, qname: str) -> bool:
 
 
 @torch.no_grad()
-def observe_activation_ranges(model: RestorerBundle, images: torch.Tensor, batch_size: int = 8):
+def observe_activation_ranges(
+    model: RestorerBundle,
+    images: torch.Tensor,
+    batch_size: int = 8,
+    observer: str = "minmax",
+    **kwargs,
+):
     """Static min-max activation ranges measured on the *transformed* FP model.
 
     The cached calibration statistics describe the original model's activations; once a method
     has folded scales into norms or rotated values (to_v rows), the inputs some quantizers see
     differ, so their ranges are re-observed here by one FP forward over the calibration images
     (weights unquantized, every static activation quantizer observing). Dynamic ones need nothing.
+    `observer` "mse" runs the Lp clip search on the real activations (extremes included), which
+    the cached row sample cannot do: a uniform row sample rarely holds the outliers.
     """
     qs = quantizers(model)
     act = {n: q for n, q in qs.items() if not _is_weight_quantizer(model, n)}
@@ -166,7 +174,12 @@ def observe_activation_ranges(model: RestorerBundle, images: torch.Tensor, batch
         for n, q in qs.items():
             q.mode = "off"
         for q in static.values():
-            q.mode, q.observer = "observe", MinMaxObserver(q.spec)
+            q.mode = "observe"
+            q.observer = (
+                MinMaxObserver(q.spec)
+                if observer == "minmax"
+                else make_observer(observer, q.spec, **kwargs)
+            )
         for start in range(0, len(images), batch_size):
             model.restore(images[start : start + batch_size])
         for q in static.values():
