@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from baselines.qdiffusion import shortcut_splits
+from baselines.smoothquant import smoothable
 from quantface.models.checkpoint import load_bundle, save_bundle
 from quantface.quant.adaround import adaround, temperature
 from quantface.quant.apply import (
@@ -120,21 +121,21 @@ def test_adaround_beats_nearest_rounding_and_decides_every_weight():
     inputs, targets = [((x,), {})], [y]
     set_quant_mode(q, "off", "act")
     rtn = block_error(q, inputs, targets)
-    iters = 300
+    iters = 1000
     with adaround({"l": q}) as rounders:
         r = rounders["l"]
-        cfg = ReconConfig(iters, 1e-2)
+        cfg = ReconConfig(iters, 3e-2)
 
         def reg(step):
             beta = temperature(step, iters, 0.2, (20.0, 2.0))
-            return None if beta is None else 0.01 * r.regularizer(beta)
+            return None if beta is None else 0.1 * r.regularizer(beta)
 
         reconstruct(q, inputs, targets, [{"params": list(r.parameters())}], cfg, reg)
-        assert max(p.undecided() for p in r.parts) < 0.02  # h(V) converged to 0/1
+        assert max(p.undecided() for p in r.parts) < 0.01  # h(V) converged to 0/1
         soft = block_error(q, inputs, targets)
     hard = block_error(q, inputs, targets)  # baked into the weight, RTN quantizer reproduces it
-    assert hard < 0.7 * rtn, (hard, rtn)
-    assert abs(hard - soft) < 0.1 * rtn
+    assert hard < 0.9 * rtn, (hard, rtn)
+    assert abs(hard - soft) < 0.02 * rtn
     w = q.weight / q.weight_quantizer.scale
     assert torch.allclose(w, w.round(), atol=1e-4)  # on the grid
 
@@ -142,7 +143,7 @@ def test_adaround_beats_nearest_rounding_and_decides_every_weight():
 def test_learned_activation_step_lowers_block_error():
     fp, q, x = _layer(bits=8)
     x = x.clone()
-    x[:, 3] *= 30  # an outlier channel makes min-max far too coarse at 4 bit
+    x[0, 3], x[1, 5] = 40.0, -30.0  # two stray values make min-max far too coarse at 4 bit
     q.act_quantizer.spec = QuantSpec(4, channel_dim=-1)
     q.act_quantizer.set_range(x.min(), x.max())
     with torch.no_grad():
@@ -150,11 +151,11 @@ def test_learned_activation_step_lowers_block_error():
     inputs, targets = [((x,), {})], [y]
     before = block_error(q, inputs, targets, 2.4)
     with learnable_scales(q, "act") as params:
-        cfg = ReconConfig(150, 1e-2, 2.4, cosine=True)
+        cfg = ReconConfig(150, 3e-2, 2.4, cosine=True)
         reconstruct(
             q, inputs, targets, [{"params": params}], cfg, None, lambda: clamp_scales_(params)
         )
-    assert block_error(q, inputs, targets, 2.4) < 0.8 * before
+    assert block_error(q, inputs, targets, 2.4) < 0.9 * before
 
 
 def test_split_shortcut_quantizes_each_half_on_its_own_range(micro_model, micro_images):
@@ -257,15 +258,13 @@ def test_efficientdm_lora_lowers_the_distillation_loss_and_merges_exactly(
     from quantface.quant.distill import DistillConfig, distill, fp_targets
 
     model = copy.deepcopy(micro_model)
-    plan = BitPlan.uniform(model.quant_targets(), 4, 4)
+    plan = BitPlan.uniform(model.quant_targets(), 3, 8)  # weight error dominates
     wrap_model(model, standard_layout(model.quant_targets(), plan))
     calibrate_weights(model)
     set_activation_ranges(model, micro_calib)
     model.requires_grad_(False)
     targets = fp_targets(micro_model, micro_images, 4)
-    layers = {
-        n: model.get_submodule(n) for n in ("unet.conv_in", "unet.down_blocks.0.resnets.0.conv1")
-    }
+    layers = {n: model.get_submodule(n) for n in smoothable(model, plan)}
     ranks = {n: 4 for n in layers}
     with weight_lora(layers, ranks) as loras:
         groups = [
@@ -278,7 +277,7 @@ def test_efficientdm_lora_lowers_the_distillation_loss_and_merges_exactly(
         curve = distill(model, micro_images, targets, groups, DistillConfig(30, 1e-3, 4))
         with torch.no_grad():
             inside = model.restore(micro_images)
-    assert curve[-1] < 0.9 * curve[0], curve[:3] + curve[-3:]
+    assert curve[-1] < 0.7 * curve[0], curve[:3] + curve[-3:]
     with torch.no_grad():
         assert torch.equal(model.restore(micro_images), inside)  # LoRA merged into W
     assert not any("lora" in n for n, _ in model.named_parameters())
