@@ -23,7 +23,7 @@ Adaptation here:
 - at the end LoRA is merged into the weights, then quantized by the learned weight quantizer.
 
 Options (config `method_options.efficientdm`): rank (32), max_rank_fraction (0.5), steps (80),
-batch_size (4), lora_lr_scale (0.02), w_lr (1e-6), a_lr (5e-4), keep_8bit (true).
+batch_size (4), lora_lr_scale (0.02), w_lr (1e-6), a_lr (5e-4), keep_8bit (true), seed (0).
 """
 
 from __future__ import annotations
