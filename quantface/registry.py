@@ -78,6 +78,9 @@ METHODS: Registry = Registry(
         "baselines.quarot",
         "baselines.svdquant",
         "quantface.methods.quantface",
+        "baselines.qdiffusion",
+        "baselines.passionsr",
+        "baselines.efficientdm",
     ),
 )
 METRICS: Registry = Registry(

@@ -66,7 +66,8 @@ def current_layout(model: nn.Module) -> dict[str, LayerQuant]:
             kind, t = "matmul", InputTransform()
         else:
             continue
-        layout[name] = LayerQuant(kind, mod.act_quantizer.spec, mod.weight_quantizer.spec, t)
+        split = getattr(mod, "split", 0)
+        layout[name] = LayerQuant(kind, mod.act_quantizer.spec, mod.weight_quantizer.spec, t, split)
     return layout
 
 
@@ -78,13 +79,18 @@ def plan_of(model: nn.Module, notes: Mapping[str, str] | None = None) -> BitPlan
 
 
 def calibrate_weights(model: nn.Module, observer: str = "minmax", **kwargs) -> None:
-    """Set every weight quantizer's range from its own weight tensor."""
+    """Set every weight quantizer's range from its own weight tensor (split: from its half)."""
     for mod in model.modules():
         if isinstance(mod, QuantLayerMixin):
-            q = mod.weight_quantizer
-            obs = make_observer(observer, q.spec, **kwargs)
-            obs.update(mod.weight)
-            q.set_range(*obs.compute())
+            parts = [(mod.weight_quantizer, mod.weight)]
+            if mod.split:
+                w = mod.weight
+                parts = [(mod.weight_quantizer, w[:, : mod.split])]
+                parts.append((mod.weight_quantizer_1, w[:, mod.split :]))
+            for q, w in parts:
+                obs = make_observer(observer, q.spec, **kwargs)
+                obs.update(w)
+                q.set_range(*obs.compute())
 
 
 def set_activation_ranges(
@@ -98,13 +104,16 @@ def set_activation_ranges(
     for qname, q in quantizers(model).items():
         site, _, qattr = qname.rpartition(".")
         mod = model.get_submodule(site)
-        if q.spec.dynamic or (isinstance(mod, QuantLayerMixin) and qattr == "weight_quantizer"):
+        is_weight = qattr.startswith("weight_quantizer")
+        if q.spec.dynamic or (isinstance(mod, QuantLayerMixin) and is_weight):
             continue
         if isinstance(mod, QuantMatMul):
             operand = "a" if qattr == "act_quantizer" else "b"
         else:
             operand = "input"
         stats = calib.input_stats(site, operand)
+        if isinstance(mod, QuantLayerMixin) and mod.split:
+            stats = _split_stats(stats, mod.split, qattr == "act_quantizer_1")
         if observer == "minmax" and q.spec.granularity == "tensor":
             q.set_range(stats["min"], stats["max"])
             continue
@@ -118,19 +127,44 @@ def set_activation_ranges(
         q.set_range(*obs.compute())
 
 
+def _split_stats(
+    stats: dict[str, torch.Tensor], split: int, second: bool
+) -> dict[str, torch.Tensor]:
+    """The statistics of one half of a split layer's input channels."""
+    part = slice(split, None) if second else slice(0, split)
+    lo, hi = stats["ch_min"][part], stats["ch_max"][part]
+    return {
+        "min": lo.min(),
+        "max": hi.max(),
+        "ch_min": lo,
+        "ch_max": hi,
+        "rows": stats["rows"][:, part],
+    }
+
+
 def _is_weight_quantizer(model: nn.Module, qname: str) -> bool:
     site, _, qattr = qname.rpartition(".")
-    return qattr == "weight_quantizer" and isinstance(model.get_submodule(site), QuantLayerMixin)
+    return qattr.startswith("weight_quantizer") and isinstance(
+        model.get_submodule(site), QuantLayerMixin
+    )
 
 
 @torch.no_grad()
-def observe_activation_ranges(model: RestorerBundle, images: torch.Tensor, batch_size: int = 8):
+def observe_activation_ranges(
+    model: RestorerBundle,
+    images: torch.Tensor,
+    batch_size: int = 8,
+    observer: str = "minmax",
+    **kwargs,
+):
     """Static min-max activation ranges measured on the *transformed* FP model.
 
     The cached calibration statistics describe the original model's activations; once a method
     has folded scales into norms or rotated values (to_v rows), the inputs some quantizers see
     differ, so their ranges are re-observed here by one FP forward over the calibration images
     (weights unquantized, every static activation quantizer observing). Dynamic ones need nothing.
+    `observer` "mse" runs the Lp clip search on the real activations (extremes included), which
+    the cached row sample cannot do: a uniform row sample rarely holds the outliers.
     """
     qs = quantizers(model)
     act = {n: q for n, q in qs.items() if not _is_weight_quantizer(model, n)}
@@ -140,7 +174,12 @@ def observe_activation_ranges(model: RestorerBundle, images: torch.Tensor, batch
         for n, q in qs.items():
             q.mode = "off"
         for q in static.values():
-            q.mode, q.observer = "observe", MinMaxObserver(q.spec)
+            q.mode = "observe"
+            q.observer = (
+                MinMaxObserver(q.spec)
+                if observer == "minmax"
+                else make_observer(observer, q.spec, **kwargs)
+            )
         for start in range(0, len(images), batch_size):
             model.restore(images[start : start + batch_size])
         for q in static.values():

@@ -79,6 +79,8 @@ def _transform_ops(mod: nn.Module, x: torch.Tensor, out: torch.Tensor) -> dict[s
     positions_in = x.numel() // c_in
     if t.scale:
         ops["online_scale_ops"] = positions_in * c_in
+    if t.shift:  # x - d per element (the W d correction is a constant, foldable into the bias)
+        ops["online_scale_ops"] += positions_in * c_in
     if t.hadamard:
         ops["online_hadamard_ops"] = positions_in * hadamard_ops(c_in)
     if t.lowrank:
@@ -137,9 +139,10 @@ def transform_storage(mod: nn.Module) -> tuple[int, int, int]:
     if lr is not None:
         n = sum(p.numel() for p in lr.parameters())
         values, bits = values + n, bits + n * LOWRANK_BITS
-    s = mod._buffers.get("input_scale")
-    if s is not None:
-        values, buffer_bits = values + s.numel(), buffer_bits + s.numel() * FP_BITS
+    for key in ("input_scale", "input_shift", "shift_bias"):
+        s = mod._buffers.get(key)
+        if s is not None:
+            values, buffer_bits = values + s.numel(), buffer_bits + s.numel() * FP_BITS
     had = mod._modules.get("input_hadamard")
     if had is not None:
         values, buffer_bits = (
@@ -168,9 +171,16 @@ def cost_table(bundle: RestorerBundle, plan: BitPlan) -> dict[str, Any]:
         a_bits = bits.a_bits if bits else FP_BITS
         params = mod.weight.numel() if kind != "matmul" else 0
         qparam_bits = 0
-        if isinstance(mod, (QuantLayerMixin, QuantMatMul)):
-            for q in (mod.act_quantizer, mod.weight_quantizer):
-                qparam_bits += (q.scale.numel() + q.zero_point.numel()) * FP_BITS
+        if isinstance(mod, QuantLayerMixin):
+            qs = [q for q, _ in mod.layer_quantizers()]
+        elif isinstance(mod, QuantMatMul):
+            qs = [mod.act_quantizer, mod.weight_quantizer]
+            # the operands' own bits (Q-Diffusion keeps the softmax output P at 16 bit, V lower)
+            a_bits, w_bits = mod.act_quantizer.spec.bits, mod.weight_quantizer.spec.bits
+        else:
+            qs = []
+        for q in qs:
+            qparam_bits += (q.scale.numel() + q.zero_point.numel()) * FP_BITS
         if isinstance(mod, QuantLayerMixin):
             weight_bits[id(mod.weight)] = w_bits
             quantized.add(id(mod.weight))
@@ -192,8 +202,7 @@ def cost_table(bundle: RestorerBundle, plan: BitPlan) -> dict[str, Any]:
                 "a_bits": a_bits,
                 "param_bits": params * w_bits + qparam_bits + x_bits,
                 "macs": m,
-                "bops": m * (a_bits * a_bits if kind == "matmul" else w_bits * a_bits)
-                + ops["lowrank_macs"] * LOWRANK_BITS * LOWRANK_BITS,
+                "bops": m * w_bits * a_bits + ops["lowrank_macs"] * LOWRANK_BITS * LOWRANK_BITS,
                 "extra_fp_params": x_values,
                 **ops,
             }

@@ -10,11 +10,20 @@ Which layer gets which quantizers is a *layout*: name -> `LayerQuant`. The layou
 saved in the checkpoint, so a quantized model is rebuilt exactly on load.
 
 A layer may also carry an *input transform* (`InputTransform`, part of its layout) that a method
-could not fold into neighbouring weights: a per-channel division of the input (run-time
-smoothing), an online randomized Hadamard of the input channels (QuaRot; per pixel for a conv),
-and a 16-bit low-rank branch reading the transformed, unquantized input (SVDQuant):
+could not fold into neighbouring weights: a per-channel shift and division of the input
+(PassionSR's equivalent transformation, run-time smoothing), an online randomized Hadamard of the
+input channels (QuaRot; per pixel for a conv), and a 16-bit low-rank branch reading the
+transformed, unquantized input (SVDQuant):
 
-    x' = H(x / s);   y = conv_or_linear(Q_a(x'), Q_w(W)) + b + up(down(x'))
+    x' = H((x - d) / s);   y = conv_or_linear(Q_a(x'), Q_w(W)) + b + W_fp d + up(down(x'))
+
+The shift's output correction `W_fp d` is a saved FP32 vector (`shift_bias`): it is a constant
+per output channel only for a Linear or an unpadded conv, so only those layers may carry a shift.
+
+A layer may also *split* its input channels in two (Q-Diffusion's shortcut-splitting quantizer
+for the decoder's concatenated skips): channels [:split] and [split:] then have their own
+activation quantizer and their own (per-output-channel) weight quantizer over W[:, :split] and
+W[:, split:] (`act_quantizer_1`, `weight_quantizer_1`).
 
 The layout says which parts exist; their values (s, Hadamard signs, branch weights) are buffers
 and parameters in the state dict, so save/load stays exact.
@@ -44,13 +53,21 @@ class InputTransform:
     scale: bool = False  # divide input channel j by a saved s_j
     hadamard: bool = False  # online randomized Hadamard over the input channels
     lowrank: int = 0  # rank of the 16-bit low-rank branch (0: none)
+    shift: bool = False  # subtract a saved d_j from input channel j (before the division)
 
     @property
     def active(self) -> bool:
-        return self.scale or self.hadamard or self.lowrank > 0
+        return self.scale or self.hadamard or self.lowrank > 0 or self.shift
 
     def to_dict(self) -> dict[str, Any]:
-        return {"scale": self.scale, "hadamard": self.hadamard, "lowrank": self.lowrank}
+        d: dict[str, Any] = {
+            "scale": self.scale,
+            "hadamard": self.hadamard,
+            "lowrank": self.lowrank,
+        }
+        if self.shift:  # only when used: layouts written before shifts existed stay identical
+            d["shift"] = True
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> InputTransform:
@@ -65,11 +82,14 @@ class LayerQuant:
     a: QuantSpec
     w: QuantSpec
     transform: InputTransform = InputTransform()
+    split: int = 0  # >0: input channels [:split] and [split:] are quantized separately
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"kind": self.kind, "a": self.a.to_dict(), "w": self.w.to_dict()}
+        d: dict[str, Any] = {"kind": self.kind, "a": self.a.to_dict(), "w": self.w.to_dict()}
         if self.transform.active:
             d["transform"] = self.transform.to_dict()
+        if self.split:
+            d["split"] = self.split
         return d
 
     @classmethod
@@ -79,6 +99,7 @@ class LayerQuant:
             QuantSpec.from_dict(d["a"]),
             QuantSpec.from_dict(d["w"]),
             InputTransform.from_dict(d.get("transform")),
+            int(d.get("split", 0)),
         )
 
 
@@ -147,6 +168,7 @@ class QuantLayerMixin:
     float_cls: type[nn.Module]
 
     channel_dim: int  # of the input: -1 for Linear, 1 for Conv2d
+    split: int = 0  # see the module docstring (split shortcut quantizer)
 
     @classmethod
     def from_float(cls, mod: nn.Module, lq: LayerQuant) -> nn.Module:
@@ -157,8 +179,22 @@ class QuantLayerMixin:
         q._modules = dict(mod._modules)
         q.act_quantizer = UniformQuantizer(lq.a)
         q.weight_quantizer = UniformQuantizer(lq.w)
+        if lq.split:
+            n_in = mod.weight.shape[1] * getattr(mod, "groups", 1)
+            if getattr(mod, "groups", 1) != 1 or not 0 < lq.split < n_in:
+                raise ValueError(f"split {lq.split} needs an ungrouped layer with > split inputs")
+            q.split = lq.split
+            q.act_quantizer_1 = UniformQuantizer(lq.a)
+            q.weight_quantizer_1 = UniformQuantizer(lq.w)
         q.add_transform(lq.transform)
         return q
+
+    def layer_quantizers(self) -> list[tuple[UniformQuantizer, str]]:
+        """(quantizer, "act" | "weight") pairs of this layer, split halves included."""
+        out = [(self.act_quantizer, "act"), (self.weight_quantizer, "weight")]
+        if self.split:
+            out += [(self.act_quantizer_1, "act"), (self.weight_quantizer_1, "weight")]
+        return out
 
     def add_transform(self, t: InputTransform) -> None:
         """Create (identity-valued) transform parts; a method or the checkpoint fills them."""
@@ -170,6 +206,11 @@ class QuantLayerMixin:
             self.add_module("input_hadamard", OnlineHadamard(n).to(dev))
         if t.lowrank > 0 and "lowrank" not in self._modules:
             self.add_module("lowrank", LowRankBranch(self, t.lowrank).to(dev))
+        if t.shift and "input_shift" not in self._buffers:
+            if isinstance(self, nn.Conv2d) and any(p != 0 for p in _padding(self)):
+                raise ValueError("an input shift is exact only for a Linear or an unpadded conv")
+            self.register_buffer("input_shift", torch.zeros(n, device=dev))
+            self.register_buffer("shift_bias", torch.zeros(self.weight.shape[0], device=dev))
 
     def transform_spec(self) -> InputTransform:
         lr = self._modules.get("lowrank")
@@ -177,23 +218,44 @@ class QuantLayerMixin:
             scale="input_scale" in self._buffers,
             hadamard="input_hadamard" in self._modules,
             lowrank=lr.rank if lr is not None else 0,
+            shift="input_shift" in self._buffers,
         )
 
+    def _channel_view(self, v: Tensor, ndim: int) -> Tensor:
+        shape = [1] * ndim
+        shape[self.channel_dim] = -1
+        return v.view(shape)
+
     def transform_input(self, x: Tensor) -> Tensor:
-        """x -> H(x / s), the input the quantizer and the low-rank branch see."""
+        """x -> H((x - d) / s), the input the quantizer and the low-rank branch see."""
+        d = self._buffers.get("input_shift")
+        if d is not None:
+            x = x - self._channel_view(d, x.dim())
         s = self._buffers.get("input_scale")
         if s is not None:
-            shape = [1] * x.dim()
-            shape[self.channel_dim] = -1
-            x = x / s.view(shape)
+            x = x / self._channel_view(s, x.dim())
         had = self._modules.get("input_hadamard")
         if had is not None:
             x = had(x, self.channel_dim)
         return x
 
     def _add_branch(self, y: Tensor, x: Tensor) -> Tensor:
+        """Add what runs beside the quantized product: the low-rank branch, the shift's W d."""
         lr = self._modules.get("lowrank")
-        return y if lr is None else y + lr(x)
+        if lr is not None:
+            y = y + lr(x)
+        sb = self._buffers.get("shift_bias")
+        if sb is not None:
+            y = y + self._channel_view(sb, y.dim())
+        return y
+
+    def quantize_input(self, x: Tensor) -> Tensor:
+        """Q_a(x), or the two halves quantized separately for a split layer."""
+        if not self.split:
+            return self.act_quantizer(x)
+        dim = self.channel_dim % x.dim()
+        a, b = x.split([self.split, x.shape[dim] - self.split], dim=dim)
+        return torch.cat([self.act_quantizer(a), self.act_quantizer_1(b)], dim=dim)
 
     @torch.no_grad()
     def effective_weight(self) -> Tensor:
@@ -222,13 +284,37 @@ class QuantLayerMixin:
             mod._parameters["weight"] = nn.Parameter(
                 self.effective_weight(), self.weight.requires_grad
             )
-        mod._buffers = {k: v for k, v in self._buffers.items() if k != "input_scale"}
-        drop = ("act_quantizer", "weight_quantizer", *TRANSFORM_MODULES)
-        mod._modules = {k: v for k, v in self._modules.items() if k not in drop}
+        d = self._buffers.get("input_shift")
+        if d is not None:  # W_eff (x - d) + b + W_fp d  ==  W_eff x + (b + W_fp d - W_eff d)
+            w_eff = mod._parameters["weight"].detach()
+            extra = (
+                self.shift_bias - w_eff.flatten(2).sum(-1) @ d
+                if w_eff.dim() > 2
+                else (self.shift_bias - w_eff @ d)
+            )
+            b = self.bias.detach() + extra if self.bias is not None else extra
+            mod._parameters["bias"] = nn.Parameter(b.clone(), requires_grad=False)
+        transform_buffers = ("input_scale", "input_shift", "shift_bias")
+        mod._buffers = {k: v for k, v in self._buffers.items() if k not in transform_buffers}
+        drop = ("act_quantizer", "weight_quantizer", "act_quantizer_1", "weight_quantizer_1")
+        mod._modules = {k: v for k, v in self._modules.items() if k not in drop + TRANSFORM_MODULES}
+        mod.__dict__.pop("split", None)
         return mod
 
     def quantized_weight(self) -> Tensor:
-        return self.weight_quantizer(self.weight)
+        return self.quantize_weight(self.weight)
+
+    def quantize_weight(self, w: Tensor) -> Tensor:
+        """Q_w(w) with this layer's weight quantizer(s); methods pass W + (LoRA) deltas."""
+        if not self.split:
+            return self.weight_quantizer(w)
+        return torch.cat(
+            [
+                self.weight_quantizer(w[:, : self.split]),
+                self.weight_quantizer_1(w[:, self.split :]),
+            ],
+            dim=1,
+        )
 
 
 class QuantLinear(QuantLayerMixin, nn.Linear):
@@ -237,7 +323,7 @@ class QuantLinear(QuantLayerMixin, nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.transform_input(x)
-        y = F.linear(self.act_quantizer(x), self.quantized_weight(), self.bias)
+        y = F.linear(self.quantize_input(x), self.quantized_weight(), self.bias)
         return self._add_branch(y, x)
 
 
@@ -247,7 +333,7 @@ class QuantConv2d(QuantLayerMixin, nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.transform_input(x)
-        y = self._conv_forward(self.act_quantizer(x), self.quantized_weight(), self.bias)
+        y = self._conv_forward(self.quantize_input(x), self.quantized_weight(), self.bias)
         return self._add_branch(y, x)
 
 
@@ -327,6 +413,12 @@ def _matmul(attn: Attention, site: str, a: Tensor, b: Tensor) -> Tensor:
     return mm(a, b) if mm is not None else torch.bmm(a, b)
 
 
+def _padding(conv: nn.Conv2d) -> tuple[int, ...]:
+    if isinstance(conv.padding, str):
+        return (0,) if conv.padding == "valid" else (1,)
+    return tuple(conv.padding)
+
+
 def quant_sites(root: nn.Module, prefixes: tuple[str, ...]) -> dict[str, str]:
     """All quantizable sites under the given sub-module prefixes: name -> kind.
 
@@ -396,6 +488,6 @@ def quantizers(root: nn.Module) -> dict[str, UniformQuantizer]:
 def set_quant_mode(root: nn.Module, mode: str, which: str = "all") -> None:
     """Set the mode of activation quantizers ('act'), weight quantizers ('weight') or both."""
     for name, q in quantizers(root).items():
-        is_weight = name.endswith("weight_quantizer")
+        is_weight = name.rpartition(".")[2].startswith("weight_quantizer")  # split halves too
         if which == "all" or (which == "weight") == is_weight:
             q.mode = mode

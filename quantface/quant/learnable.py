@@ -23,12 +23,12 @@ from quantface.quant.quantizer import UniformQuantizer
 _MIN_SCALE = 1e-8
 
 
-def _static_quantizers(root: nn.Module, which: str) -> list[UniformQuantizer]:
+def static_quantizers(root: nn.Module, which: str) -> list[UniformQuantizer]:
     """Calibrated static quantizers; a matmul's two operands both count as activations."""
     found = []
     for mod in root.modules():
         if isinstance(mod, QuantLayerMixin):
-            pairs = [(mod.act_quantizer, "act"), (mod.weight_quantizer, "weight")]
+            pairs = mod.layer_quantizers()
         elif isinstance(mod, QuantMatMul):
             pairs = [(mod.act_quantizer, "act"), (mod.weight_quantizer, "act")]
         else:
@@ -48,7 +48,7 @@ def learnable_scales(root: nn.Module, which: str = "all") -> Iterator[list[nn.Pa
     """
     if which not in ("all", "act", "weight"):
         raise ValueError(f"which must be all|act|weight, got {which!r}")
-    chosen = _static_quantizers(root, which)
+    chosen = static_quantizers(root, which)
     params = []
     for q in chosen:
         p = nn.Parameter(q.scale.detach().clone())

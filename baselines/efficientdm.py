@@ -1,0 +1,120 @@
+"""EfficientDM (He et al., ICLR 2024): quantization-aware LoRA distilled from the FP model.
+
+What the paper/code does (methods.md §7, `ThisisBillhe/EfficientDM`):
+- naive PTQ init: weights per output channel (min-max), activations per tensor (Lp search);
+- QALoRA: rank-32 LoRA *inside* the weight quantizer, `W_q = Q_w(W + B A)` (A Kaiming-uniform,
+  B = 0; conv: A a kh×kw conv C_in → r, B a 1×1 conv r → C_out), so it merges into W;
+- TALSQ: learnable activation step sizes (one per timestep) and learnable weight step sizes;
+- AdamW, LoRA lr = mean(Δ_w)/2500 ("scale-aware"), weight Δ lr 1e-6, activation Δ lr 5e-4,
+  distillation MSE between the quantized and FP noise predictions, 160 × 100 DDIM steps;
+- first three and last quantized modules at 8 bit (time_embed.0, time_embed.2, input conv,
+  output conv).
+
+Adaptation here:
+- one step: TALSQ has a single step size per quantizer (= LSQ) and the distillation target is the
+  FP restorer's output image on the calibration LQ faces (shared `distill` loop, Adam + cosine);
+- 8-bit: `unet.time_embedding.linear_1`, `unet.time_embedding.linear_2`, `unet.conv_in`,
+  `unet.conv_out` (the code only quantizes the UNet; the VAE follows the plan), noted in
+  plan.json and paid for in cost.json;
+- rank: `rank` (32) capped at `max_rank_fraction` (0.5) of min(C_out, fan_in), so a tiny layer
+  is not fully replaced; LoRA on every ungrouped Linear/Conv2d;
+- LoRA lr = mean(Δ_w) · `lora_lr_scale` per layer (paper 1/2500 = 4e-4 over 16,000 steps; the
+  embedded default runs ~100 steps and uses a larger factor);
+- at the end LoRA is merged into the weights, then quantized by the learned weight quantizer.
+
+Options (config `method_options.efficientdm`): rank (32), max_rank_fraction (0.5), steps (80),
+batch_size (4), lora_lr_scale (0.02), w_lr (1e-6), a_lr (5e-4), keep_8bit (true), seed (0).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+from baselines.smoothquant import check_options, smoothable
+from quantface.models.base import RestorerBundle
+from quantface.quant.apply import calibrate_weights, observe_activation_ranges, standard_layout
+from quantface.quant.calibration import CalibrationSet
+from quantface.quant.distill import DistillConfig, distill, fp_targets
+from quantface.quant.layers import wrap_model
+from quantface.quant.learnable import clamp_scales_, learnable_scales
+from quantface.quant.lora import weight_lora
+from quantface.quant.lowrank import capped_rank
+from quantface.quant.plan import BitPlan, LayerBits
+from quantface.registry import METHODS
+
+log = logging.getLogger(__name__)
+
+DEFAULTS: dict[str, Any] = {
+    "rank": 32,
+    "max_rank_fraction": 0.5,
+    "steps": 80,
+    "batch_size": 4,
+    "lora_lr_scale": 0.02,
+    "w_lr": 1e-6,
+    "a_lr": 5e-4,
+    "keep_8bit": True,
+    "seed": 0,
+}
+EIGHT_BIT = (
+    "unet.time_embedding.linear_1",
+    "unet.time_embedding.linear_2",
+    "unet.conv_in",
+    "unet.conv_out",
+)
+EIGHT_BIT_NOTE = "kept at W8A8 as in EfficientDM (set_first_last_layer_to_8bit)"
+
+
+@METHODS.register("efficientdm")
+class EfficientDM:
+    """EfficientDM: QALoRA + learned step sizes, distilled from the FP model, LoRA merged."""
+
+    name = "efficientdm"
+
+    def quantize(
+        self, fp: RestorerBundle, calib: CalibrationSet, plan: BitPlan, cfg: dict[str, Any]
+    ) -> RestorerBundle:
+        opts = check_options(cfg, DEFAULTS, self.name)
+        if opts["keep_8bit"]:
+            over = {
+                n: LayerBits(max(plan[n].w_bits, 8), max(plan[n].a_bits, 8))
+                for n in EIGHT_BIT
+                if n in plan
+            }
+            plan = plan.with_overrides(over, EIGHT_BIT_NOTE) if over else plan
+        model = copy.deepcopy(fp).eval()
+        wrap_model(model, standard_layout(model.quant_targets(), plan))
+        calibrate_weights(model, "minmax")
+        bs = int(opts["batch_size"])
+        observe_activation_ranges(model, calib.images, bs, "mse")  # Lp search, real activations
+        model.requires_grad_(False)
+        layers = {n: model.get_submodule(n) for n in smoothable(model, plan)}
+        frac = float(opts["max_rank_fraction"])
+        ranks = {
+            n: capped_rank(int(opts["rank"]), m.weight.shape[0], m.weight[0].numel(), frac)
+            for n, m in layers.items()
+        }
+        targets = fp_targets(fp, calib.images, bs)
+        with (
+            learnable_scales(model, "weight") as w_scales,
+            learnable_scales(model, "act") as a_scales,
+            weight_lora(layers, ranks, int(opts["seed"])) as loras,
+        ):
+            groups = [
+                {
+                    "params": list(lora.parameters()),
+                    "lr": layers[n].weight_quantizer.scale.detach().mean().item()
+                    * float(opts["lora_lr_scale"]),
+                }
+                for n, lora in loras.items()
+            ]
+            groups += [{"params": w_scales, "lr": float(opts["w_lr"])}]
+            groups += [{"params": a_scales, "lr": float(opts["a_lr"])}]
+            scales = w_scales + a_scales
+            dc = DistillConfig(int(opts["steps"]), float(opts["a_lr"]), bs, seed=int(opts["seed"]))
+            curve = distill(model, calib.images, targets, groups, dc, lambda: clamp_scales_(scales))
+            if curve:
+                log.info("efficientdm distillation: loss %.3e -> %.3e", curve[0], curve[-1])
+        model.plan_notes = dict(plan.notes)
+        return model.eval()

@@ -1,0 +1,194 @@
+"""Q-Diffusion (Li et al., ICCV 2023): BRECQ block reconstruction with AdaRound, learned act steps.
+
+What the paper/code does (methods.md §3, `Xiuyu-Li/q-diffusion`):
+- weights per output channel, asymmetric, initialised by the Lp-2.4 clip search (80 x 1 %), then
+  AdaRound rounding variables (rectified sigmoid, ζ 1.1, γ −0.1) learned per block with BRECQ's
+  loss `Σ_c |Ŷ − Y|^2` + 0.01 · Σ(1 − |2h − 1|^β), β 20 → 2 after 20 % warm-up, Adam lr 1e-3,
+  20k iterations; activations quantizer off meanwhile; input from the quantized network;
+- activations per tensor, asymmetric, static, Lp-2.4 search init, then their step sizes learned
+  per block (LSQ) with p = 2.4, Adam lr 4e-4, cosine, 5k iterations;
+- split shortcut quantization: the decoder's ResNet shortcut 1x1 conv reads the concatenation
+  [up-path, skip]; its two channel groups get their own activation and weight quantizers;
+- attention: q/k, softmax output P and v quantized; P at `sm_abit` = 16 bit (README SD recipe);
+- timestep-aware calibration: inputs sampled over the denoising trajectory.
+
+Adaptation here:
+- one-step restorer: the trajectory is one step (t = 399), so timestep-aware calibration
+  collapses to the restorer's own inputs on the calibration LQ faces (the shared calibration set);
+- quantized: every UNet and VAE Linear/Conv2d and attention matmul (DESIGN §5); Q-Diffusion has
+  no VAE recipe, so VAE blocks are reconstructed with the same loop (methods.md §3 proposal);
+- blocks: diffusers ResnetBlock2D, Transformer2DModel, Attention, Down/Upsample2D,
+  TimestepEmbedding; lone layers (conv_in, conv_out, VAE quant convs) are one-layer blocks;
+- both stages run per block in one sweep (weights, then activations with the block's weights
+  already hardened), each block's input taken from the quantized network; the code's activation
+  stage reads FP inputs instead (a second sweep), left out to halve the cost;
+- `av_matmul`'s first operand (softmax output P) at `sm_abit` bits (16): recorded in plan.json
+  (that site's a_bits = 16) with a note, and its BOPs are counted at 16 x a_bits in cost.json;
+- iteration counts are config options (small in the embedded default; the paper's in
+  config/paper.yaml).
+
+Options (config `method_options.qdiffusion`): w_iters (60), a_iters (30), w_lr (1e-3),
+a_lr (4e-4), round_weight (0.01), b_start (20), b_end (2), warmup (0.2), sm_abit (16),
+split_shortcut (true), n_samples (16), batch_size (4).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from typing import Any
+
+from diffusers import UNet2DConditionModel
+from torch import nn
+
+from baselines.smoothquant import check_options
+from quantface.models.base import RestorerBundle
+from quantface.quant.adaround import adaround, temperature
+from quantface.quant.apply import calibrate_weights, observe_activation_ranges, standard_layout
+from quantface.quant.calibration import CalibrationSet
+from quantface.quant.layers import LayerQuant, set_quant_mode, wrap_model
+from quantface.quant.learnable import clamp_scales_, learnable_scales
+from quantface.quant.plan import BitPlan
+from quantface.quant.quantizer import QuantSpec
+from quantface.quant.reconstruction import ReconConfig, capture, find_blocks, reconstruct
+from quantface.registry import METHODS
+
+log = logging.getLogger(__name__)
+
+DEFAULTS: dict[str, Any] = {
+    "w_iters": 60,
+    "a_iters": 30,
+    "w_lr": 1e-3,
+    "a_lr": 4e-4,
+    "round_weight": 0.01,
+    "b_start": 20.0,
+    "b_end": 2.0,
+    "warmup": 0.2,
+    "sm_abit": 16,
+    "w_init": "mse",
+    "a_init": "mse",
+    "split_shortcut": True,
+    "n_samples": 16,
+    "batch_size": 4,
+}
+SOFTMAX_NOTE = "softmax output P of the AV matmul kept at {b} bit (Q-Diffusion --sm_abit {b})"
+
+
+def _bits_of(module: nn.Module, param: nn.Parameter) -> int:
+    for q in module.modules():
+        if q._parameters.get("scale") is param:
+            return q.spec.bits
+    return 0
+
+
+def shortcut_splits(model: nn.Module) -> dict[str, int]:
+    """Decoder ResNet shortcut convs reading [up-path, skip] -> channels of the up-path part.
+
+    diffusers' up blocks concatenate `(hidden_states, res_hidden_states)` before each resnet; the
+    up-path tensor has the previous resnet's output channels (the mid block's for the first one).
+    """
+    splits: dict[str, int] = {}
+    for uname, unet in model.named_modules():
+        if not isinstance(unet, UNet2DConditionModel):
+            continue
+        prev = unet.mid_block.resnets[-1].out_channels if unet.mid_block is not None else None
+        for i, block in enumerate(unet.up_blocks):
+            for j, res in enumerate(block.resnets):
+                sc = res.conv_shortcut
+                if prev is not None and sc is not None and 0 < prev < sc.in_channels:
+                    splits[f"{uname}.up_blocks.{i}.resnets.{j}.conv_shortcut"] = prev
+                prev = res.out_channels
+    return splits
+
+
+@METHODS.register("qdiffusion")
+class QDiffusion:
+    """Q-Diffusion: BRECQ + AdaRound weights, LSQ activations, split shortcuts, 16-bit softmax."""
+
+    name = "qdiffusion"
+
+    def quantize(
+        self, fp: RestorerBundle, calib: CalibrationSet, plan: BitPlan, cfg: dict[str, Any]
+    ) -> RestorerBundle:
+        opts = check_options(cfg, DEFAULTS, self.name)
+        model = copy.deepcopy(fp)
+        sites = model.quant_targets()
+        layout = standard_layout(sites, plan)
+        splits = shortcut_splits(model) if opts["split_shortcut"] else {}
+        notes: dict[str, str] = {}
+        sm = int(opts["sm_abit"])
+        for name, lq in list(layout.items()):
+            if name in splits:
+                layout[name] = LayerQuant(lq.kind, lq.a, lq.w, lq.transform, splits[name])
+            if name.endswith("av_matmul") and sm > lq.a.bits:
+                a = QuantSpec(sm, lq.a.symmetric, "tensor", channel_dim=-1)
+                layout[name] = LayerQuant(lq.kind, a, lq.w)
+                notes[name] = SOFTMAX_NOTE.format(b=sm)
+        for name in splits:
+            if name in layout:
+                notes[name] = "split shortcut quantizer: [up-path, skip] quantized separately"
+        wrap_model(model, layout)
+        calibrate_weights(model, opts["w_init"])
+        images = calib.images[: int(opts["n_samples"])]
+        bs = int(opts["batch_size"])
+        # Lp-2.4 search on the real activations of the calibration images (Q-Diffusion's init)
+        observe_activation_ranges(model, images, bs, opts["a_init"])
+        fp = copy.deepcopy(fp).eval()
+        model.eval().requires_grad_(False)
+        t0 = time.perf_counter()
+        blocks = find_blocks(model, images)
+        for k, blk in enumerate(blocks):
+            inputs = capture(model, blk.name, images, bs, "input")
+            targets = capture(fp, blk.name, images, bs, "output")
+            module = model.get_submodule(blk.name)
+            layers = {n: model.get_submodule(n) for n in blk.layers}
+            self._weights(module, layers, inputs, targets, opts, f"{k}:{blk.name} W")
+            self._activations(module, inputs, targets, opts, f"{k}:{blk.name} A")
+        log.info(
+            "qdiffusion: %d blocks reconstructed in %.1f s", len(blocks), time.perf_counter() - t0
+        )
+        model.plan_notes = notes
+        return model.eval()
+
+    @staticmethod
+    def _weights(module, layers, inputs, targets, opts, desc) -> None:
+        """AdaRound with the block's activation quantizers off (Q-Diffusion's weight stage)."""
+        if not layers:
+            return
+        set_quant_mode(module, "off", "act")
+        iters = int(opts["w_iters"])
+        b_range = (float(opts["b_start"]), float(opts["b_end"]))
+        lam = float(opts["round_weight"])
+        try:
+            with adaround(layers) as rounders:
+                params = [p for r in rounders.values() for p in r.parameters()]
+
+                def reg(step: int):
+                    beta = temperature(step, iters, float(opts["warmup"]), b_range)
+                    if beta is None:
+                        return None
+                    return lam * sum(r.regularizer(beta) for r in rounders.values())
+
+                cfg = ReconConfig(iters, float(opts["w_lr"]), 2.0)
+                reconstruct(module, inputs, targets, [{"params": params}], cfg, reg, desc=desc)
+        finally:
+            set_quant_mode(module, "quant", "act")
+
+    @staticmethod
+    def _activations(module, inputs, targets, opts, desc) -> None:
+        """LSQ step sizes of the block's activation quantizers, p = 2.4, cosine (act stage)."""
+        with learnable_scales(module, "act") as params:
+            # a 16-bit quantizer (softmax P) is not learned, as in Q-Diffusion (its step, ~1e-5,
+            # is below one Adam step)
+            params = [p for p in params if _bits_of(module, p) < 16]
+            cfg = ReconConfig(int(opts["a_iters"]), float(opts["a_lr"]), 2.4, cosine=True)
+            reconstruct(
+                module,
+                inputs,
+                targets,
+                [{"params": params}],
+                cfg,
+                after_step=lambda: clamp_scales_(params),
+                desc=desc,
+            )

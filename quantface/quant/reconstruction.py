@@ -1,0 +1,221 @@
+"""Block-wise output reconstruction (BRECQ, Li et al. 2021), as Q-Diffusion runs it on a UNet.
+
+The model is cut into blocks (ResNet blocks, transformer blocks, attention blocks, samplers,
+time embeddings; a quantized layer in no block is a block of its own). Block by block, in
+execution order, the block's input is recorded from the *quantized* network (blocks before it
+already reconstructed: errors upstream are seen and compensated) and its target output from the
+FP network on the same image, and a few parameters of the block (rounding variables, step sizes)
+are trained to make `block_q(x_q)` match `block_fp(x_fp)`.
+
+Inputs are captured with forward pre-hooks that record (args, kwargs) and then abort the forward
+pass, so capturing the k-th block costs only the part of the network before it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers.models.attention_processor import Attention
+from diffusers.models.embeddings import TimestepEmbedding
+from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
+from diffusers.models.transformers.transformer_2d import Transformer2DModel
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from quantface.errors import NumericsError
+from quantface.models.base import RestorerBundle
+from quantface.quant.layers import QuantLayerMixin, QuantMatMul
+
+log = logging.getLogger(__name__)
+
+BLOCK_TYPES: tuple[type[nn.Module], ...] = (
+    ResnetBlock2D,
+    Transformer2DModel,
+    Attention,
+    Downsample2D,
+    Upsample2D,
+    TimestepEmbedding,
+)
+
+
+class _Stop(Exception):
+    """Raised by a capture hook to end the forward pass early."""
+
+
+@dataclass(frozen=True)
+class Block:
+    name: str
+    layers: tuple[str, ...]  # quantized Linear/Conv2d sites inside it (full names)
+
+
+def find_blocks(model: RestorerBundle, images: Tensor) -> list[Block]:
+    """Reconstruction units covering every quantized layer, in execution order."""
+    quant = {n for n, m in model.named_modules() if isinstance(m, QuantLayerMixin | QuantMatMul)}
+    chosen: list[str] = []
+    for name, mod in model.named_modules():
+        inside = any(name.startswith(c + ".") for c in chosen)
+        if (
+            isinstance(mod, BLOCK_TYPES)
+            and not inside
+            and any(q.startswith(name + ".") for q in quant)
+        ):
+            chosen.append(name)
+    covered = {q for q in quant for c in chosen if q.startswith(c + ".")}
+    chosen += [
+        n for n in sorted(quant - covered) if isinstance(model.get_submodule(n), QuantLayerMixin)
+    ]
+    order: dict[str, int] = {}
+    handles = []
+    for name in chosen:
+
+        def hook(mod, args, name=name):
+            order.setdefault(name, len(order))
+
+        handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            model.restore(images[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    chosen = sorted((n for n in chosen if n in order), key=order.__getitem__)
+    layer_sites = {n for n in quant if isinstance(model.get_submodule(n), QuantLayerMixin)}
+    return [
+        Block(c, tuple(q for q in sorted(layer_sites) if q == c or q.startswith(c + ".")))
+        for c in chosen
+    ]
+
+
+def _detach(x: Any) -> Any:
+    if isinstance(x, Tensor):
+        return x.detach()
+    if isinstance(x, tuple | list):
+        return type(x)(_detach(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _detach(v) for k, v in x.items()}
+    return x
+
+
+def first_tensor(out: Any) -> Tensor:
+    """A block's main output (diffusers blocks return a tensor, a tuple or a ModelOutput)."""
+    return out if isinstance(out, Tensor) else out[0]
+
+
+@torch.no_grad()
+def capture(
+    model: RestorerBundle, block: str, images: Tensor, batch_size: int, what: str
+) -> list[Any]:
+    """Per image batch: the block's (args, kwargs) ("input") or its main output ("output")."""
+    mod = model.get_submodule(block)
+    got: list[Any] = []
+
+    def pre(m, args, kwargs):
+        got.append((_detach(args), _detach(kwargs)))
+        raise _Stop
+
+    def post(m, args, kwargs, out):
+        got.append(first_tensor(out).detach())
+        raise _Stop
+
+    h = (
+        mod.register_forward_pre_hook(pre, with_kwargs=True)
+        if what == "input"
+        else mod.register_forward_hook(post, with_kwargs=True)
+    )
+    try:
+        for batch in images.split(batch_size):
+            try:
+                model.restore(batch)
+            except _Stop:
+                pass
+    finally:
+        h.remove()
+    return got
+
+
+def lp_loss(pred: Tensor, target: Tensor, p: float) -> Tensor:
+    """BRECQ/Q-Diffusion's reconstruction loss: |pred - target|^p summed over dim 1, averaged."""
+    err = (pred - target).abs().pow(p)
+    return err.sum(1).mean() if err.dim() > 1 else err.mean()
+
+
+@dataclass(frozen=True)
+class ReconConfig:
+    iters: int = 100
+    lr: float = 1e-3
+    p: float = 2.0
+    cosine: bool = False
+    seed: int = 0
+
+
+def reconstruct(
+    block: nn.Module,
+    inputs: list[Any],
+    targets: list[Tensor],
+    groups: list[dict],
+    cfg: ReconConfig,
+    regularizer: Callable[[int], Tensor | None] | None = None,
+    after_step: Callable[[], None] | None = None,
+    desc: str = "reconstruct",
+) -> list[float]:
+    """Adam on `groups` minimising lp(block(x_q), y_fp) (+ regularizer(step)); returns the curve.
+
+    One step = one recorded calibration batch, drawn at random (seeded).
+    """
+    params = [p for g in groups for p in g["params"]]
+    if cfg.iters <= 0 or not params or not inputs:
+        return []
+    optim = torch.optim.Adam(groups, lr=cfg.lr)
+    sched = (
+        torch.optim.lr_scheduler.LambdaLR(
+            optim, lambda s: 0.5 * (1 + math.cos(math.pi * s / cfg.iters))
+        )
+        if cfg.cosine
+        else None
+    )
+    gen = torch.Generator().manual_seed(cfg.seed)
+    curve = []
+    t0 = time.perf_counter()
+    for step in tqdm(range(cfg.iters), desc=desc, disable=None, leave=False):
+        i = int(torch.randint(len(inputs), (1,), generator=gen))
+        args, kwargs = inputs[i]
+        rec = lp_loss(first_tensor(block(*args, **kwargs)), targets[i], cfg.p)
+        loss = rec
+        reg = regularizer(step) if regularizer is not None else None
+        if reg is not None:
+            loss = loss + reg
+        if not torch.isfinite(loss):
+            raise NumericsError(f"{desc}: reconstruction diverged at step {step}")
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+        if sched is not None:
+            sched.step()
+        if after_step is not None:
+            after_step()
+        curve.append(rec.item())
+    log.info(
+        "%s: %d steps, rec loss %.3e -> %.3e (%.1f s)",
+        desc,
+        cfg.iters,
+        curve[0],
+        curve[-1],
+        time.perf_counter() - t0,
+    )
+    return curve
+
+
+@torch.no_grad()
+def block_error(block: nn.Module, inputs: list[Any], targets: list[Tensor], p: float = 2.0):
+    """Mean reconstruction loss over all recorded batches."""
+    errs = [
+        lp_loss(first_tensor(block(*a, **k)), t, p).item()
+        for (a, k), t in zip(inputs, targets, strict=True)
+    ]
+    return sum(errs) / len(errs)

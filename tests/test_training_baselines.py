@@ -1,0 +1,283 @@
+"""Q-Diffusion, PassionSR and EfficientDM: the learned parts must work and must matter."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from baselines.qdiffusion import shortcut_splits
+from baselines.smoothquant import smoothable
+from quantface.models.checkpoint import load_bundle, save_bundle
+from quantface.quant.adaround import adaround, temperature
+from quantface.quant.apply import (
+    calibrate_weights,
+    current_layout,
+    plan_of,
+    set_activation_ranges,
+    standard_layout,
+)
+from quantface.quant.bounds import learnable_bounds
+from quantface.quant.calibration import collect_calibration
+from quantface.quant.cost import cost_table
+from quantface.quant.layers import (
+    InputTransform,
+    LayerQuant,
+    QuantConv2d,
+    QuantLinear,
+    set_quant_mode,
+    wrap_model,
+)
+from quantface.quant.learnable import clamp_scales_, learnable_scales
+from quantface.quant.lora import weight_lora
+from quantface.quant.plan import BitPlan
+from quantface.quant.quantizer import QuantSpec
+from quantface.quant.reconstruction import ReconConfig, block_error, reconstruct
+from quantface.registry import METHODS
+
+FAST = {
+    "qdiffusion": {"w_iters": 8, "a_iters": 4, "n_samples": 4, "batch_size": 2},
+    "passionsr": {"let_steps": 6, "lbq_steps": 6},
+    "efficientdm": {"steps": 8},
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _psnr(a, b):
+    return (10 * torch.log10(1 / ((a - b) ** 2).mean())).item()
+
+
+@pytest.fixture
+def micro_calib(micro_model, micro_images):
+    return collect_calibration(copy.deepcopy(micro_model), micro_images, 2, 64)
+
+
+@pytest.mark.parametrize("method", list(FAST))
+def test_method_on_micro_model(method, micro_model, micro_images, micro_calib, tmp_path):
+    with torch.no_grad():
+        ref = micro_model.restore(micro_images)
+    psnr = {}
+    for bits in (8, 4):
+        plan = BitPlan.uniform(micro_model.quant_targets(), bits, bits)
+        q = METHODS.get(method)().quantize(micro_model, micro_calib, plan, FAST[method])
+        assert not any(p.requires_grad for p in q.parameters() if p.grad is not None)
+        with torch.no_grad():
+            out = q.restore(micro_images)
+        psnr[bits] = _psnr(out, ref)
+        save_bundle(q, tmp_path / "q.pt", layout=current_layout(q), meta={"method": method})
+        back, layout, _ = load_bundle(tmp_path / "q.pt")
+        assert layout == current_layout(q)
+        with torch.no_grad():
+            assert torch.equal(back.restore(micro_images), out)
+    assert psnr[8] > 30 and psnr[8] > psnr[4] + 5, psnr
+    # what each keeps at higher precision is in the plan and paid for in the cost
+    final = plan_of(q, q.plan_notes)
+    cost = cost_table(q, final)["rows"]
+    high = {r["layer"] for r in cost if max(r["w_bits"], r["a_bits"]) > 4}
+    assert high and high <= set(q.plan_notes), (high, q.plan_notes)
+    if method == "qdiffusion":
+        av = [n for n in final if n.endswith("av_matmul")]
+        assert av and all(final[n].a_bits == 16 for n in av)
+        split = [n for n, lq in current_layout(q).items() if lq.split]
+        assert split and split == sorted(shortcut_splits(micro_model))
+    else:
+        assert "unet.conv_out" in q.plan_notes and final["unet.conv_out"].w_bits == 8
+    with torch.no_grad():
+        assert torch.equal(micro_model.restore(micro_images), ref)  # FP model untouched
+
+
+def _layer(bits=3, seed=0, conv=False):
+    g = torch.Generator().manual_seed(seed)
+    if conv:
+        fp = nn.Conv2d(12, 10, 3, padding=1)
+        x = torch.randn(16, 12, 6, 6, generator=g)
+    else:
+        fp = nn.Linear(24, 16)
+        x = torch.randn(64, 24, generator=g)
+    with torch.no_grad():
+        fp.weight.copy_(torch.randn(fp.weight.shape, generator=g) * 0.3)
+    kind = "conv2d" if conv else "linear"
+    spec_a = QuantSpec(8, channel_dim=1 if conv else -1)
+    lq = LayerQuant(kind, spec_a, QuantSpec(bits, granularity="channel", channel_dim=0))
+    cls = QuantConv2d if conv else QuantLinear
+    q = cls.from_float(copy.deepcopy(fp), lq)
+    q.requires_grad_(False)
+    calibrate_weights(q)
+    q.act_quantizer.set_range(x.min(), x.max())
+    return fp, q, x
+
+
+def test_adaround_beats_nearest_rounding_and_decides_every_weight():
+    fp, q, x = _layer(bits=3, conv=True)
+    with torch.no_grad():
+        y = fp(x)
+    inputs, targets = [((x,), {})], [y]
+    set_quant_mode(q, "off", "act")
+    rtn = block_error(q, inputs, targets)
+    iters = 1000
+    with adaround({"l": q}) as rounders:
+        r = rounders["l"]
+        cfg = ReconConfig(iters, 3e-2)
+
+        def reg(step):
+            beta = temperature(step, iters, 0.2, (20.0, 2.0))
+            return None if beta is None else 0.1 * r.regularizer(beta)
+
+        reconstruct(q, inputs, targets, [{"params": list(r.parameters())}], cfg, reg)
+        assert max(p.undecided() for p in r.parts) < 0.01  # h(V) converged to 0/1
+        soft = block_error(q, inputs, targets)
+    hard = block_error(q, inputs, targets)  # baked into the weight, RTN quantizer reproduces it
+    assert hard < 0.9 * rtn, (hard, rtn)
+    assert abs(hard - soft) < 0.02 * rtn
+    w = q.weight / q.weight_quantizer.scale
+    assert torch.allclose(w, w.round(), atol=1e-4)  # on the grid
+
+
+def test_learned_activation_step_lowers_block_error():
+    fp, q, x = _layer(bits=8)
+    x = x.clone()
+    x[0, 3], x[1, 5] = 40.0, -30.0  # two stray values make min-max far too coarse at 4 bit
+    q.act_quantizer.spec = QuantSpec(4, channel_dim=-1)
+    q.act_quantizer.set_range(x.min(), x.max())
+    with torch.no_grad():
+        y = fp(x)
+    inputs, targets = [((x,), {})], [y]
+    before = block_error(q, inputs, targets, 2.4)
+    with learnable_scales(q, "act") as params:
+        cfg = ReconConfig(150, 3e-2, 2.4, cosine=True)
+        reconstruct(
+            q, inputs, targets, [{"params": params}], cfg, None, lambda: clamp_scales_(params)
+        )
+    assert block_error(q, inputs, targets, 2.4) < 0.9 * before
+
+
+def test_split_shortcut_quantizes_each_half_on_its_own_range(micro_model, micro_images):
+    splits = shortcut_splits(micro_model)
+    assert splits
+    name, split = next(iter(splits.items()))
+    conv = micro_model.get_submodule(name)
+    seen = {}
+    h = conv.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0]))
+    with torch.no_grad():
+        micro_model.restore(micro_images)
+    h.remove()
+    x = seen["x"]
+    lq = LayerQuant("conv2d", QuantSpec(4, channel_dim=1), QuantSpec(4, "channel"), split=split)
+    lq = LayerQuant("conv2d", QuantSpec(4, channel_dim=1), QuantSpec(4, granularity="channel"))
+    lq = LayerQuant(lq.kind, lq.a, lq.w, lq.transform, split)
+    q = QuantConv2d.from_float(copy.deepcopy(conv), lq)
+    calibrate_weights(q)
+    q.act_quantizer.set_range(x[:, :split].min(), x[:, :split].max())
+    q.act_quantizer_1.set_range(x[:, split:].min(), x[:, split:].max())
+    assert q.weight_quantizer.scale.shape == q.weight_quantizer_1.scale.shape
+    set_quant_mode(q, "off")
+    with torch.no_grad():
+        assert torch.allclose(q(x), conv(x), atol=1e-6)
+    assert LayerQuant.from_dict(lq.to_dict()) == lq
+    assert "split" not in LayerQuant(lq.kind, lq.a, lq.w).to_dict()  # old layouts unchanged
+
+
+@torch.no_grad()
+def test_let_scale_and_shift_leave_the_fp_output_unchanged():
+    for conv in (False, True):
+        fp, q, x = _layer(conv=conv)
+        if conv:  # a shift needs an unpadded conv
+            fp.padding = q.padding = (0, 0)
+        q.add_transform(InputTransform(scale=True, shift=True))
+        g = torch.Generator().manual_seed(5)
+        n = q.input_scale.numel()
+        q.input_scale.copy_(torch.rand(n, generator=g) + 0.5)
+        from quantface.quant.let import learnable_let
+
+        q.input_shift.copy_(torch.randn(n, generator=g))
+        with learnable_let({"l": q}):  # recomputes W*s and W d from the FP weight on each call
+            set_quant_mode(q, "off")
+            assert torch.allclose(q(x), fp(x), atol=1e-4)
+        assert torch.allclose(q(x), fp(x), atol=1e-4)
+        assert torch.allclose(q.to_float()(x), fp(x), atol=1e-4)
+    fp, q, x = _layer(conv=True)  # padded: a shift would not be exact
+    with pytest.raises(ValueError, match="unpadded"):
+        q.add_transform(InputTransform(shift=True))
+
+
+def test_passionsr_transform_keeps_fp_output(micro_model, micro_images, micro_calib):
+    plan = BitPlan.uniform(micro_model.quant_targets(), 4, 4)
+    q = METHODS.get("passionsr")().quantize(micro_model, micro_calib, plan, FAST["passionsr"])
+    shifted = [m for m in q.modules() if "input_shift" in getattr(m, "_buffers", {})]
+    assert shifted and any(m.input_shift.abs().max() > 0 for m in shifted)  # d was learned
+    set_quant_mode(q, "off")
+    with torch.no_grad():
+        ref = micro_model.restore_latent(micro_images)
+        assert torch.allclose(q.restore_latent(micro_images), ref, atol=1e-4)
+
+
+def test_learned_bounds_are_what_the_saved_quantizer_uses(micro_model, micro_images, micro_calib):
+    model = copy.deepcopy(micro_model)
+    plan = BitPlan.uniform(model.quant_targets(), 4, 4)
+    wrap_model(model, standard_layout(model.quant_targets(), plan))
+    calibrate_weights(model)
+    set_activation_ranges(model, micro_calib)
+    with learnable_bounds(model) as params, torch.no_grad():
+        for p in params:
+            p.mul_(0.9)
+        inside = model.restore(micro_images)
+    with torch.no_grad():
+        assert torch.allclose(model.restore(micro_images), inside, atol=1e-6)
+    assert not any("bound" in n for n, _ in model.named_parameters())
+
+
+def test_passionsr_beats_maxmin_on_an_outlier_channel_layer():
+    from tests.test_transform_baselines import OutlierBundle
+
+    torch.manual_seed(0)
+    fp = OutlierBundle().eval()
+    imgs = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    calib = collect_calibration(copy.deepcopy(fp), imgs, 2, 64)
+    test = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    plan = BitPlan.uniform(fp.quant_targets(), 8, 6)
+    err = {}
+    with torch.no_grad():
+        ref = fp.restore(test)
+    for m, opts in (("maxmin", {}), ("passionsr", {"let_steps": 30, "lbq_steps": 30})):
+        q = METHODS.get(m)().quantize(fp, calib, plan, opts)
+        with torch.no_grad():
+            err[m] = ((q.restore(test) - ref) ** 2).mean().item()
+    assert err["passionsr"] < 0.5 * err["maxmin"], err
+
+
+def test_efficientdm_lora_lowers_the_distillation_loss_and_merges_exactly(
+    micro_model, micro_images, micro_calib
+):
+    from quantface.quant.distill import DistillConfig, distill, fp_targets
+
+    model = copy.deepcopy(micro_model)
+    plan = BitPlan.uniform(model.quant_targets(), 3, 8)  # weight error dominates
+    wrap_model(model, standard_layout(model.quant_targets(), plan))
+    calibrate_weights(model)
+    set_activation_ranges(model, micro_calib)
+    model.requires_grad_(False)
+    targets = fp_targets(micro_model, micro_images, 4)
+    layers = {n: model.get_submodule(n) for n in smoothable(model, plan)}
+    ranks = {n: 4 for n in layers}
+    with weight_lora(layers, ranks) as loras:
+        groups = [
+            {
+                "params": list(lo.parameters()),
+                "lr": 0.05 * layers[n].weight_quantizer.scale.mean().item(),
+            }
+            for n, lo in loras.items()
+        ]
+        curve = distill(model, micro_images, targets, groups, DistillConfig(30, 1e-3, 4))
+        with torch.no_grad():
+            inside = model.restore(micro_images)
+    assert curve[-1] < 0.7 * curve[0], curve[:3] + curve[-3:]
+    with torch.no_grad():
+        assert torch.equal(model.restore(micro_images), inside)  # LoRA merged into W
+    assert not any("lora" in n for n, _ in model.named_parameters())
