@@ -71,7 +71,9 @@ def test_qdlora_split_reconstructs_the_weight_and_starts_with_a_silent_lora():
     assert torch.allclose(layer.weight + layer.lowrank.matrix(), w, atol=1e-6)
     assert torch.count_nonzero(layer.lowrank.up[:, svd_r:]) == 0  # B = 0
     assert torch.count_nonzero(layer.lowrank.down[svd_r:]) > 0  # A ~ N(0, sigma^2)
-    assert layer.weight.norm() < w.norm()  # the residual (what gets quantized) lost the top-r energy
+    assert (
+        layer.weight.norm() < w.norm()
+    )  # the residual (what gets quantized) lost the top-r energy
 
 
 def test_qdlora_training_lowers_the_distillation_loss(micro_model, micro_images):
