@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from quantface.config import quantized_cells
 from quantface.registry import METHODS
 from tests.paper_assets import TINY_ARCH, write_face_folders, write_osdface_assets
 from tests.test_workflow import ROOT, snakemake
@@ -77,7 +78,7 @@ def test_dry_run_lists_the_full_paper_job_set(tmp_path):
     r = snakemake(work, "-n", config=config)
     assert r.returncode == 0, r.stderr[-2000:]
     out = r.stdout + r.stderr
-    cells = len(methods) * 4
+    cells = len(quantized_cells(methods, ["w6a6", "w4a6", "w4a4", "mp4"]))  # mp4: MP methods only
     for rule, count in [
         ("prepare_data", 4),
         ("prepare_model", 1),
