@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
+
+from quantface.config import quantized_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = Path(__file__).parent / "data" / "micro_config.yaml"
@@ -34,20 +37,31 @@ def snakemake(workdir: Path, *args: str, config: Path = MICRO) -> subprocess.Com
 
 
 def test_dry_run_of_the_default_config_lists_every_job(tmp_path):
-    r = snakemake(tmp_path, "-n", config=ROOT / "config" / "config.yaml")
-    assert r.returncode == 0, r.stderr
-    out = r.stdout + r.stderr
-    for rule, count in [
-        ("prepare_data", 2),
-        ("prepare_model", 1),
-        ("calibrate", 1),
-        ("quantize", 16),  # 4 methods x 4 bit settings
-        ("restore", 32),
-        ("evaluate", 32),
-        ("tables", 1),
-        ("figures", 1),
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cells = len(quantized_cells(config["methods"], config["bits"]))  # mp4: MP methods only
+    variants = yaml.safe_load((ROOT / "config" / "ablation.yaml").read_text())["ablation"]
+    for configs, quantize, restore in [
+        ([ROOT / "config" / "config.yaml"], cells, 2 * cells),
+        (  # the ablation overlay: one more job per variant, restored on the synthetic set only
+            [ROOT / "config" / "config.yaml", ROOT / "config" / "ablation.yaml"],
+            cells + len(variants["variants"]),
+            2 * cells + len(variants["variants"]),
+        ),
     ]:
-        assert any(line.split() == [rule, str(count)] for line in out.splitlines()), rule
+        r = snakemake(tmp_path, "-n", "--configfile", *map(str, configs))
+        assert r.returncode == 0, r.stderr
+        out = r.stdout + r.stderr
+        for rule, count in [
+            ("prepare_data", 2),
+            ("prepare_model", 1),
+            ("calibrate", 1),
+            ("quantize", quantize),
+            ("restore", restore),
+            ("evaluate", restore),
+            ("tables", 1),
+            ("figures", 1),
+        ]:
+            assert any(line.split() == [rule, str(count)] for line in out.splitlines()), rule
 
 
 def test_bad_config_stops_before_any_job_with_exit_code_2(tmp_path):
