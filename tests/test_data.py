@@ -54,6 +54,10 @@ def test_synthetic_dataset_writes_pairs_and_manifest(tmp_path):
     for name in m["files"]:
         assert (out / "hq" / name).read_bytes() == (again / "hq" / name).read_bytes()
     check_dataset(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["files"].reverse()  # a manifest in generation order, not name order, is valid
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    check_dataset(out)
     (out / "hq" / m["files"][1]).unlink()
     with pytest.raises(DataError, match="missing"):
         check_dataset(out)

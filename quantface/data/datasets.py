@@ -129,7 +129,7 @@ def check_dataset(folder: str | Path) -> dict[str, Any]:
     sub = ["lq", "hq"] if manifest["paired"] else ["lq"]
     for s in sub:
         names = [p.name for p in list_images(folder / s)]
-        if names != manifest["files"]:
+        if sorted(names) != sorted(manifest["files"]):  # the manifest keeps generation order
             missing = sorted(set(manifest["files"]) - set(names))
             extra = sorted(set(names) - set(manifest["files"]))
             raise DataError(
