@@ -30,6 +30,15 @@ MICRO_ARCH = {
 }
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Micro models are many tiny ops: thread hand-offs cost more than they save on 2 cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_caches(tmp_path_factory, monkeypatch):
     cache = tmp_path_factory.getbasetemp() / "cache"

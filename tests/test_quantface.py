@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 
-import pytest
 import torch
 
 from quantface.config import quantized_cells
@@ -19,14 +18,6 @@ from quantface.quant.plan import BitPlan
 from quantface.quant.quantizer import QuantSpec
 from quantface.registry import METHODS
 from tests.test_transform_baselines import OutlierBundle
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _outlier_setup():

@@ -42,14 +42,6 @@ FAST = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _psnr(a, b):
     return (10 * torch.log10(1 / ((a - b) ** 2).mean())).item()
 

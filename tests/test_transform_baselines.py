@@ -18,15 +18,6 @@ from quantface.registry import METHODS
 METHODS_UNDER_TEST = ["smoothquant", "quarot", "svdquant"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # many tiny ops: thread hand-offs cost more than they save on a shared CPU
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _psnr(a, b):
     return (10 * torch.log10(1 / ((a - b) ** 2).mean())).item()
 
