@@ -32,7 +32,7 @@ import copy
 import logging
 from typing import Any
 
-from baselines.smoothquant import check_options, smoothable
+from quantface.methods.base import check_options, smoothable
 from quantface.models.base import RestorerBundle
 from quantface.quant.apply import calibrate_weights, observe_activation_ranges, standard_layout
 from quantface.quant.calibration import CalibrationSet

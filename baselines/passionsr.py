@@ -38,7 +38,7 @@ import copy
 import logging
 from typing import Any
 
-from baselines.smoothquant import check_options, smoothable
+from quantface.methods.base import check_options, smoothable
 from quantface.models.base import RestorerBundle
 from quantface.quant.apply import (
     calibrate_weights,

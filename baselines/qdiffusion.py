@@ -42,7 +42,7 @@ from typing import Any
 from diffusers import UNet2DConditionModel
 from torch import nn
 
-from baselines.smoothquant import check_options
+from quantface.methods.base import check_options
 from quantface.models.base import RestorerBundle
 from quantface.quant.adaround import adaround, temperature
 from quantface.quant.apply import calibrate_weights, observe_activation_ranges, standard_layout

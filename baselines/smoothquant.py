@@ -31,12 +31,13 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from quantface.methods.base import check_options, smoothable
 from quantface.models.base import RestorerBundle
 from quantface.quant.apply import calibrate_weights, observe_activation_ranges
 from quantface.quant.calibration import CalibrationSet
 from quantface.quant.layers import InputTransform, LayerQuant, wrap_model
 from quantface.quant.plan import BitPlan
-from quantface.quant.quantizer import QuantSpec
+from quantface.quant.quantizer import QuantSpec, act_spec
 from quantface.quant.smoothing import apply_smoothing, calib_absmax, smoothing_groups
 from quantface.registry import METHODS
 
@@ -46,35 +47,6 @@ DEFAULTS: dict[str, Any] = {
     "act_granularity": "tensor",
     "symmetric": True,
 }
-
-
-def check_options(cfg: dict[str, Any], defaults: dict[str, Any], method: str) -> dict[str, Any]:
-    """Defaults merged with cfg; an unknown key is an error naming it (no silent typos)."""
-    from quantface.errors import ConfigError
-
-    unknown = sorted(set(cfg) - set(defaults))
-    if unknown:
-        raise ConfigError(
-            f"method_options.{method}: unknown option(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(defaults))}"
-        )
-    return {**defaults, **cfg}
-
-
-def smoothable(model: RestorerBundle, plan: BitPlan) -> list[str]:
-    """Quantized Linear/Conv2d sites with an ungrouped weight (channel scaling is exact there)."""
-    sites = model.quant_targets()
-    return [
-        n
-        for n in plan
-        if sites[n] != "matmul" and getattr(model.get_submodule(n), "groups", 1) == 1
-    ]
-
-
-def act_spec(bits: int, kind: str, granularity: str, symmetric: bool, **kw: Any) -> QuantSpec:
-    dynamic = granularity != "tensor"
-    dim = 1 if kind == "conv2d" else -1
-    return QuantSpec(bits, symmetric, granularity, dynamic=dynamic, channel_dim=dim, **kw)
 
 
 @METHODS.register("smoothquant")

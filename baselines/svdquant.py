@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from baselines.smoothquant import check_options, smoothable
+from quantface.methods.base import check_options, smoothable
 from quantface.models.base import RestorerBundle
 from quantface.quant.apply import calibrate_weights
 from quantface.quant.calibration import CalibrationSet

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from baselines.qdiffusion import shortcut_splits
-from baselines.smoothquant import smoothable
+from quantface.methods.base import smoothable
 from quantface.models.checkpoint import load_bundle, save_bundle
 from quantface.quant.adaround import adaround, temperature
 from quantface.quant.apply import (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from quantface.errors import ConfigError
 from quantface.models.base import RestorerBundle
 from quantface.quant.calibration import CalibrationSet
 from quantface.quant.plan import BitPlan
@@ -21,3 +22,24 @@ class Method(Protocol):
     def quantize(
         self, fp: RestorerBundle, calib: CalibrationSet, plan: BitPlan, cfg: dict[str, Any]
     ) -> RestorerBundle: ...
+
+
+def check_options(cfg: dict[str, Any], defaults: dict[str, Any], method: str) -> dict[str, Any]:
+    """Defaults merged with cfg; an unknown key is an error naming it (no silent typos)."""
+    unknown = sorted(set(cfg) - set(defaults))
+    if unknown:
+        raise ConfigError(
+            f"method_options.{method}: unknown option(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(defaults))}"
+        )
+    return {**defaults, **cfg}
+
+
+def smoothable(model: RestorerBundle, plan: BitPlan) -> list[str]:
+    """Quantized Linear/Conv2d sites with an ungrouped weight (channel scaling is exact there)."""
+    sites = model.quant_targets()
+    return [
+        n
+        for n in plan
+        if sites[n] != "matmul" and getattr(model.get_submodule(n), "groups", 1) == 1
+    ]

@@ -27,8 +27,6 @@ from typing import Any
 
 import torch
 
-from baselines.quarot import rotate_attention_heads
-from baselines.smoothquant import check_options, smoothable
 from quantface.errors import ConfigError
 from quantface.methods.allocation import (
     AllocationProblem,
@@ -38,6 +36,7 @@ from quantface.methods.allocation import (
     layer_sensitivity,
     solve_allocation,
 )
+from quantface.methods.base import check_options, smoothable
 from quantface.methods.qdlora import (
     branch_parameters,
     branch_ranks,
@@ -52,6 +51,7 @@ from quantface.quant.distill import DistillConfig, distill, fp_targets, random_c
 from quantface.quant.layers import InputTransform, wrap_model
 from quantface.quant.learnable import clamp_scales_, learnable_scales
 from quantface.quant.plan import BitPlan
+from quantface.quant.rotation import rotate_attention_heads
 from quantface.registry import METHODS
 
 log = logging.getLogger(__name__)

@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import torch
 
-from baselines.quarot import layer_seed
 from quantface.models.base import RestorerBundle
 from quantface.quant.calibration import CalibrationSet
-from quantface.quant.hadamard import random_signs, randomized_hadamard
+from quantface.quant.hadamard import layer_seed, random_signs, randomized_hadamard
 from quantface.quant.layers import QuantLayerMixin
 from quantface.quant.smoothing import SmoothGroup, apply_smoothing, calib_absmax, smoothing_groups
 

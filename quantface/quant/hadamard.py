@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+import zlib
 
 import torch
 from torch import Tensor
@@ -186,3 +187,8 @@ def hadamard_ops(n: int) -> int:
         return sum(hadamard_ops(b) for b in _blocks(n))
     k, m = f
     return n * int(math.log2(m)) + (n * k if k > 1 else 0)
+
+
+def layer_seed(seed: int, name: str) -> int:
+    """A stable per-layer seed (the same layer gets the same signs in every run)."""
+    return (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % 2**31

@@ -202,3 +202,10 @@ class UniformQuantizer(nn.Module):
             f"bits={s.bits}, {'sym' if s.symmetric else 'asym'}, {s.granularity}, "
             f"{'dynamic' if s.dynamic else 'static'}, mode={self.mode}"
         )
+
+
+def act_spec(bits: int, kind: str, granularity: str, symmetric: bool, **kw: Any) -> QuantSpec:
+    """An activation spec: per-tensor static, or dynamic per token/pixel (channel_dim by kind)."""
+    dynamic = granularity != "tensor"
+    dim = 1 if kind == "conv2d" else -1
+    return QuantSpec(bits, symmetric, granularity, dynamic=dynamic, channel_dim=dim, **kw)
