@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from quantface.evaluate import COLUMNS
-from quantface.quant.plan import BitPlan
+from quantface.quant.plan import BitPlan, LayerBits
 from quantface.report.figures import (
     activation_distribution,
     bit_width_map,
@@ -116,6 +116,18 @@ def test_bit_width_map_of_a_hand_written_mixed_plan(tmp_path):
     assert path.name == "bit_width_map.png" and _png(path).std() > 0
     with pytest.raises(ValueError):
         bit_width_map({}, tmp_path)
+
+
+def test_bit_width_map_labels_the_budgeted_average_beside_the_layer_mean():
+    from quantface.report.figures import _mean_label
+
+    notes = {"allocation": json.dumps({"average_act_bits": 3.9997})}
+    plan = BitPlan({n: LayerBits(4, b) for n, b in (("a", 3), ("b", 5))}, notes)
+    row = np.array([3, 5, 32])
+    label = _mean_label("mp", row, plan, "activation")
+    assert label == "mp (layer mean 4.00, element-weighted 4.00)"
+    assert _mean_label("mp", row, plan, "weight") == "mp (layer mean 4.00)"
+    assert _mean_label("fp", np.array([32, 32]), plan, "activation") == "fp"
 
 
 def test_write_figures_merges_inputs_and_reads_plans(tmp_path):

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -177,8 +178,8 @@ def quality_vs_cost(df: pd.DataFrame, cost: pd.DataFrame, dataset: str, out: Pat
 def bit_width_map(plans: Mapping[str, BitPlan], out: Path, name: str = "bit_width_map") -> Path:
     """Per-layer weight and activation bits of each plan, layers in the first plan's order.
 
-    Layers a plan lacks (kept FP) are drawn as 32 bits; the title row gives each plan's mean
-    activation bits, the number the mixed-precision budget constrains.
+    Layers a plan lacks (kept FP) are drawn as 32 bits. Each row is labelled with its per-layer
+    mean and, for an allocated plan, the element-weighted average its budget constrains.
     """
     if not plans:
         raise ValueError("bit_width_map needs at least one plan")
@@ -202,10 +203,7 @@ def bit_width_map(plans: Mapping[str, BitPlan], out: Path, name: str = "bit_widt
             aspect="auto",
             interpolation="nearest",
         )
-        means = [
-            f"{lab} (mean {grid[i][grid[i] < 32].mean():.2f})" if (grid[i] < 32).any() else lab
-            for i, lab in enumerate(labels)
-        ]
+        means = [_mean_label(lab, grid[i], plans[lab], what) for i, lab in enumerate(labels)]
         ax.set_yticks(range(len(labels)), means, fontsize=8)
         ax.set_title(f"{what} bits per layer", fontsize=9)
     axes[1][0].set_xticks(range(len(layers)), layers, rotation=90, fontsize=5)
@@ -213,6 +211,20 @@ def bit_width_map(plans: Mapping[str, BitPlan], out: Path, name: str = "bit_widt
     cbar.ax.set_yticklabels([str(b) for b in levels], fontsize=8)
     cbar.set_label("bits (32 = kept FP)", fontsize=8)
     return _save(fig, out / f"{name}.png")
+
+
+def _mean_label(label: str, row: np.ndarray, plan: BitPlan, what: str) -> str:
+    """The per-layer mean, and for an allocated plan the element-weighted average its budget
+    constrains (the two differ: big layers weigh more in the budget than in a per-layer mean)."""
+    quantized = row[row < 32]
+    if not quantized.size:
+        return label
+    text = f"{label} (layer mean {quantized.mean():.2f}"
+    if what == "activation" and "allocation" in plan.notes:
+        weighted = json.loads(plan.notes["allocation"]).get("average_act_bits")
+        if weighted is not None:
+            text += f", element-weighted {weighted:.2f}"
+    return text + ")"
 
 
 def outlier_ratio(ch_absmax: np.ndarray) -> float:
