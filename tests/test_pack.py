@@ -12,9 +12,12 @@ from quantface.quant.apply import (
     calibrate_weights,
     current_layout,
     observe_activation_ranges,
+    plan_of,
     standard_layout,
 )
-from quantface.quant.layers import InputTransform, LayerQuant, wrap_model
+from quantface.quant.calibration import collect_calibration
+from quantface.quant.cost import cost_table
+from quantface.quant.layers import InputTransform, wrap_model
 from quantface.quant.pack import (
     dequantize,
     export_bundle,
@@ -25,7 +28,8 @@ from quantface.quant.pack import (
     weight_codes,
 )
 from quantface.quant.plan import BitPlan, LayerBits
-from quantface.quant.quantizer import QuantSpec, UniformQuantizer
+from quantface.quant.quantizer import QuantSpec, UniformQuantizer, reduce_range
+from quantface.registry import METHODS
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 7, 8, 12, 16])
@@ -59,8 +63,6 @@ def test_codes_dequantize_to_the_fake_quantized_weight_bit_for_bit(spec):
     q = UniformQuantizer(spec)
     lo, hi = (w.amin((1, 2), keepdim=True), w.amax((1, 2), keepdim=True))
     if spec.granularity == "group":
-        from quantface.quant.quantizer import reduce_range
-
         lo, hi = reduce_range(w, spec)
     q.set_range(lo, hi)
     codes = weight_codes(q, w)
@@ -116,17 +118,9 @@ def test_packed_export_reloads_bit_identical_for_every_layout_kind(
 
 
 @torch.no_grad()
-def test_export_cli_round_trip_and_size_matches_the_cost_model(
-    micro_model, micro_images, tmp_path
-):
-    from quantface.quant.apply import plan_of
-    from quantface.quant.cost import cost_table
-    from quantface.registry import METHODS
-
+def test_export_cli_round_trip_and_size_matches_the_cost_model(micro_model, micro_images, tmp_path):
     sites = micro_model.quant_targets()
     plan = BitPlan.uniform(sites, 4, 4)
-    from quantface.quant.calibration import collect_calibration
-
     calib = collect_calibration(micro_model, micro_images, 2, 64)
     q = METHODS.get("maxmin")().quantize(micro_model, calib, plan, {})
     save_bundle(q, tmp_path / "model.pt", layout=current_layout(q), meta={"method": "maxmin"})
