@@ -8,6 +8,8 @@ Times are medians over `--repeats` runs after one warm-up, batch 1, `--threads` 
 over the variant's time (> 1: faster than FP32). Kernels, all in torch itself:
 - real W8A8 / W4A4: `torch._int_mm` (int8 x int8 -> int32); 4-bit codes run in int8 containers,
   since torch has no int4 x int4 GEMM on CPU (quant/intkernels.py);
+- "int8 GEMM only": `_int_mm` on codes already quantized, i.e. without the eager-mode quantize
+  and dequantize passes a deployment fuses into neighbouring ops;
 - W8A16 `aten._weight_int8pack_mm`, W4A16 `aten._weight_int4pack_mm_for_cpu`: weight-only
   kernels (float activations), shown for reference;
 - W4A8 `aten._dyn_quant_matmul_4bit` (KleidiAI, Arm): probed, its error printed if it fails.
@@ -86,6 +88,8 @@ def linear_row(tokens: int, c_in: int, c_out: int, repeats: int) -> None:
         v[f"fake W{bits}A{bits}"] = timed(lambda q=q: q(x), repeats)
         iq = IntLinear(q)
         v[f"int W{bits}A{bits}"] = timed(lambda iq=iq: iq(x), repeats)
+    codes = iq._codes(x)[0]  # the GEMM alone, on codes already in int8 (kernel speed)
+    v["int8 GEMM only"] = timed(lambda: torch._int_mm(codes, iq.w_t), repeats)
     w8 = torch.randint(-128, 127, (c_out, c_in), dtype=torch.int8)
     s = torch.rand(c_out)
     v["W8A16"] = timed(lambda: torch.ops.aten._weight_int8pack_mm(x, w8, s), repeats)
