@@ -3,10 +3,6 @@
 # wall time does not grow.
 
 
-localrules:
-    export,
-
-
 rule export_model:
     input:
         "results/{model}/{method}/{bits}/model.pt",
@@ -21,7 +17,7 @@ rule export_model:
         "results/benchmarks/export/{model}/{method}/{bits}.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=8000,
         runtime=30,
     shell:
         "quantface export --model {input} --out {output.packed} --report {output.report}"
