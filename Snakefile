@@ -18,6 +18,7 @@ include: "workflow/rules/quantize.smk"
 include: "workflow/rules/restore.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/export.smk"
 
 
 rule all:

@@ -228,6 +228,49 @@ def cmd_cost(args: argparse.Namespace) -> None:
     atomic_write_text(args.out, json.dumps(cost, indent=1))
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    """Packed low-bit file + size.json: measured bytes on disk beside the cost model's."""
+    import torch
+
+    from quantface.io import atomic_write_text
+    from quantface.models.checkpoint import load_bundle
+    from quantface.quant.apply import plan_of
+    from quantface.quant.cost import cost_table
+    from quantface.quant.pack import export_bundle, load_packed
+
+    model, layout, meta = load_bundle(args.model)
+    if not layout:
+        raise QuantFaceError(f"{args.model} is not quantized: export a quantized model.pt")
+    sizes = export_bundle(model, layout, args.out, meta)
+    cost = cost_table(model, plan_of(model))["total"]
+    report = {
+        "model": model.name,
+        "method": meta.get("method", ""),
+        "bits": meta.get("bits", ""),
+        "disk_bytes": sizes.pop("file"),
+        "cost_model_bytes": cost["size_bytes"],
+        "fp32_bytes": cost["fp32_param_bits"] // 8,
+        "parts_bytes": sizes,
+    }
+    report["disk_over_cost_model"] = report["disk_bytes"] / report["cost_model_bytes"]
+    if args.verify:  # the packed model must compute exactly what the simulated one does
+        back, _, _ = load_packed(args.out)
+        s = model.image_size
+        x = torch.rand(1, 3, s, s, generator=torch.Generator().manual_seed(args.seed))
+        with torch.no_grad():
+            report["bit_identical"] = bool(torch.equal(back.restore(x), model.restore(x)))
+        if not report["bit_identical"]:
+            raise QuantFaceError(f"{args.out} does not reproduce {args.model} bit for bit")
+    atomic_write_text(args.report, json.dumps(report, indent=1))
+    log.info(
+        "packed %s: %d bytes on disk, cost model %d (x%.4f)",
+        args.out,
+        report["disk_bytes"],
+        report["cost_model_bytes"],
+        report["disk_over_cost_model"],
+    )
+
+
 def cmd_restore(args: argparse.Namespace) -> None:
     from quantface.restore import restore_folder
 
@@ -256,12 +299,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
-    from quantface.report.aggregate import aggregate_costs, aggregate_metrics
+    from quantface.report.aggregate import aggregate_costs, aggregate_exports, aggregate_metrics
 
     if args.metrics:
         aggregate_metrics([Path(p) for p in args.metrics], Path(args.out))
     if args.costs:
         aggregate_costs([Path(p) for p in args.costs], Path(args.cost_out))
+    if args.exports:
+        aggregate_exports([Path(p) for p in args.exports], Path(args.export_out))
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
@@ -381,6 +426,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", required=True)
     sp.add_argument("--out", required=True)
 
+    sp = add("export", cmd_export, "write a quantized model as a packed low-bit safetensors file")
+    sp.add_argument("--model", required=True, help="a quantized model.pt")
+    sp.add_argument("--out", required=True, help="the packed .safetensors file")
+    sp.add_argument("--report", required=True, help="size.json: bytes on disk vs the cost model")
+    sp.add_argument("--verify", action="store_true", help="reload and check bit-identical outputs")
+    common(sp)
+
     sp = add("restore", cmd_restore, "restore a folder of face images")
     sp.add_argument("--model", required=True)
     sp.add_argument("--input", required=True)
@@ -407,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out")
     sp.add_argument("--costs", nargs="*", default=[])
     sp.add_argument("--cost-out")
+    sp.add_argument("--exports", nargs="*", default=[], help="size.json files of `export`")
+    sp.add_argument("--export-out", help="CSV of bytes on disk vs the cost model")
 
     sp = add("tables", cmd_tables, "paper-style tables from results/metrics.csv")
     sp.add_argument(

@@ -1,13 +1,20 @@
+from collections import Counter
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
 
 from quantface.errors import ConfigError
 from quantface.models.base import RestorerBundle
+from quantface.models.sd21 import sd21_osdface
 from quantface.quant.apply import calibrate_weights, standard_layout
 from quantface.quant.cost import cost_table
-from quantface.quant.layers import wrap_model
+from quantface.quant.hadamard import hadamard_ops
+from quantface.quant.layers import InputTransform, quantizers, wrap_model
 from quantface.quant.plan import BitPlan, LayerBits, parse_bits
+
+PARTS = ("unet", "vae", "embedder")
 
 
 @pytest.mark.parametrize(
@@ -72,3 +79,51 @@ def test_cost_matches_hand_computation():
     assert total["fp32_param_bits"] == (108 + 20 + biases) * 32
     assert total["bops"] == (conv_macs + lin_macs) * 24
     assert total["bops_reduction"] == pytest.approx(1 - 24 / 1024)
+
+
+def test_transform_costs_match_hand_computation():
+    """A low-rank branch (r=1), a run-time scale and an online Hadamard on the 4->5 Linear."""
+    model = TwoLayer()
+    plan = BitPlan.uniform(model.quant_targets(), 4, 6)
+    layout = standard_layout(model.quant_targets(), plan)
+    layout["vae.0"] = replace(layout["vae.0"], transform=InputTransform(True, True, 1))
+    wrap_model(model, layout)
+    calibrate_weights(model)
+    for q in (model.unet[0].act_quantizer, model.vae[0].act_quantizer):
+        q.set_range(torch.tensor(-1.0), torch.tensor(1.0))
+    cost = cost_table(model, plan)
+    lin = {r["layer"]: r for r in cost["rows"]}["vae.0"]
+    positions = 36
+    lowrank_params = 1 * 4 + 5 * 1  # down [1, 4], up [5, 1], stored at 16 bit
+    assert lin["extra_fp_params"] == lowrank_params + 4 + 4  # + 4 scales + 4 signs
+    assert lin["param_bits"] == 20 * 4 + (5 * 2 + 2) * 32 + lowrank_params * 16 + 4 * 32 + 4
+    assert lin["lowrank_macs"] == positions * 1 * (4 + 5)
+    assert lin["bops"] == positions * 5 * 4 * 24 + positions * 9 * 16 * 16
+    assert lin["online_scale_ops"] == positions * 4
+    assert lin["online_hadamard_ops"] == positions * hadamard_ops(4)
+    total = cost["total"]
+    biases = 4 + 5
+    plain = (108 + 20) * 4 + biases * 32 + ((4 + 1) * 2 + (5 + 1) * 2) * 32
+    assert total["param_bits"] == plain + lowrank_params * 16 + 4 * 32 + 4
+    assert total["fp32_param_bits"] == (108 + 20 + biases) * 32  # the branch is not in FP model
+    assert total["extra_fp_param_bits"] == lowrank_params * 16 + 4 * 32 + 4
+
+
+def test_sd21_configs_have_the_published_sizes_and_the_w4_cost():
+    """SD-2.1 UNet + VAE from config on the meta device: no weights, shapes only."""
+    model = sd21_osdface()
+    count = {p: sum(t.numel() for t in getattr(model, p).parameters()) for p in PARTS}
+    assert count == {"unet": 865_910_724, "vae": 83_653_863, "embedder": 29_566_912}
+    sites = model.quant_targets()
+    kinds = Counter(sites.values())
+    assert kinds == {"linear": 224, "conv2d": 130, "matmul": 68}
+    plan = BitPlan.uniform(sites, 4, 4)
+    wrap_model(model, standard_layout(sites, plan))
+    calibrate_weights(model)
+    for q in quantizers(model).values():
+        if not q.calibrated:
+            q.set_range(torch.zeros((), device="meta"), torch.ones((), device="meta"))
+    total = cost_table(model, plan)["total"]
+    assert total["macs"] == 2_217_717_432_320  # UNet + VAE at 512 px (assets.md: ~2,218 G)
+    # weights at 4 bit; biases, norms, the VRE and per-channel (scale, zero) at 32 bit
+    assert total["param_bits_reduction"] == pytest.approx(0.84742, abs=1e-5)

@@ -123,7 +123,8 @@ def measure_macs(
             handles.append(bundle.get_submodule(name).register_forward_hook(hook_for(name, kind)))
         try:
             s = bundle.image_size
-            bundle.restore(torch.zeros(1, 3, s, s))
+            device = next(bundle.parameters()).device  # "meta": shapes only (SD-2.1 counting)
+            bundle.restore(torch.zeros(1, 3, s, s, device=device))
         finally:
             for h in handles:
                 h.remove()

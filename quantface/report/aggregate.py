@@ -87,3 +87,30 @@ def aggregate_costs(paths: list[Path], out: Path) -> pd.DataFrame:
     df = df.sort_values(["model", "method", "bits"], kind="stable").reset_index(drop=True)
     _write(df, out)
     return df
+
+
+EXPORT_COLUMNS = [
+    "model",
+    "method",
+    "bits",
+    "disk_bytes",
+    "cost_model_bytes",
+    "disk_over_cost_model",
+    "fp32_bytes",
+    "bit_identical",
+]
+
+
+def aggregate_exports(paths: list[Path], out: Path) -> pd.DataFrame:
+    """One row per packed export (`quantface export` size.json): bytes on disk vs cost model."""
+    rows = []
+    for p in paths:
+        try:
+            rows.append(json.loads(p.read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise DataError(f"cannot read export report {p}: {e}") from e
+    df = pd.DataFrame(rows).reindex(columns=EXPORT_COLUMNS)
+    df = df.drop_duplicates(subset=["model", "method", "bits"], keep="last")
+    df = df.sort_values(["model", "method", "bits"], kind="stable").reset_index(drop=True)
+    _write(df, out)
+    return df
