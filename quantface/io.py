@@ -94,7 +94,7 @@ def check_plain_weights(path: str | Path) -> None:
     """Refuse a weight file that only a full unpickler can read: unpickling can run code.
 
     Third-party loaders this package calls (pyiqa, torch.hub) open weight files with
-    `torch.load(weights_only=False)`; running the safe loader first means a user-supplied file
+    a full unpickler (`weights_only` off); running the safe loader first means a user-supplied file
     that smuggles code is named and refused before they see it. TorchScript archives (CLIP) are
     loaded by `torch.jit.load`, which runs no pickled Python either.
     """
@@ -103,17 +103,21 @@ def check_plain_weights(path: str | Path) -> None:
         return  # .npz (np.load refuses pickles), .mat, .dat: no pickle inside
     try:
         torch.load(path, map_location="cpu", weights_only=True)
-        return
-    except Exception as e:  # any failure: maybe TorchScript, else refused below
-        safe_error = e
+    except Exception as e:  # any failure: refused unless it is a TorchScript archive
+        if not _is_torchscript(path):
+            raise CheckpointError(
+                f"refusing to load {path}: it is not a plain weights file (the safe loader says: "
+                f"{first_line(e)}); a pickle that needs more could run code - use the original "
+                "file from the model's authors"
+            ) from e
+
+
+def _is_torchscript(path: Path) -> bool:
     try:
         torch.jit.load(str(path), map_location="cpu")
-    except Exception:
-        raise CheckpointError(
-            f"refusing to load {path}: it is not a plain weights file (the safe loader says: "
-            f"{first_line(safe_error)}); a pickle that needs more could run code - use the "
-            "original file from the model's authors"
-        ) from safe_error
+    except RuntimeError:
+        return False
+    return True
 
 
 def list_images(folder: str | Path) -> list[Path]:

@@ -423,3 +423,136 @@ def test_saved_files_carry_format_and_package_version(saved_model, micro_model, 
     (tmp_path / "plan2.json").write_text(json.dumps({**plan, "version": 2}))
     with pytest.raises(CheckpointError, match="plan format 2"):
         BitPlan.load(tmp_path / "plan2.json")
+
+
+# --- numerics -----------------------------------------------------------------------------------
+NAN, INF = float("nan"), float("inf")
+DEGENERATE = {
+    "nan_and_inf": torch.tensor([[NAN, 1.0, -2.0], [INF, -INF, 0.5]]),
+    "all_nan": torch.full((2, 3), NAN),
+    "all_zero": torch.zeros(2, 3),
+    "constant": torch.full((2, 3), 5.0),
+    "constant_channel": torch.tensor([[0.0, 0.0, 0.0], [1.0, -1.0, 0.5]]),
+}
+
+
+@pytest.mark.parametrize("data", sorted(DEGENERATE))
+@pytest.mark.parametrize(
+    "kind,granularity",
+    [("minmax", "tensor"), ("minmax", "channel"), ("percentile", "tensor"), ("mse", "tensor")]
+    + [("mse", "channel")],
+)
+def test_degenerate_ranges_give_finite_positive_scales(kind, granularity, data):
+    from quantface.quant.observers import make_observer
+    from quantface.quant.quantizer import QuantSpec, UniformQuantizer
+
+    for symmetric in (False, True):
+        spec = QuantSpec(4, symmetric=symmetric, granularity=granularity, channel_dim=0)
+        obs = make_observer(kind, spec)
+        obs.update(DEGENERATE[data])
+        q = UniformQuantizer(spec)
+        q.set_range(*obs.compute())
+        assert torch.isfinite(q.scale).all() and (q.scale > 0).all()
+        assert torch.isfinite(q.zero_point).all()
+        assert torch.isfinite(q(torch.ones(2, 3))).all()
+        dynamic = UniformQuantizer(QuantSpec(4, granularity="token", dynamic=True))
+        x = DEGENERATE[data].nan_to_num(0.0, 0.0, 0.0)
+        assert torch.isfinite(dynamic(x)).all()
+
+
+def test_calibration_statistics_ignore_nan_and_inf():
+    from quantface.quant.calibration import StatsObserver
+
+    obs = StatsObserver(channel_dim=-1, sample_rows=8, seed=0)
+    obs.update(DEGENERATE["nan_and_inf"])
+    stats = obs.result()
+    assert all(torch.isfinite(v).all() for v in stats.values())
+    assert stats["max"].item() == 1.0 and stats["min"].item() == -2.0
+
+
+@pytest.mark.parametrize("method", ["maxmin", "smoothquant", "quarot", "svdquant"])
+def test_all_zero_calibration_images_give_a_finite_model(method, micro_model):
+    from quantface.quant.calibration import collect_calibration
+    from quantface.quant.plan import BitPlan
+    from quantface.registry import METHODS
+
+    black = torch.zeros(2, 3, 32, 32)
+    calib = collect_calibration(copy.deepcopy(micro_model), black, 2, 16)
+    plan = BitPlan.uniform(micro_model.quant_targets(), 4, 4)
+    q = METHODS.get(method)().quantize(micro_model, calib, plan, {})
+    for name, t in q.state_dict().items():
+        assert torch.isfinite(t).all(), name
+        if name.endswith(".scale"):
+            assert (t > 0).all(), name
+    assert torch.isfinite(q.restore(torch.rand(1, 3, 32, 32))).all()
+
+
+def test_a_diverging_method_stops_and_writes_nothing(micro_model, tmp_path, capsys):
+    """QuantFace with lr 1e12 through method_options: a NumericsError, not a NaN model.
+
+    (tests/test_distill.py proves the same for the shared distillation loop with NaN targets.)
+    """
+    from quantface.models.checkpoint import save_bundle
+    from quantface.quant.calibration import collect_calibration
+
+    save_bundle(micro_model, tmp_path / "fp.pt")
+    calib = collect_calibration(copy.deepcopy(micro_model), torch.rand(2, 3, 32, 32), 2, 16)
+    calib.save(tmp_path / "calib.pt")
+    opts = {"steps": 4, "lr": 1e12, "scale_lr": 1e12, "crop": 16, "batch_size": 2}
+    argv = ["quantize", "--model", str(tmp_path / "fp.pt"), "--method", "quantface"]
+    argv += ["--bits", "w4a4", "--calib", str(tmp_path / "calib.pt"), "--out"]
+    argv += [str(tmp_path / "q"), "--options", json.dumps(opts)]
+    assert main(argv) == 2
+    line = _one_error_line(capsys, "quantize")
+    assert "quantface w4a4: distillation diverged at step" in line
+    assert "lower the learning rate" in line
+    assert not (tmp_path / "q").exists() or not list((tmp_path / "q").iterdir())
+
+
+# --- safety -------------------------------------------------------------------------------------
+SOURCES = sorted(
+    p
+    for d in ("quantface", "baselines", "benchmarks", "workflow")
+    for p in (ROOT / d).rglob("*")
+    if p.suffix in (".py", ".smk")
+)
+
+
+def test_every_loader_in_the_repo_refuses_pickled_code():
+    """torch.load only with weights_only=True; no pickle, no unsafe yaml, no allow_pickle."""
+    import re
+
+    for path in SOURCES:
+        text = path.read_text()
+        for call in re.findall(r"torch\.load\([^)]*\)", text):
+            assert "weights_only=True" in call, f"{path}: {call}"
+        assert not re.search(r"^\s*import pickle|pickle\.loads?\(", text, re.MULTILINE), path
+        assert "allow_pickle=True" not in text, path
+        assert not re.search(r"yaml\.(unsafe_)?load\(", text), path
+
+
+def test_metric_weights_that_need_a_full_unpickler_are_refused(tmp_path, capsys, monkeypatch):
+    """pyiqa loads its weights with weights_only=False: our safe check runs first."""
+    monkeypatch.chdir(tmp_path)
+    weights = tmp_path / "weights"
+    for f in ("hub/checkpoints/alexnet-owt-7be5be79.pth", "hub/pyiqa/LPIPS_v0.1_alex-df73285e.pth"):
+        (weights / f).parent.mkdir(parents=True, exist_ok=True)
+        (weights / f).write_bytes(pickle.dumps({"w": _RunsCode()}))
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    write_image(pred / "a.png", FACE)
+    argv = ["evaluate", "--pred", str(pred), "--ref", str(pred), "--metrics", "lpips"]
+    argv += ["--out", str(tmp_path / "m.csv"), "--weights-dir", str(weights)]
+    assert main(argv) == 2
+    line = _one_error_line(capsys, "evaluate")
+    assert "refusing to load" in line and "alexnet-owt-7be5be79.pth" in line
+    assert not (tmp_path / "PICKLE_RAN").exists()
+
+
+def test_plain_weight_files_and_torchscript_pass_the_safe_check(tmp_path):
+    from quantface.io import check_plain_weights
+
+    torch.save({"w": torch.zeros(2)}, tmp_path / "plain.pth")
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), tmp_path / "scripted.pt")
+    for name in ("plain.pth", "scripted.pt"):
+        check_plain_weights(tmp_path / name)
