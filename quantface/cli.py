@@ -51,8 +51,22 @@ def _versions() -> str:
 
 
 def _setup(args: argparse.Namespace) -> None:
+    """Logging and the determinism pins every command shares (tests/test_determinism.py).
+
+    Intra-op threads come from `--threads` (rules pass a fixed number, never `{threads}`, which
+    shrinks with `--cores`): a reduction split over another number of threads can round
+    differently. Global RNGs are seeded so no stray draw depends on the process. On CPU every op
+    this package runs is deterministic already; `use_deterministic_algorithms` (warn only) and
+    the cuBLAS workspace setting keep a GPU run reproducible too.
+    """
+    import numpy as np
     import torch
 
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    seed = getattr(args, "seed", 0)
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     log.info("command: %s", " ".join(sys.argv[1:]))

@@ -30,6 +30,8 @@ class NumericsError(QuantFaceError):
 
 
 def first_line(e: BaseException) -> str:
-    """`Type: first line` of a third-party exception, for the one-line error convention."""
+    """`Type: first sentence` of a third-party exception, for the one-line error convention."""
     text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+    return (
+        f"{type(e).__name__}: {text.splitlines()[0].split('. ')[0]}" if text else type(e).__name__
+    )

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,26 +92,45 @@ def atomic_torch_save(obj: object, path: str | Path) -> None:
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl")
 
 
+def load_tensors(path: str | Path, what: str) -> Any:
+    """`torch.load(weights_only=True)`: tensors and plain data only, so no file can run code.
+
+    Every failure is one CheckpointError naming the file: absent, empty, unreadable, or holding
+    pickled objects the safe loader refuses (torch's own message would advise turning the safety
+    off, which is exactly what a user must not do with a file of unknown origin).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"cannot read {what} {path}: the file is empty")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"refusing to load {what} {path}: it holds pickled objects beyond tensors and plain "
+            "data, and unpickling them could run code"
+        ) from e
+    except Exception as e:  # truncated zip, not a torch file at all
+        raise CheckpointError(f"cannot read {what} {path}: {first_line(e)}") from e
+
+
 def check_plain_weights(path: str | Path) -> None:
     """Refuse a weight file that only a full unpickler can read: unpickling can run code.
 
     Third-party loaders this package calls (pyiqa, torch.hub) open weight files with
-    a full unpickler (`weights_only` off); running the safe loader first means a user-supplied file
-    that smuggles code is named and refused before they see it. TorchScript archives (CLIP) are
-    loaded by `torch.jit.load`, which runs no pickled Python either.
+    a full unpickler (`weights_only` off); running the safe loader first means a user-supplied
+    file that smuggles code is named and refused before they see it. TorchScript archives (CLIP)
+    are loaded by `torch.jit.load`, which runs no pickled Python either.
     """
     path = Path(path)
     if path.suffix.lower() not in PICKLE_SUFFIXES:
         return  # .npz (np.load refuses pickles), .mat, .dat: no pickle inside
     try:
-        torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # any failure: refused unless it is a TorchScript archive
+        load_tensors(path, "weight file")
+    except CheckpointError:
         if not _is_torchscript(path):
-            raise CheckpointError(
-                f"refusing to load {path}: it is not a plain weights file (the safe loader says: "
-                f"{first_line(e)}); a pickle that needs more could run code - use the original "
-                "file from the model's authors"
-            ) from e
+            raise
 
 
 def _is_torchscript(path: Path) -> bool:

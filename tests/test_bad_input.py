@@ -332,7 +332,7 @@ def _bad_checkpoints(saved: Path, tmp_path: Path) -> dict[str, tuple[Path, str]]
     (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
     out["truncated"] = (tmp_path / "truncated.pt", "cannot read model file")
     (tmp_path / "empty.pt").write_bytes(b"")
-    out["zero_byte"] = (tmp_path / "empty.pt", "cannot read model file")
+    out["zero_byte"] = (tmp_path / "empty.pt", "the file is empty")
     torch.save(payload["state_dict"], tmp_path / "plain.pt")
     out["plain_state_dict"] = (tmp_path / "plain.pt", f"no '{FORMAT}' header")
     torch.save({**payload, "version": 2, "package_version": "0.9.0"}, tmp_path / "newer.pt")
@@ -344,7 +344,7 @@ def _bad_checkpoints(saved: Path, tmp_path: Path) -> dict[str, tuple[Path, str]]
     torch.save({**payload, "config": cfg}, tmp_path / "arch.pt")
     out["wrong_architecture"] = (tmp_path / "arch.pt", "does not match the 'tiny' architecture")
     (tmp_path / "evil.pt").write_bytes(pickle.dumps({"format": _RunsCode()}))
-    out["pickle_with_code"] = (tmp_path / "evil.pt", "Weights only load failed")
+    out["pickle_with_code"] = (tmp_path / "evil.pt", "could run code")
     return out
 
 
@@ -512,7 +512,7 @@ def test_every_loader_in_the_repo_refuses_pickled_code():
         text = path.read_text()
         for call in re.findall(r"torch\.load\([^)]*\)", text):
             assert "weights_only=True" in call, f"{path}: {call}"
-        assert not re.search(r"^\s*import pickle|pickle\.loads?\(", text, re.MULTILINE), path
+        assert not re.search(r"pickle\.(loads?|Unpickler)\(", text), path
         assert "allow_pickle=True" not in text, path
         assert not re.search(r"yaml\.(unsafe_)?load\(", text), path
 

@@ -13,11 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from quantface import __version__
 from quantface.errors import CheckpointError, first_line
-from quantface.io import atomic_torch_save
+from quantface.io import atomic_torch_save, load_tensors
 from quantface.models.base import RestorerBundle
 from quantface.quant.layers import LayerQuant, wrap_model
 from quantface.registry import MODELS
@@ -48,12 +46,7 @@ def save_bundle(
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"model file not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, pickle with code, not a torch file at all
-        raise CheckpointError(f"cannot read model file {path}: {first_line(e)}") from e
+    payload = load_tensors(path, "model file")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a QuantFace Bench model file (no '{FORMAT}' header)")
     if payload.get("version") != VERSION:
@@ -71,10 +64,10 @@ def _state_mismatch(expected: dict[str, Any], found: dict[str, Any]) -> str:
     """'' when `found` fits `expected` key for key and shape for shape, else what differs."""
     missing = [k for k in expected if k not in found]
     extra = [k for k in found if k not in expected]
-    shapes = [
+    shapes = [  # empty buffers (uncalibrated quantizer scales) adopt the saved shape on load
         f"{k} is {list(found[k].shape)}, expected {list(v.shape)}"
         for k, v in expected.items()
-        if k in found and tuple(found[k].shape) != tuple(v.shape)
+        if k in found and v.numel() and tuple(found[k].shape) != tuple(v.shape)
     ]
     parts = []
     if shapes:

@@ -25,8 +25,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from quantface import __version__
-from quantface.errors import CheckpointError, first_line
-from quantface.io import atomic_torch_save
+from quantface.errors import CheckpointError
+from quantface.io import atomic_torch_save, load_tensors
 from quantface.models.base import RestorerBundle
 from quantface.quant.layers import LayerQuant, quantizers, unwrap_model, wrap_model
 from quantface.quant.quantizer import QuantSpec
@@ -96,12 +96,7 @@ class CalibrationSet:
     @classmethod
     def load(cls, path: str | Path) -> CalibrationSet:
         path = Path(path)
-        try:
-            d = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError as e:
-            raise CheckpointError(f"calibration file not found: {path}") from e
-        except Exception as e:
-            raise CheckpointError(f"cannot read calibration file {path}: {first_line(e)}") from e
+        d = load_tensors(path, "calibration file")
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise CheckpointError(f"{path} is not a calibration file (no '{FORMAT}' header)")
         if d.get("version") != VERSION:
