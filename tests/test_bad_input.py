@@ -321,6 +321,24 @@ def test_evaluate_refuses_a_set_smaller_than_its_manifest(tmp_path, capsys):
     assert not (tmp_path / "m.csv").exists()
 
 
+def test_lq_without_its_hq_pair_is_named(celeba, tmp_path, capsys):
+    """At config time (folders) and at scoring time (a prediction with no reference image).
+
+    tests/test_folders.py::test_unpaired_stem_is_named covers the config-time case in detail.
+    """
+    from quantface.registry import DATASETS
+
+    (celeba["hq"] / "0002.png").unlink()
+    with pytest.raises(DataError, match=r"HQ lacks \['0002'\]"):
+        DATASETS.get("celeba_test")().check_source(
+            {"lq": str(celeba["lq"]), "hq": str(celeba["hq"]), "n_images": 4}
+        )
+    argv = ["evaluate", "--pred", str(celeba["lq"]), "--ref", str(celeba["hq"]), "--metrics"]
+    argv += ["psnr", "--out", str(tmp_path / "m.csv")]
+    assert main(argv) == 2
+    assert "lacks the pair of 1 images, e.g. 0002.png" in _one_error_line(capsys, "evaluate")
+
+
 # --- models and weights -------------------------------------------------------------------------
 def _bad_checkpoints(saved: Path, tmp_path: Path) -> dict[str, tuple[Path, str]]:
     """name -> (file, what the one line must say)."""

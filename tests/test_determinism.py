@@ -47,8 +47,6 @@ def test_two_runs_on_one_and_two_cores_give_identical_metrics(tmp_path):
     a, b = (w / "results" for w in runs)
     assert (a / "metrics.csv").read_bytes() == (b / "metrics.csv").read_bytes()
     assert len((a / "metrics.csv").read_text().splitlines()) > 10
-    for method in ("maxmin", "smoothquant"):
-        x, y = (
-            torch.load(r / "tiny" / method / "w4a4" / "model.pt", weights_only=True) for r in (a, b)
-        )
-        assert all(torch.equal(x["state_dict"][k], v) for k, v in y["state_dict"].items())
+    x, y = (torch.load(r / "tiny/smoothquant/w4a4/model.pt", weights_only=True) for r in (a, b))
+    assert x["state_dict"].keys() == y["state_dict"].keys()
+    assert all(torch.equal(x["state_dict"][k], v) for k, v in y["state_dict"].items())
