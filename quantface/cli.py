@@ -11,16 +11,19 @@ import json
 import logging
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may wait on a network
 
-from quantface.errors import ConfigError, QuantFaceError
+from quantface.errors import ConfigError, NumericsError, QuantFaceError
 
 log = logging.getLogger("quantface")
+LISTINGS = ("methods", "metrics", "datasets", "models", "check-config")  # no run log for these
 
 
 def _json(text: str | None) -> dict[str, Any]:
@@ -48,8 +51,22 @@ def _versions() -> str:
 
 
 def _setup(args: argparse.Namespace) -> None:
+    """Logging and the determinism pins every command shares (tests/test_determinism.py).
+
+    Intra-op threads come from `--threads` (rules pass a fixed number, never `{threads}`, which
+    shrinks with `--cores`): a reduction split over another number of threads can round
+    differently. Global RNGs are seeded so no stray draw depends on the process. On CPU every op
+    this package runs is deterministic already; `use_deterministic_algorithms` (warn only) and
+    the cuBLAS workspace setting keep a GPU run reproducible too.
+    """
+    import numpy as np
     import torch
 
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    seed = getattr(args, "seed", 0)
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     log.info("command: %s", " ".join(sys.argv[1:]))
@@ -57,6 +74,14 @@ def _setup(args: argparse.Namespace) -> None:
 
 
 # --- subcommands -------------------------------------------------------------------------------
+def cmd_check_config(args: argparse.Namespace) -> None:
+    """What `snakemake` checks at parse time, without Snakemake: schema, names, bits, sources."""
+    from quantface.config import load_config, merge_configs, validate_config
+
+    validate_config(merge_configs([load_config(p, validate=False) for p in args.config]))
+    print(f"valid: {', '.join(args.config)}")
+
+
 def cmd_prepare_data(args: argparse.Namespace) -> None:
     from quantface.registry import DATASETS
 
@@ -121,16 +146,17 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
     from quantface.data.degradation import DegradationConfig, degrade
     from quantface.data.synthetic_faces import generate_face
-    from quantface.io import list_images, read_image, to_tensor
+    from quantface.io import list_images, to_tensor
     from quantface.models.checkpoint import load_bundle
     from quantface.quant.calibration import collect_calibration
-    from quantface.restore import fit_to_model
+    from quantface.restore import fit_to_model, load_for_model
 
     bundle, layout, _ = load_bundle(args.model)
     if layout:
         raise QuantFaceError(f"{args.model} is already quantized; calibrate the FP model")
     if args.images:
-        arrays = [read_image(p) for p in list_images(args.images)[: args.n_images]]
+        files = list_images(args.images)[: args.n_images]
+        images = torch.stack([load_for_model(p, bundle.image_size) for p in files])
     else:  # LQ inputs made from faces the model never saw in training nor in the test sets
         base = np.random.SeedSequence([args.seed, 7_777]).generate_state(1)[0] % 100_000_000
         deg = DegradationConfig.from_dict(_json(args.degradation))
@@ -141,7 +167,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
                 for s in np.random.SeedSequence(args.seed).spawn(args.n_images)
             )
         ]
-    images = torch.stack([fit_to_model(to_tensor(a), bundle.image_size) for a in arrays])
+        images = torch.stack([fit_to_model(to_tensor(a), bundle.image_size) for a in arrays])
     calib = collect_calibration(bundle, images, args.batch_size, args.sample_rows, args.seed)
     calib.save(args.out)
     log.info(
@@ -152,7 +178,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 def cmd_quantize(args: argparse.Namespace) -> None:
     import torch
 
-    from quantface.io import atomic_write_text
+    from quantface.io import atomic_paths
     from quantface.models.checkpoint import load_bundle, save_bundle
     from quantface.quant.apply import current_layout, plan_of
     from quantface.quant.calibration import CalibrationSet
@@ -178,22 +204,26 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     plan = BitPlan.uniform(fp.quant_targets(), setting.w_bits, setting.a_bits)
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
-    model = method.quantize(fp, calib, plan, _json(args.options))
+    try:
+        model = method.quantize(fp, calib, plan, _json(args.options))
+    except NumericsError as e:
+        raise NumericsError(f"{args.method} {args.bits}: {e}") from e
     seconds = time.perf_counter() - t0
     log.info("%s %s quantization took %.1f s", args.method, args.bits, seconds)
     _check_finite(model)
     out = Path(args.out)
     final_plan = plan_of(model, getattr(model, "plan_notes", None))
-    final_plan.save(out / "plan.json")
     cost = cost_table(model, final_plan)
     cost.update(model=fp.name, method=args.method, bits=args.bits, calibration_seconds=seconds)
-    atomic_write_text(out / "cost.json", json.dumps(cost, indent=1))
-    save_bundle(
-        model,
-        out / "model.pt",
-        layout=current_layout(model),
-        meta={"method": args.method, "bits": args.bits, "seed": args.seed, "simulated": True},
-    )
+    with atomic_paths(out / "plan.json", out / "cost.json", out / "model.pt") as (p, c, m):
+        final_plan.save(p)
+        c.write_text(json.dumps(cost, indent=1))
+        save_bundle(
+            model,
+            m,
+            layout=current_layout(model),
+            meta={"method": args.method, "bits": args.bits, "seed": args.seed, "simulated": True},
+        )
     t = cost["total"]
     log.info(
         "param bits %.3g (%.2f%% fewer than FP32), BOPs %.3g (%.2f%% fewer)",
@@ -206,8 +236,6 @@ def cmd_quantize(args: argparse.Namespace) -> None:
 
 def _check_finite(model) -> None:
     import torch
-
-    from quantface.errors import NumericsError
 
     for name, t in model.state_dict().items():
         if t.is_floating_point() and not torch.isfinite(t).all():
@@ -295,6 +323,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         },
         weights_dir=Path(args.weights_dir),
         batch_size=args.batch_size,
+        manifest=Path(args.manifest) if args.manifest else None,
     )
 
 
@@ -371,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--seed", type=int, default=0)
         sp.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
 
+    sp = add("check-config", cmd_check_config, "validate workflow config files (as snakemake does)")
+    sp.add_argument("config", nargs="+", help="YAML files, later ones merged onto earlier ones")
+
     sp = add("prepare-data", cmd_prepare_data, "write a dataset folder (lq/, hq/, manifest.json)")
     sp.add_argument("--dataset", required=True)
     sp.add_argument("--out", required=True)
@@ -446,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--fp", help="FP model output folder (fidelity metrics)")
     sp.add_argument("--metrics", required=True, help="comma-separated metric names")
     sp.add_argument("--out", required=True)
+    sp.add_argument("--manifest", help="dataset manifest.json: --pred must hold exactly its images")
     sp.add_argument("--weights-dir", default=os.path.join("results", ".weights"))
     sp.add_argument("--batch-size", type=int, default=8)
     sp.add_argument("--model-name", default="")
@@ -507,6 +540,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM (Snakemake on Ctrl-C, SLURM at the time limit) unwinds like an error, so every
+    `atomic_*` writer deletes its temp file; Python's default would exit without cleanup."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -514,9 +553,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if in_main_thread else None
     t0 = time.perf_counter()
     try:
-        if args.command not in ("methods", "metrics", "datasets", "models"):
+        if args.command not in LISTINGS:
             _setup(args)
         args.func(args)
     except QuantFaceError as e:
@@ -528,7 +569,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.command not in ("methods", "metrics", "datasets", "models"):
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if args.command not in LISTINGS:
         log.info("%s done in %.1f s", args.command, time.perf_counter() - t0)
     return 0
 

@@ -14,7 +14,7 @@ import jsonschema
 import yaml
 
 from quantface.errors import ConfigError, QuantFaceError
-from quantface.quant.plan import parse_bits
+from quantface.quant.plan import MP_RE, parse_bits
 from quantface.registry import DATASETS, METHODS, METRICS, MODELS
 
 SCHEMA_FILE = "config.schema.yaml"
@@ -29,13 +29,21 @@ def _key(path) -> str:
     return ".".join(str(p) for p in path) or "<top level>"
 
 
+def _message(error: jsonschema.ValidationError) -> str:
+    """The schema's message plus what is allowed there, so the one line is enough to fix it."""
+    allowed = error.schema.get("properties") if error.validator == "additionalProperties" else None
+    if allowed:
+        return f"{error.message}; allowed keys: {', '.join(allowed)}"
+    return error.message
+
+
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """Raise ConfigError naming the first offending key; return the config unchanged if valid."""
     validator = jsonschema.Draft202012Validator(schema())
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    errors = sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.path])
     if errors:
         e = errors[0]
-        raise ConfigError(f"config key '{_key(e.absolute_path)}': {e.message}")
+        raise ConfigError(f"config key '{_key(e.absolute_path)}': {_message(e)}")
 
     def check(names, registry, key: str) -> None:
         for name in names:
@@ -69,6 +77,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         ):
             kind = "an mpX" if _is_mixed(m) else "a uniform wXaY"
             raise ConfigError(f"config key 'methods': '{m}' needs {kind} entry in 'bits'")
+    _check_mp_budgets(config)
     _check_ablation(config)
     for k in ("synthetic", "realworld"):
         for name in config["report"].get(k, []):
@@ -83,12 +92,6 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
             f"config key 'report.qualitative_bits': '{qb}' is not one of bits "
             f"({', '.join(config['bits'])})"
         )
-    for name in config.get("method_options", {}):
-        if name not in METHODS:
-            raise ConfigError(
-                f"config key 'method_options.{name}': unknown method '{name}'; "
-                f"known: {', '.join(METHODS.names())}"
-            )
     for name, opts in config["data"]["datasets"].items():
         check_source = getattr(DATASETS.get(name)(), "check_source", None)
         if check_source is not None:  # user folders: counts, pairs, headers before any job
@@ -129,6 +132,35 @@ def resolve_method(config: dict[str, Any], name: str) -> tuple[str, dict[str, An
         base = config.get("method_options", {}).get(v["method"], {})
         return v["method"], {**base, **v.get("options", {})}
     return name, dict(config.get("method_options", {}).get(name, {}))
+
+
+def _check_mp_budgets(config: dict[str, Any]) -> None:
+    """An average activation budget below the smallest candidate bit-width has no solution.
+
+    Checked here so the run stops at parse time, not after minutes of sensitivity analysis.
+    """
+    from quantface.methods.quantface import MP_DEFAULTS
+
+    runs = [
+        (m, config.get("method_options", {}).get(m, {}), b, f"method_options.{m}")
+        for m, b in quantized_cells(config["methods"], config["bits"])
+        if _is_mixed(m)
+    ]
+    for name, v in ablation_variants(config).items():
+        bits = v.get("bits", config.get("ablation", {}).get("bits"))
+        if v["method"] in METHODS and _is_mixed(v["method"]) and bits and MP_RE.match(bits):
+            opts = resolve_method(config, name)[1]
+            runs.append((name, opts, bits, f"ablation.variants.{name}.options"))
+    for name, opts, bits, options_key in runs:
+        lowest = min(opts.get("candidates", MP_DEFAULTS["candidates"]))
+        budget = opts.get("budget") or parse_bits(bits).a_bits
+        if budget < lowest:
+            key = f"{options_key}.budget" if opts.get("budget") else "bits"
+            raise ConfigError(
+                f"config key '{key}': {name} at {bits} has an average activation budget of "
+                f"{budget} bits, below the smallest candidate bit-width {lowest}; allowed: a "
+                f"budget >= {lowest} (or add smaller candidates)"
+            )
 
 
 def _check_ablation(config: dict[str, Any]) -> None:
@@ -173,14 +205,31 @@ def check_model_assets(config: dict[str, Any]) -> None:
         check(config["model"].get("assets", {}))
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
+def merge_configs(configs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Later configs deep-merged onto earlier ones, as `snakemake --configfile a b` does."""
+
+    def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        return out
+
+    merged: dict[str, Any] = {}
+    for c in configs:
+        merged = merge(merged, c)
+    return merged
+
+
+def load_config(path: str | Path, validate: bool = True) -> dict[str, Any]:
+    """Read a YAML config; `validate=False` for an overlay that is only valid once merged."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
         config = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"config file {path} is not valid YAML: {first}") from e
     if not isinstance(config, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys")
-    return validate_config(config)
+    return validate_config(config) if validate else config

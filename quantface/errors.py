@@ -27,3 +27,11 @@ class WeightsMissingError(QuantFaceError):
 
 class NumericsError(QuantFaceError):
     """Calibration produced NaN/Inf; nothing is written."""
+
+
+def first_line(e: BaseException) -> str:
+    """`Type: first sentence` of a third-party exception, for the one-line error convention."""
+    text = str(e).strip()
+    return (
+        f"{type(e).__name__}: {text.splitlines()[0].split('. ')[0]}" if text else type(e).__name__
+    )

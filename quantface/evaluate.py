@@ -16,8 +16,9 @@ from typing import Any
 import pandas as pd
 import torch
 
+from quantface.data.datasets import load_manifest
 from quantface.errors import DataError
-from quantface.io import atomic_path, list_images, read_image, to_tensor
+from quantface.io import atomic_path, check_square, list_images, read_image, to_tensor
 from quantface.quant.plan import BITS_RE
 from quantface.registry import METRICS
 from quantface.restore import fit_to_model
@@ -51,7 +52,7 @@ def bit_columns(bits: str) -> tuple[float, float]:
 
 
 def _load_stack(files: list[Path], size: int | None) -> torch.Tensor:
-    imgs = [to_tensor(read_image(p)) for p in files]
+    imgs = [to_tensor(check_square(read_image(p), p)) for p in files]
     size = size or imgs[0].shape[-1]
     return torch.stack([fit_to_model(i, size) for i in imgs])
 
@@ -64,6 +65,17 @@ def _paired(pred_files: list[Path], folder: Path) -> list[Path]:
     return [by_stem[p.stem] for p in pred_files]
 
 
+def _check_against_manifest(pred_files: list[Path], pred: Path, manifest: Path) -> None:
+    """Score the whole set or nothing: a restore that lost images must not shrink the average."""
+    listed = {Path(f).stem for f in load_manifest(manifest.parent)["files"]}
+    found = {p.stem for p in pred_files}
+    if found != listed:
+        raise DataError(
+            f"{pred} has {len(found)} images, {manifest} lists {len(listed)} (missing "
+            f"{sorted(listed - found)[:3]}, unexpected {sorted(found - listed)[:3]})"
+        )
+
+
 def evaluate_folder(
     pred: Path,
     ref: Path | None,
@@ -73,8 +85,11 @@ def evaluate_folder(
     labels: dict[str, Any],
     weights_dir: Path,
     batch_size: int = 8,
+    manifest: Path | None = None,
 ) -> pd.DataFrame:
     pred_files = list_images(pred)
+    if manifest is not None:
+        _check_against_manifest(pred_files, pred, manifest)
     n = len(pred_files)
     w_bits, a_bits = bit_columns(str(labels.get("bits", "")))
     side = min(read_image(pred_files[0]).shape[:2])
@@ -96,6 +111,7 @@ def evaluate_folder(
             )
             log.warning("%s skipped: weights absent (%s under %s)", name, missing[0], weights_dir)
             continue
+        metric.verify_weights(weights_dir)
         if side < metric.min_size:
             raise DataError(
                 f"metric '{name}' needs images of at least {metric.min_size} px; "

@@ -1,7 +1,9 @@
 """Restore a folder of face images with a saved (FP or quantized) model.
 
-Inputs of another size are resized to the model's square input (area down, bicubic up) and the
-output keeps the model's size; grayscale/RGBA inputs are converted to RGB. Outputs keep the input
+Square inputs of another size are resized to the model's input (area down, bicubic up) and the
+output keeps the model's size; grayscale/RGBA/16-bit inputs are converted to 8-bit RGB.
+Non-square inputs are rejected with the file named: squashing them would distort the face and
+quietly change what is measured. Outputs keep the input
 file names and are written into a temp folder that replaces the output folder only when every
 image is done, so an interrupted run leaves no partial folder.
 """
@@ -17,7 +19,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from quantface.data.datasets import MANIFEST, check_dataset
-from quantface.io import atomic_dir, list_images, read_image, to_tensor, to_uint8, write_image
+from quantface.io import (
+    atomic_dir,
+    check_square,
+    list_images,
+    read_image,
+    to_tensor,
+    to_uint8,
+    write_image,
+)
 from quantface.models.checkpoint import load_bundle
 
 log = logging.getLogger(__name__)
@@ -37,6 +47,11 @@ def fit_to_model(img: torch.Tensor, size: int) -> torch.Tensor:
     return out[0].clamp(0, 1)
 
 
+def load_for_model(path: Path, size: int) -> torch.Tensor:
+    """One image file as the model's 3 x size x size input (square only, resized if needed)."""
+    return fit_to_model(to_tensor(check_square(read_image(path), path)), size)
+
+
 @torch.no_grad()
 def restore_folder(
     model_path: str | Path, input_dir: str | Path, output_dir: str | Path, batch_size: int = 8
@@ -51,7 +66,7 @@ def restore_folder(
     with atomic_dir(output_dir) as tmp:
         for start in tqdm(range(0, len(files), batch_size), desc="restore", disable=None):
             chunk = files[start : start + batch_size]
-            lq = torch.stack([fit_to_model(to_tensor(read_image(p)), size) for p in chunk])
+            lq = torch.stack([load_for_model(p, size) for p in chunk])
             for path, img in zip(chunk, bundle.restore(lq)):
                 write_image(tmp / (path.stem + ".png"), to_uint8(img))
     log.info(

@@ -1,8 +1,18 @@
-"""A writer killed mid-write leaves no output and no debris once rerun."""
+"""A writer killed mid-write leaves no output and no debris once rerun, and the rerun gives the
+same result as a run that was never interrupted."""
 
+import copy
+import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _killed_writer(target, kind):
@@ -47,3 +57,125 @@ def test_sigkilled_folder_write_keeps_the_old_folder(tmp_path):
         (tmp / "new.png").write_text("done")
     assert [p.name for p in tmp_path.iterdir()] == ["images"]
     assert [p.name for p in target.iterdir()] == ["new.png"]
+
+
+# --- a real `quantface` CLI process killed while writing its outputs ----------------------------
+# The child runs the CLI's own `main`; the only change is that renaming the named output into
+# place first announces itself and waits, so the test can kill it at exactly that moment (every
+# temp file written, nothing renamed yet).
+PAUSED_CLI = textwrap.dedent("""
+    import os, sys, time
+    from pathlib import Path
+    real_replace = os.replace
+    def announced_replace(src, dst):
+        if Path(dst).name == os.environ["PAUSE_BEFORE_RENAMING"]:
+            print("WRITING", flush=True)
+            time.sleep(600)
+        real_replace(src, dst)
+    os.replace = announced_replace
+    from quantface.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def _kill_while_writing(argv: list[str], output_name: str, sig: int) -> None:
+    env = {**os.environ, "PAUSE_BEFORE_RENAMING": output_name, "HF_HUB_OFFLINE": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PAUSED_CLI, *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "WRITING", proc.stderr.read()[-2000:]
+        proc.send_signal(sig)
+        assert proc.wait(timeout=60) in (-sig, 128 + sig)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def _temps(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*.tmp"))
+
+
+@pytest.fixture
+def micro_files(micro_model, micro_images, tmp_path):
+    from quantface.models.checkpoint import save_bundle
+    from quantface.quant.calibration import collect_calibration
+    from quantface.registry import DATASETS
+
+    save_bundle(micro_model, tmp_path / "fp.pt")
+    collect_calibration(copy.deepcopy(micro_model), micro_images, 2, 32).save(tmp_path / "calib.pt")
+    DATASETS.get("synthetic_faces")().prepare(
+        tmp_path / "syn", {"n_images": 3, "image_size": 32}, seed=0
+    )
+    return tmp_path
+
+
+def test_sigkilled_quantize_leaves_no_output_and_rerun_matches(micro_files):
+    from quantface.cli import main
+
+    d = micro_files
+
+    def argv(out: str) -> list[str]:
+        return ["quantize", "--model", str(d / "fp.pt"), "--method", "smoothquant"] + [
+            "--bits",
+            "w4a4",
+            "--calib",
+            str(d / "calib.pt"),
+            "--out",
+            str(d / out),
+            "--seed",
+            "5",
+        ]
+
+    assert main(argv("reference")) == 0
+    _kill_while_writing(argv("q"), "plan.json", signal.SIGKILL)
+    assert not [p for p in (d / "q").iterdir() if not p.name.endswith(".tmp")]  # no output
+    assert _temps(d / "q")  # SIGKILL skips all cleanup: temp files stay until the rerun
+    assert main(argv("q")) == 0
+    assert _temps(d / "q") == []
+    assert sorted(p.name for p in (d / "q").iterdir()) == ["cost.json", "model.pt", "plan.json"]
+    assert (d / "q" / "plan.json").read_text() == (d / "reference" / "plan.json").read_text()
+    costs = [json.loads((d / f / "cost.json").read_text()) for f in ("q", "reference")]
+    for c in costs:
+        c.pop("calibration_seconds")
+    assert costs[0] == costs[1]
+    import torch
+
+    got, want = (torch.load(d / f / "model.pt", weights_only=True) for f in ("q", "reference"))
+    assert got["state_dict"].keys() == want["state_dict"].keys()
+    assert all(torch.equal(got["state_dict"][k], v) for k, v in want["state_dict"].items())
+
+
+def test_sigtermed_evaluate_cleans_up_and_rerun_matches(micro_files):
+    from quantface.cli import main
+
+    d = micro_files
+
+    def argv(out: str) -> list[str]:
+        return ["evaluate", "--pred", str(d / "syn" / "lq"), "--ref", str(d / "syn" / "hq")] + [
+            "--metrics",
+            "psnr,ssim,piqe",
+            "--out",
+            str(d / out),
+            "--manifest",
+            str(d / "syn" / "manifest.json"),
+            "--dataset",
+            "syn",
+            "--seed",
+            "5",
+        ]
+
+    assert main(argv("reference.csv")) == 0
+    _kill_while_writing(argv("metrics.csv"), "metrics.csv", signal.SIGTERM)
+    assert not (d / "metrics.csv").exists()
+    assert _temps(d) == []  # SIGTERM unwinds: the CLI removed its own temp file
+    assert main(argv("metrics.csv")) == 0
+    assert (d / "metrics.csv").read_bytes() == (d / "reference.csv").read_bytes()

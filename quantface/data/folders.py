@@ -18,11 +18,14 @@ LQ image is warped with its HQ image's landmarks so the pair stays registered).
 LQ/HQ by file stem and reads every image header, so a wrong path, a missing or extra file or an
 unreadable image stops the run with one line naming it. `prepare` then decodes every image
 (writing PNG copies under `results/data/<name>/`), so a file that is truncated after its header
-still fails in the first job and never mid-study.
+still fails in the first job and never mid-study. Without `align`, square images of another size
+are resized to `data.image_size` (area down, bicubic up; counted in the manifest) and non-square
+ones are rejected with the file named: squashing them would distort the faces.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +37,11 @@ from quantface.data.align import align_face, detect_landmarks5
 from quantface.data.datasets import _write_set, sample_seed
 from quantface.data.degradation import DegradationConfig, degrade
 from quantface.errors import DataError
-from quantface.io import IMAGE_SUFFIXES, read_image
+from quantface.io import IMAGE_SUFFIXES, check_square, read_image, to_tensor, to_uint8
 from quantface.registry import DATASETS
+from quantface.restore import fit_to_model
+
+log = logging.getLogger(__name__)
 
 
 def _images(folder: Path, label: str, name: str) -> dict[str, Path]:
@@ -48,6 +54,19 @@ def _images(folder: Path, label: str, name: str) -> dict[str, Path]:
             raise DataError(f"{name}: two images with the stem '{p.stem}' in {folder}")
         by_stem[p.stem] = p
     return by_stem
+
+
+def _fit(
+    arr: np.ndarray | None, size: int, path: Path | None, resized: list[str]
+) -> np.ndarray | None:
+    """A square image at `size` px (area down, bicubic up, as restore does); non-square: DataError."""
+    if arr is None:
+        return None
+    check_square(arr, path)
+    if arr.shape[0] == size:
+        return arr
+    resized.append(str(path))
+    return to_uint8(fit_to_model(to_tensor(arr), size))
 
 
 def _header(path: Path) -> None:
@@ -110,7 +129,7 @@ class FolderDataset:
         size = int(options["image_size"])
         deg = DegradationConfig.from_dict(options.get("degradation", {}))
         align, synth = bool(options.get("align")), bool(options.get("synthesize_lq"))
-        pairs = []
+        pairs, resized = [], []
         for i, (stem, lq_path, hq_path) in enumerate(rows):
             hq = read_image(hq_path) if hq_path is not None else None
             lq = read_image(lq_path) if lq_path is not None else None
@@ -122,10 +141,17 @@ class FolderDataset:
                     raise DataError(f"{self.name}: {hq_path or lq_path}: {e}") from e
                 hq = align_face(hq, size, points)[0] if hq is not None else None
                 lq = align_face(lq, size, points)[0] if lq is not None else None
+            else:  # square crops of another size are resized, anything else is rejected
+                hq = _fit(hq, size, hq_path, resized)
+                lq = _fit(lq, size, lq_path, resized)
             if synth:
                 lq = degrade(hq, np.random.default_rng(sample_seed(seed, i)), deg)
             keep_hq = hq if self.paired or synth else None
             pairs.append((f"{stem}.png", lq, keep_hq))
+        if resized:
+            log.warning(
+                "%s: resized %d images to %d px, e.g. %s", self.name, len(resized), size, resized[0]
+            )
         return _write_set(
             out_dir,
             pairs,
@@ -137,6 +163,7 @@ class FolderDataset:
                 "source": {k: options.get(k) for k in ("lq", "hq")},
                 "synthesize_lq": synth,
                 "aligned_here": align,
+                "resized_to_image_size": len(resized),
                 "degradation": deg.__dict__ if synth else None,
             },
         )

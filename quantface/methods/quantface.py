@@ -259,6 +259,7 @@ def perceptual_distance(metric_name: str, weights_dir: Path):
             f"method_options.quantface_mp.perceptual: '{metric_name}' needs "
             f"{weights_dir / missing[0]}; use ssim or provide the file"
         )
+    metric.verify_weights(weights_dir)
     metric.build(weights_dir)
     sign = 1.0 if metric.higher_is_better else -1.0
 

@@ -25,6 +25,7 @@ from unittest import mock
 import torch
 from torch import Tensor
 
+from quantface.io import check_plain_weights
 from quantface.registry import METRICS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -54,6 +55,11 @@ class Metric:
 
     def missing_weights(self, weights_dir: Path) -> list[str]:
         return [w for w in self.weights if not (weights_dir / w).is_file()]
+
+    def verify_weights(self, weights_dir: Path) -> None:
+        """Every weight file opens with the safe loader (pyiqa itself unpickles them in full)."""
+        for w in self.weights:
+            check_plain_weights(weights_dir / w)
 
     def create_options(self, weights_dir: Path) -> tuple[dict, str]:
         """Extra pyiqa.create_metric options and a note on conventions for the results."""

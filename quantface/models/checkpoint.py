@@ -13,10 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from quantface.errors import CheckpointError
-from quantface.io import atomic_torch_save
+from quantface import __version__
+from quantface.errors import CheckpointError, first_line
+from quantface.io import atomic_torch_save, load_tensors
 from quantface.models.base import RestorerBundle
 from quantface.quant.layers import LayerQuant, wrap_model
 from quantface.registry import MODELS
@@ -35,6 +34,7 @@ def save_bundle(
     payload = {
         "format": FORMAT,
         "version": VERSION,
+        "package_version": __version__,
         "model": bundle.name,
         "config": bundle.config,
         "layout": {k: v.to_dict() for k, v in (layout or {}).items()},
@@ -46,20 +46,37 @@ def save_bundle(
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"model file not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, pickle with code, not a torch file at all
-        raise CheckpointError(f"cannot read model file {path}: {type(e).__name__}: {e}") from e
+    payload = load_tensors(path, "model file")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a QuantFace Bench model file (no '{FORMAT}' header)")
     if payload.get("version") != VERSION:
+        writer = payload.get("package_version", "an unknown version")
         raise CheckpointError(
-            f"{path} was written by format version {payload.get('version')}; this package reads "
-            f"version {VERSION}: re-create it with this version (`snakemake` does so)"
+            f"{path} was written by quantface {writer} (file format version "
+            f"{payload.get('version')}); quantface {__version__} reads format version {VERSION}: "
+            "re-create it with this version "
+            "(`snakemake` does so) or load it with the version that wrote it"
         )
     return payload
+
+
+def _state_mismatch(expected: dict[str, Any], found: dict[str, Any]) -> str:
+    """'' when `found` fits `expected` key for key and shape for shape, else what differs."""
+    missing = [k for k in expected if k not in found]
+    extra = [k for k in found if k not in expected]
+    shapes = [  # empty buffers (uncalibrated quantizer scales) adopt the saved shape on load
+        f"{k} is {list(found[k].shape)}, expected {list(v.shape)}"
+        for k, v in expected.items()
+        if k in found and v.numel() and tuple(found[k].shape) != tuple(v.shape)
+    ]
+    parts = []
+    if shapes:
+        parts.append(f"{len(shapes)} tensors differ in shape (e.g. {shapes[0]})")
+    if missing:
+        parts.append(f"{len(missing)} expected tensors are absent (e.g. {missing[0]})")
+    if extra:
+        parts.append(f"{len(extra)} tensors are not in this architecture (e.g. {extra[0]})")
+    return "; ".join(parts)
 
 
 def load_bundle(path: str | Path) -> tuple[RestorerBundle, dict[str, LayerQuant], dict[str, Any]]:
@@ -69,10 +86,16 @@ def load_bundle(path: str | Path) -> tuple[RestorerBundle, dict[str, LayerQuant]
     layout = {k: LayerQuant.from_dict(v) for k, v in payload["layout"].items()}
     try:
         wrap_model(bundle, layout)
-        bundle.load_state_dict(payload["state_dict"], strict=True)
     except (RuntimeError, KeyError, AttributeError) as e:
         raise CheckpointError(
-            f"{path} does not match the '{payload['model']}' architecture it names: {e}"
+            f"{path}: its quantization layout does not fit the '{payload['model']}' "
+            f"architecture it names: {first_line(e)}"
         ) from e
+    differ = _state_mismatch(bundle.state_dict(), payload["state_dict"])
+    if differ:
+        raise CheckpointError(
+            f"{path} does not match the '{payload['model']}' architecture it names: {differ}"
+        )
+    bundle.load_state_dict(payload["state_dict"], strict=True)
     bundle.eval()
     return bundle, layout, payload["meta"]

@@ -24,14 +24,16 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from quantface import __version__
 from quantface.errors import CheckpointError
-from quantface.io import atomic_torch_save
+from quantface.io import atomic_torch_save, load_tensors
 from quantface.models.base import RestorerBundle
 from quantface.quant.layers import LayerQuant, quantizers, unwrap_model, wrap_model
 from quantface.quant.quantizer import QuantSpec
 
 log = logging.getLogger(__name__)
 FORMAT = "quantface-calibration"
+VERSION = 1  # bump when the stored statistics change meaning or layout
 
 
 class StatsObserver:
@@ -45,7 +47,9 @@ class StatsObserver:
         self.rows: list[Tensor] = []
 
     def update(self, x: Tensor) -> None:
-        x = x.detach().float()
+        # NaN/Inf count as 0, as in the range observers: one stray value must not turn every
+        # range (and every scale derived from it downstream) into NaN.
+        x = torch.nan_to_num(x.detach().float(), nan=0.0, posinf=0.0, neginf=0.0)
         rows = x.movedim(self.channel_dim % x.dim(), -1).reshape(-1, x.shape[self.channel_dim])
         lo, hi = rows.amin(0), rows.amax(0)
         if self.ch_min is None:
@@ -85,21 +89,22 @@ class CalibrationSet:
         return self.stats[f"{site}.{operand}"]
 
     def save(self, path: str | Path) -> None:
-        atomic_torch_save(
-            {"format": FORMAT, "images": self.images, "stats": self.stats, "meta": self.meta}, path
-        )
+        payload = {"format": FORMAT, "version": VERSION, "package_version": __version__}
+        payload.update(images=self.images, stats=self.stats, meta=self.meta)
+        atomic_torch_save(payload, path)
 
     @classmethod
     def load(cls, path: str | Path) -> CalibrationSet:
         path = Path(path)
-        try:
-            d = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError as e:
-            raise CheckpointError(f"calibration file not found: {path}") from e
-        except Exception as e:
-            raise CheckpointError(f"cannot read calibration file {path}: {e}") from e
+        d = load_tensors(path, "calibration file")
         if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise CheckpointError(f"{path} is not a calibration file")
+            raise CheckpointError(f"{path} is not a calibration file (no '{FORMAT}' header)")
+        if d.get("version") != VERSION:
+            raise CheckpointError(
+                f"{path} was written by quantface {d.get('package_version', 'of an older release')}"
+                f" (calibration format {d.get('version')}); quantface {__version__} reads format "
+                f"{VERSION}: re-run `quantface calibrate`"
+            )
         return cls(d["images"], d["stats"], d["meta"])
 
 

@@ -93,7 +93,10 @@ def distill(
         idx = torch.randperm(len(images), generator=gen)[: cfg.batch_size]
         loss = loss_fn(model.restore(images[idx], clamp=False), targets[idx])
         if not torch.isfinite(loss):
-            raise NumericsError(f"distillation diverged at step {step} (loss {loss.item()})")
+            raise NumericsError(
+                f"distillation diverged at step {step} (loss {loss.item()}): lower the learning "
+                "rate in method_options; nothing was written"
+            )
         optim.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(params, 1.0)

@@ -13,10 +13,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from quantface.errors import ConfigError
+from quantface.errors import CheckpointError, ConfigError
 
 BITS_RE = re.compile(r"^w(\d{1,2})a(\d{1,2})$")
 MP_RE = re.compile(r"^mp(\d{1,2})$")
+PLAN_FORMAT = "quantface-plan"
+PLAN_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -95,10 +97,29 @@ class BitPlan(Mapping[str, LayerBits]):
         )
 
     def save(self, path: str | Path) -> None:
+        from quantface import __version__
         from quantface.io import atomic_write_text
 
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
+        header = {"format": PLAN_FORMAT, "version": PLAN_VERSION, "package_version": __version__}
+        atomic_write_text(path, json.dumps({**header, **self.to_dict()}, indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> BitPlan:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """A plan.json from `save` (or hand-written: no header); another version is named."""
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"cannot read plan file {path}: {e}") from e
+        if (
+            not isinstance(d, dict)
+            or "layers" not in d
+            or d.get("format", PLAN_FORMAT) != PLAN_FORMAT
+        ):
+            raise CheckpointError(f"{path} is not a plan file ('{PLAN_FORMAT}' with 'layers')")
+        if d.get("version", PLAN_VERSION) != PLAN_VERSION:
+            raise CheckpointError(
+                f"{path} was written by quantface {d.get('package_version', '?')} (plan format "
+                f"{d.get('version')}); this version reads format {PLAN_VERSION}: re-run quantize"
+            )
+        return cls.from_dict(d)

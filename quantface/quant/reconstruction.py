@@ -191,7 +191,10 @@ def reconstruct(
         if reg is not None:
             loss = loss + reg
         if not torch.isfinite(loss):
-            raise NumericsError(f"{desc}: reconstruction diverged at step {step}")
+            raise NumericsError(
+                f"{desc}: reconstruction diverged at step {step} (loss {loss.item()}): lower the "
+                "learning rate in method_options; nothing was written"
+            )
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()
