@@ -77,17 +77,25 @@ def _quant_layer(layer: nn.Module, bits: int, x: torch.Tensor) -> nn.Module:
     return q
 
 
+def _fake_and_int(
+    layer: nn.Module, int_cls: type, x: torch.Tensor, repeats: int, suffix: str
+) -> tuple[dict[str, float | str], nn.Module]:
+    """Fake-quant and real-int timings at W8A8 and W4A4; returns them and the W4A4 int layer."""
+    v: dict[str, float | str] = {}
+    for bits in (8, 4):
+        q = _quant_layer(copy.deepcopy(layer), bits, x)
+        v[f"fake W{bits}A{bits}"] = timed(lambda q=q: q(x), repeats)
+        iq = int_cls(q)
+        v[f"int W{bits}A{bits}{suffix}"] = timed(lambda iq=iq: iq(x), repeats)
+    return v, iq
+
+
 def linear_row(tokens: int, c_in: int, c_out: int, repeats: int) -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(tokens, c_in, generator=g)
     lin = nn.Linear(c_in, c_out)
     fp = timed(lambda: lin(x), repeats)
-    v: dict[str, float | str] = {}
-    for bits in (8, 4):
-        q = _quant_layer(copy.deepcopy(lin), bits, x)
-        v[f"fake W{bits}A{bits}"] = timed(lambda q=q: q(x), repeats)
-        iq = IntLinear(q)
-        v[f"int W{bits}A{bits}"] = timed(lambda iq=iq: iq(x), repeats)
+    v, iq = _fake_and_int(lin, IntLinear, x, repeats, "")
     codes = iq._codes(x)[0]  # the GEMM alone, on codes already in int8 (kernel speed)
     v["int8 GEMM only"] = timed(lambda: torch._int_mm(codes, iq.w_t), repeats)
     w8 = torch.randint(-128, 127, (c_out, c_in), dtype=torch.int8)
@@ -109,12 +117,7 @@ def conv_row(c_in: int, c_out: int, side: int, repeats: int) -> None:
     x = torch.randn(1, c_in, side, side, generator=torch.Generator().manual_seed(0))
     conv = nn.Conv2d(c_in, c_out, 3, padding=1)
     fp = timed(lambda: conv(x), repeats)
-    v: dict[str, float | str] = {}
-    for bits in (8, 4):
-        q = _quant_layer(copy.deepcopy(conv), bits, x)
-        v[f"fake W{bits}A{bits}"] = timed(lambda q=q: q(x), repeats)
-        iq = IntConv2d(q)
-        v[f"int W{bits}A{bits} (im2col)"] = timed(lambda iq=iq: iq(x), repeats)
+    v, _ = _fake_and_int(conv, IntConv2d, x, repeats, " (im2col)")
     _row(f"Conv2d 3x3 {c_in}->{c_out} @{side}x{side}", fp, v)
 
 
