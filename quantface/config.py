@@ -54,6 +54,13 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
                 )
 
     check([config["model"]["name"]], MODELS, "model.name")
+    known = getattr(MODELS.get(config["model"]["name"]), "default_arch", None)
+    for k in config["model"].get("arch", {}) if known is not None else []:
+        if k not in known:
+            raise ConfigError(
+                f"config key 'model.arch.{k}': unknown for model '{config['model']['name']}'; "
+                f"known: {', '.join(known)}"
+            )
     check(config["methods"], METHODS, "methods")
     check(config["data"]["datasets"], DATASETS, "data.datasets")
     metric_keys = ("full_reference", "no_reference", "fidelity")

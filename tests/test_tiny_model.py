@@ -47,3 +47,21 @@ def test_pretrain_vae_round_trip_and_mismatch(tmp_path):
 def test_shipped_vae_matches_the_default_architecture():
     assert PRETRAINED_VAE.is_file(), "the package ships its pretrained tiny VAE"
     TinyRestorer().load_pretrained_vae()
+
+
+def test_unet_attention_levels_follow_the_arch_and_a_wrong_length_is_named():
+    arch = {**MICRO_ARCH, "unet_channels": [8, 16, 16], "unet_attention": [False, False, True]}
+    unet = TinyRestorer(arch).unet
+    assert [type(b).__name__ for b in unet.down_blocks] == [
+        "DownBlock2D",
+        "DownBlock2D",
+        "CrossAttnDownBlock2D",
+    ]
+    assert type(unet.up_blocks[0]).__name__ == "CrossAttnUpBlock2D"
+    default = TinyRestorer(MICRO_ARCH).unet  # None: every level but the first attends
+    assert [type(b).__name__ for b in default.down_blocks] == [
+        "DownBlock2D",
+        "CrossAttnDownBlock2D",
+    ]
+    with pytest.raises(ConfigError, match="unet_attention has 1 entries for 2"):
+        TinyRestorer({**MICRO_ARCH, "unet_attention": [True]})

@@ -79,6 +79,7 @@ class OSDFaceRestorer(RestorerBundle):
     """OSDFace: SD-2.1-base UNet (+ merged LoRA) and VAE with its visual representation embedder, from local files."""
 
     name = "osdface"
+    default_arch = DEFAULT_ARCH  # the keys model.arch may override (checked with the config)
 
     def __init__(self, config: dict[str, Any] | None = None, modules: dict | None = None) -> None:
         cfg = {**DEFAULT_ARCH, **(config or {})}

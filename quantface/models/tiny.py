@@ -46,6 +46,7 @@ DEFAULT_ARCH: dict[str, Any] = {
     "vae_attention": False,
     "unet_norm_groups": 8,
     "unet_channels": [32, 64, 64],
+    "unet_attention": None,  # per level: cross-attention or not; None = all but the first level
     "context_dim": 64,
     "attention_head_dim": 8,
     "embed_tokens_side": 8,
@@ -87,6 +88,7 @@ class TinyRestorer(RestorerBundle):
     """Embedded one-step latent-diffusion face restorer (diffusers AutoencoderKL + UNet2DConditionModel), trained on CPU in minutes."""
 
     name = "tiny"
+    default_arch = DEFAULT_ARCH  # the keys model.arch may override (checked with the config)
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
         cfg = {**DEFAULT_ARCH, **(config or {})}
@@ -104,15 +106,21 @@ class TinyRestorer(RestorerBundle):
             sample_size=cfg["image_size"],
             mid_block_add_attention=cfg["vae_attention"],
         )
-        n = len(uc)
+        attn = cfg["unet_attention"] or [False] + [True] * (len(uc) - 1)
+        if len(attn) != len(uc):
+            raise ConfigError(
+                f"model.arch.unet_attention has {len(attn)} entries for {len(uc)} UNet levels"
+            )
+        down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn)
+        up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn))
         self.unet = UNet2DConditionModel(
             sample_size=cfg["image_size"] // 2 ** (len(vc) - 1),
             in_channels=cfg["latent_channels"],
             out_channels=cfg["latent_channels"],
             block_out_channels=tuple(uc),
             layers_per_block=1,
-            down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
-            up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+            down_block_types=down,
+            up_block_types=up,
             cross_attention_dim=cfg["context_dim"],
             attention_head_dim=cfg["attention_head_dim"],
             norm_num_groups=cfg["unet_norm_groups"],
