@@ -61,6 +61,15 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
                 f"config key 'model.arch.{k}': unknown for model '{config['model']['name']}'; "
                 f"known: {', '.join(known)}"
             )
+    if config["model"].get("train"):
+        from quantface.models.train import DEFAULT_TRAIN
+
+        for k in config["model"]["train"]:
+            if k not in DEFAULT_TRAIN:
+                raise ConfigError(
+                    f"config key 'model.train.{k}': unknown training option; "
+                    f"known: {', '.join(DEFAULT_TRAIN)}"
+                )
     check(config["methods"], METHODS, "methods")
     check(config["data"]["datasets"], DATASETS, "data.datasets")
     metric_keys = ("full_reference", "no_reference", "fidelity")

@@ -36,6 +36,7 @@ def test_default_config_is_valid():
         (lambda c: c["report"].update(qualitative_bits="w2a2"), "report.qualitative_bits"),
         (lambda c: c["model"].update(name="nosuchmodel"), "model.name"),
         (lambda c: c["model"]["arch"].update(unet_chanels=[8, 16]), "model.arch.unet_chanels"),
+        (lambda c: c["model"]["train"].update(pixel_step=3), "model.train.pixel_step"),
         (lambda c: c["metrics"]["full_reference"].append("ms_ssim"), "metrics.full_reference"),
     ],
 )

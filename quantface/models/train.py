@@ -37,6 +37,7 @@ DEFAULT_TRAIN: dict[str, Any] = {
     "batch_size": 8,
     "crop": 64,
     "lr": 2.0e-3,
+    "tune_decoder": True,  # stage 3 also tunes the VAE decoder (OSDFace keeps it frozen)
     "pool_size": 256,
     "face_seed_offset": 1_000_000,  # training faces never overlap test/calibration faces
 }
@@ -147,13 +148,14 @@ def train_restorer(
     rest = list(model.unet.parameters()) + list(model.embedder.parameters())
     _run_stage("latent", int(opts["latent_steps"]), rest, lr, latent_loss)
 
-    model.vae.decoder.requires_grad_(True)
+    tune_decoder = bool(opts["tune_decoder"])
+    model.vae.decoder.requires_grad_(tune_decoder)
 
     def pixel_loss() -> torch.Tensor:
         lq, hq = data.batch(bs)
         return (model.restore(lq, clamp=False) - hq).abs().mean()
 
-    tune = rest + list(model.vae.decoder.parameters())
+    tune = rest + (list(model.vae.decoder.parameters()) if tune_decoder else [])
     _run_stage("pixel", int(opts["pixel_steps"]), tune, lr * 0.25, pixel_loss)
     model.requires_grad_(True)
     model.eval()
