@@ -47,6 +47,22 @@ def _isolated_caches(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MPLCONFIGDIR", str(cache / "mpl"))
 
 
+@pytest.fixture(scope="session")
+def micro_study(tmp_path_factory) -> Path:
+    """One full run of the micro study (`--cores 2`), shared by the end-to-end tests that read it:
+    the DAG takes a minute and every job is a fresh process, so running it once saves minutes."""
+    from tests.test_workflow import snakemake
+
+    workdir = tmp_path_factory.mktemp("micro_study")
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    with pytest.MonkeyPatch.context() as mp:  # the same isolated caches as every other test
+        for var, sub in [("TORCH_HOME", "torch"), ("XDG_CACHE_HOME", ""), ("MPLCONFIGDIR", "mpl")]:
+            mp.setenv(var, str(cache / sub))
+        r = snakemake(workdir)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return workdir
+
+
 @pytest.fixture
 def micro_model():
     from quantface.models.tiny import TinyRestorer
