@@ -24,6 +24,7 @@ MICRO_ARCH = {
     "unet_norm_groups": 8,
     "latent_channels": 4,
     "unet_channels": [16, 32],
+    "unet_attention": [False, True],
     "context_dim": 16,
     "attention_head_dim": 8,
     "embed_tokens_side": 2,

@@ -58,7 +58,7 @@ def test_unet_attention_levels_follow_the_arch_and_a_wrong_length_is_named():
         "CrossAttnDownBlock2D",
     ]
     assert type(unet.up_blocks[0]).__name__ == "CrossAttnUpBlock2D"
-    default = TinyRestorer(MICRO_ARCH).unet  # None: every level but the first attends
+    default = TinyRestorer({**MICRO_ARCH, "unet_attention": None}).unet  # all but the first
     assert [type(b).__name__ for b in default.down_blocks] == [
         "DownBlock2D",
         "CrossAttnDownBlock2D",

@@ -6,7 +6,8 @@ space), at a cost a 2-core CPU affords:
      from a pretrained VAE (the default for `tiny`, made once by `pretrain_vae`);
   2. latent restoration: with the VAE frozen, the UNet and the visual prompt embedder learn to
      map the LQ latent to the HQ latent in one step at t=399 (no decoder in the loop: cheap);
-  3. pixel fine-tuning: a few end-to-end steps with an L1 loss on the restored image.
+  3. pixel fine-tuning: a few end-to-end steps with an L1 loss on the restored image, through the
+     frozen decoder (as OSDFace, whose SD VAE stays frozen; `tune_decoder` tunes it too).
 HQ faces come from a pre-rendered pool; every step degrades them afresh with its own seeds, so
 the model sees many more LQ variants than there are faces.
 """
@@ -32,12 +33,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TRAIN: dict[str, Any] = {
     "vae_steps": 800,
-    "latent_steps": 300,
+    "latent_steps": 1200,
     "pixel_steps": 100,
     "batch_size": 8,
     "crop": 64,
     "lr": 2.0e-3,
-    "tune_decoder": True,  # stage 3 also tunes the VAE decoder (OSDFace keeps it frozen)
+    "tune_decoder": False,  # stage 3 tunes UNet + embedder; OSDFace keeps the VAE decoder frozen
     "pool_size": 256,
     "face_seed_offset": 1_000_000,  # training faces never overlap test/calibration faces
 }
