@@ -3,14 +3,14 @@
 - VAE: a small `AutoencoderKL` (down factor 2, 4 latent channels: 64x64x4 for a 128-px face).
   Like OSDFace, which starts from the pretrained SD-2.1 VAE and keeps it frozen, the restorer
   starts from a pretrained tiny VAE shipped in `assets/tiny_vae.safetensors` (made by
-  `quantface pretrain-vae`, seeded; ~25 CPU minutes, so it is not redone in every run). Its shape
+  `quantface pretrain-vae`, seeded; 23 minutes on 2 cores, so it is not redone in every run). Its shape
   is chosen to learn fast on a CPU: no residual blocks between the down-sampling convolutions,
   one-group GroupNorm (per-channel groups erase the colour statistics the decoder needs) and no
   mid-block attention. Down factor 2, not SD's 8: at this size the decoder is the restorer's
   ceiling (a 4x, 8-channel latent reconstructed the test faces at 26.1 dB, this one at 27.4);
 - UNet: a small `UNet2DConditionModel`, evaluated once at t=399. Its two full-resolution levels
   have no attention and few channels and its two coarse levels cross-attend to the visual prompt,
-  which keeps the 64x64 latent about as cheap as a 32x32 one;
+  which keeps the 64x64 latent at ~1.25x the cost of the former 3-level UNet on a 32x32 latent;
 - visual prompt embedder: a strided conv encoder of the LQ image whose feature map becomes
   context tokens, projected by OSDFace's two-layer 1x1 Conv1d head (no VQ dictionary: with a
   model this small a codebook adds nothing measurable, so it is left out on purpose).
