@@ -4,7 +4,7 @@ two-core run (`micro_study`, conftest.py).
 
 The rerun builds only what those cells need (data, training, calibration, two quantizations,
 restores, scores): every job is a fresh process, so ~10 s of imports each, and reusing the
-two-core run halves the cost of this test.
+two-core run saves a whole DAG run.
 
 What keeps it so (checked here, not assumed): every job gets its seed from (seed, wildcards)
 (common.smk `job_seed`); torch runs a fixed number of intra-op threads per job (`--threads`,
