@@ -21,6 +21,10 @@ include: "workflow/rules/report.smk"
 include: "workflow/rules/export.smk"
 
 
+onstart:
+    hang_up_like_terminate()
+
+
 rule all:
     default_target: True
     input:

@@ -20,7 +20,7 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may wait on a network
 
-from quantface.errors import ConfigError, NumericsError, QuantFaceError
+from quantface.errors import ConfigError, NumericsError, OutputError, QuantFaceError
 
 log = logging.getLogger("quantface")
 LISTINGS = ("methods", "metrics", "datasets", "models", "check-config")  # no run log for these
@@ -48,6 +48,43 @@ def _versions() -> str:
         f"quantface {quantface.__version__}, torch {torch.__version__}, diffusers "
         f"{diffusers.__version__}, python {platform.python_version()}"
     )
+
+
+# command -> (flags naming what it reads, flags naming what it writes); restore checks its own
+IO_FLAGS = {
+    "calibrate": (("model", "images"), ("out",)),
+    "quantize": (("model", "calib"), ("out",)),
+    "cost": (("model",), ("out",)),
+    "export": (("model",), ("out", "report")),
+    "evaluate": (("pred", "ref", "fp", "manifest"), ("out",)),
+    "aggregate": (("metrics", "costs", "exports"), ("out", "cost_out", "export_out")),
+    "tables": (("metrics", "cost"), ("out",)),
+    "figures": (("metrics", "cost", "calib", "calib_after"), ("out",)),
+}
+
+
+def _paths(args: argparse.Namespace, flags: tuple[str, ...]) -> list[tuple[str, Path]]:
+    found = []
+    for flag in flags:
+        value = getattr(args, flag, None)
+        for v in value if isinstance(value, list) else [value]:
+            if v:
+                found.append((flag, Path(v).resolve()))
+    return found
+
+
+def check_outputs_are_not_inputs(args: argparse.Namespace) -> None:
+    """No command may write over, or into, what it reads: one line, before any work."""
+    ins, outs = IO_FLAGS.get(args.command, ((), ()))
+    for out_flag, out in _paths(args, outs):
+        for in_flag, inp in _paths(args, ins):
+            if out == inp or inp in out.parents:
+                flag = f"--{out_flag.replace('_', '-')}"
+                where = "is" if out == inp else "is inside"
+                raise OutputError(
+                    f"{flag} {out} {where} --{in_flag.replace('_', '-')} {inp}: it would "
+                    "overwrite what the command reads; write elsewhere"
+                )
 
 
 def _setup(args: argparse.Namespace) -> None:
@@ -169,6 +206,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
         ]
         images = torch.stack([fit_to_model(to_tensor(a), bundle.image_size) for a in arrays])
     calib = collect_calibration(bundle, images, args.batch_size, args.sample_rows, args.seed)
+    calib.record_model(args.model)  # quantize refuses another model's statistics
     calib.save(args.out)
     log.info(
         "calibration statistics for %d sites from %d images", len(calib.meta["sites"]), len(images)
@@ -192,6 +230,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     if layout:
         raise QuantFaceError(f"{args.model} is already quantized; quantize the FP model")
     calib = CalibrationSet.load(args.calib)
+    calib.check_model(args.model, args.calib)
     mixed_method = getattr(method, "mixed_precision", False)
     if setting.mixed and not mixed_method:
         raise QuantFaceError(
@@ -302,7 +341,14 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_restore(args: argparse.Namespace) -> None:
     from quantface.restore import restore_folder
 
-    restore_folder(args.model, args.input, args.output, args.batch_size)
+    restore_folder(
+        args.model,
+        args.input,
+        args.output,
+        args.batch_size,
+        keep_size=args.keep_size,
+        overwrite=args.overwrite,
+    )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -468,8 +514,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("restore", cmd_restore, "restore a folder of face images")
     sp.add_argument("--model", required=True)
     sp.add_argument("--input", required=True)
-    sp.add_argument("--output", required=True)
+    sp.add_argument(
+        "--output",
+        required=True,
+        help="folder for the restored PNGs (not the input folder nor inside it)",
+    )
     sp.add_argument("--batch-size", type=int, default=8)
+    sp.add_argument(
+        "--keep-size",
+        action="store_true",
+        help="write each output at its input's size (default: the model's size)",
+    )
+    sp.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a folder that holds other files, beside them (they are never replaced)",
+    )
     common(sp, seed=False)
 
     sp = add("evaluate", cmd_evaluate, "score restored images (long-format metrics CSV)")
@@ -557,6 +617,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if in_main_thread else None
     t0 = time.perf_counter()
     try:
+        check_outputs_are_not_inputs(args)
         if args.command not in LISTINGS:
             _setup(args)
         args.func(args)
@@ -568,6 +629,14 @@ def main(argv: list[str] | None = None) -> int:
             f"quantface {args.command}: error: cannot write {e.filename}: {e.strerror}",
             file=sys.stderr,
         )
+        return 2
+    except OSError as e:  # a full disk outside the atomic writers (mkdtemp, a log file)
+        from quantface.io import disk_full_error
+
+        full = disk_full_error(e, Path(e.filename or "."))
+        if full is None:
+            raise
+        print(f"quantface {args.command}: error: {full}", file=sys.stderr)
         return 2
     finally:
         if previous is not None:

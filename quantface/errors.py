@@ -35,3 +35,11 @@ def first_line(e: BaseException) -> str:
     return (
         f"{type(e).__name__}: {text.splitlines()[0].split('. ')[0]}" if text else type(e).__name__
     )
+
+
+class OutputError(QuantFaceError):
+    """An output path would destroy data the suite did not write (or is not writable as asked)."""
+
+
+class DiskFullError(QuantFaceError):
+    """A write failed because the filesystem is full; finished outputs were kept."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,14 @@ import torch
 
 from quantface.data.datasets import load_manifest
 from quantface.errors import DataError
-from quantface.io import atomic_path, check_square, list_images, read_image, to_tensor
+from quantface.io import (
+    atomic_path,
+    check_square,
+    image_size,
+    list_images,
+    read_image,
+    to_tensor,
+)
 from quantface.quant.plan import BITS_RE
 from quantface.registry import METRICS
 from quantface.restore import fit_to_model
@@ -57,6 +65,16 @@ def _load_stack(files: list[Path], size: int | None) -> torch.Tensor:
     return torch.stack([fit_to_model(i, size) for i in imgs])
 
 
+def resizing_note(files: list[Path], side: int, what: str) -> str:
+    """'' when every image is side x side px, else what is resized to it (logged and noted)."""
+    sizes = Counter(image_size(p) for p in files)
+    off = {s: c for s, c in sizes.items() if s != (side, side)}
+    if not off:
+        return ""
+    froms = ", ".join(f"{c} of {w}x{h}" for (w, h), c in sorted(off.items()))
+    return f"{sum(off.values())} {what} images ({froms} px) resized to {side}x{side} px"
+
+
 def _paired(pred_files: list[Path], folder: Path) -> list[Path]:
     by_stem = {p.stem: p for p in list_images(folder)}
     missing = [p.name for p in pred_files if p.stem not in by_stem]
@@ -93,6 +111,9 @@ def evaluate_folder(
     n = len(pred_files)
     w_bits, a_bits = bit_columns(str(labels.get("bits", "")))
     side = min(read_image(pred_files[0]).shape[:2])
+    resized = {"pred": resizing_note(pred_files, side, "restored")}
+    if resized["pred"]:
+        log.info("evaluate: %s", resized["pred"])
     rows = []
     for name in metrics:
         metric = METRICS.get(name)
@@ -128,7 +149,13 @@ def evaluate_folder(
             rows.append({**base, "value": value, "note": note})
             continue
         other_files = _paired(pred_files, other) if other is not None else None
-        note = metric.build(weights_dir)
+        if other_files is not None and metric.mode not in resized:
+            resized[metric.mode] = resizing_note(other_files, side, f"{metric.mode} pair")
+            if resized[metric.mode]:
+                log.info("evaluate: %s", resized[metric.mode])
+        note = "; ".join(
+            n for n in (metric.build(weights_dir), resized["pred"], resized.get(metric.mode)) if n
+        )
         scores = []
         for s in range(0, n, batch_size):
             x = _load_stack(pred_files[s : s + batch_size], None)

@@ -8,6 +8,9 @@ same filesystem). Folders of outputs are built in a temp folder and renamed the 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
+import json
 import os
 import pickle
 import shutil
@@ -18,11 +21,29 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from quantface.errors import CheckpointError, DataError, first_line
+from quantface.errors import (
+    CheckpointError,
+    DataError,
+    DiskFullError,
+    OutputError,
+    first_line,
+)
 
+IMAGE_READ_ERRORS = (
+    UnidentifiedImageError,
+    OSError,
+    ValueError,
+    SyntaxError,
+    Image.DecompressionBombError,
+)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+OWNED = ".quantface-files"  # in every folder the suite writes: the names it wrote there
+DISK_FULL_ERRNOS = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+TORCH_WRITE_FAILURES = ("unexpected pos", "file write failed", "failed writing")
 
 
 def _remove_stale_temps(path: Path) -> None:
@@ -34,38 +55,164 @@ def _remove_stale_temps(path: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def publish_mode(path: Path) -> None:
+    """Give a temp file or folder the mode a plain `open`/`mkdir` would have under the umask.
+
+    mkstemp/mkdtemp create 0600/0700 whatever the umask, so without this every artefact on a
+    shared cluster would be unreadable to the user's colleagues.
+    """
+    base = 0o777 if path.is_dir() else 0o666
+    os.chmod(path, base & ~_umask())
+
+
+def make_parents(folder: Path) -> list[Path]:
+    """mkdir -p that returns the folders it created (deepest last), so a failure can undo them."""
+    created = []
+    for parent in [*reversed(folder.parents), folder]:
+        if not parent.exists():
+            try:
+                parent.mkdir()
+            except FileExistsError:  # a concurrent job made it
+                continue
+            except NotADirectoryError as e:
+                raise OutputError(f"cannot create folder {parent}: {e.strerror}") from None
+            created.append(parent)
+    return created
+
+
+def remove_if_empty(folders: list[Path]) -> None:
+    """Undo `make_parents` after a failure: no empty folder is left behind."""
+    for folder in reversed(folders):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def disk_full_error(e: BaseException, path: Path) -> DiskFullError | None:
+    """The one-line error for a write that failed for lack of space, or None for other failures.
+
+    torch.save does not raise OSError on a full disk: its zip writer fails with "unexpected pos"
+    or "file write failed", which never mentions space, so those are translated here too.
+    """
+    if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
+        why = "no space left on device"
+    elif isinstance(e, RuntimeError) and any(m in str(e) for m in TORCH_WRITE_FAILURES):
+        why = "the write failed part-way (the disk is probably full)"
+    else:
+        return None
+    try:
+        free = shutil.disk_usage(path.parent if path.parent.exists() else ".").free
+        room = f"; {free / 2**20:.1f} MiB free there now"
+    except OSError:
+        room = ""
+    return DiskFullError(f"cannot write {path}: {why}{room}; finished outputs were kept")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside `path`; on success rename it onto `path`, on error delete it."""
+    """Yield a temp path beside `path`; on success rename it onto `path`, on error delete it.
+
+    Folders created for it are removed again if the write fails, and a full disk is reported
+    as such (DiskFullError) instead of as the writer's own error.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink() or path.is_dir():
+        kind = "a symlink" if path.is_symlink() else "a folder"
+        raise OutputError(f"cannot write {path}: it is {kind}; give the path of a file")
+    created = make_parents(path.parent)
     _remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
+        publish_mode(tmp_path)
         yield tmp_path
         os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+    except BaseException as e:
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
+        remove_if_empty(created)
+        full = disk_full_error(e, path)
+        if full is not None:
+            raise full from e
+        raise
+
+
+def owned_names(folder: Path) -> set[str] | None:
+    """Names the suite recorded writing in `folder`; None when it holds no record."""
+    record = folder / OWNED
+    if not record.is_file():
+        return None
+    try:
+        names = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+    return set(names) if isinstance(names, list) else None
+
+
+def write_owned(folder: Path, names: set[str]) -> None:
+    """Record (atomically) the names the suite wrote in `folder`."""
+    with atomic_path(folder / OWNED) as tmp:
+        tmp.write_text(json.dumps(sorted(names - {OWNED}), indent=0))
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """Entries of an existing folder the suite did not write (sorted); [] for an absent one."""
+    if not folder.is_dir():
+        return []
+    owned = owned_names(folder) or set()
+    return sorted(p.name for p in folder.iterdir() if p.name not in owned | {OWNED})
+
+
+def check_output_folder(path: Path) -> None:
+    """A folder output must be a real folder or not exist yet: never a file, never a symlink."""
+    if path.is_symlink():
+        raise OutputError(f"output folder {path} is a symlink; give the folder it points to")
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"output folder {path} is a file, not a folder")
 
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temp folder beside `path`; on success it replaces `path` as a whole."""
+    """Yield a temp folder beside `path`; on success it replaces `path` as a whole.
+
+    Only a folder the suite wrote itself is replaced: if `path` holds anything the suite did not
+    write (per its `.quantface-files` record), nothing is done and OutputError names it, so a
+    user's folder given as an output is never deleted.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_output_folder(path)
+    foreign = foreign_entries(path)
+    if foreign:
+        raise OutputError(
+            f"output folder {path} holds {len(foreign)} entries quantface did not write "
+            f"(e.g. {foreign[0]}); give a new or empty folder"
+        )
+    created = make_parents(path.parent)
     _remove_stale_temps(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp: Path | None = None
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        publish_mode(tmp)
         yield tmp
+        write_owned(tmp, {p.name for p in tmp.iterdir()})
         if path.exists():
-            shutil.rmtree(path)
+            shutil.rmtree(path)  # every entry in it was written by the suite (checked above)
         os.replace(tmp, path)
-    finally:
-        if tmp.exists():
+    except BaseException as e:
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp)
+        remove_if_empty(created)
+        full = disk_full_error(e, path)
+        if full is not None:
+            raise full from e
+        raise
 
 
 @contextlib.contextmanager
@@ -87,6 +234,15 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_torch_save(obj: object, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, streamed: what ties a calibration file to its model file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl")
@@ -157,11 +313,13 @@ def read_image(path: str | Path) -> np.ndarray:
 
     Grayscale is expanded to three channels and alpha is dropped (faces are restored as opaque
     RGB). 16-bit grayscale is scaled to 8 bits: PIL's own conversion clips it, turning a normal
-    16-bit photo into a white square without any error.
+    16-bit photo into a white square without any error. The EXIF orientation is applied, so a
+    rotated phone photo is read upright.
     """
     path = Path(path)
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as raw:
+            im = ImageOps.exif_transpose(raw)  # phone photos: upright as every viewer shows them
             im.load()
             if im.mode in ("I", "I;16", "I;16B", "I;16L"):
                 gray = (np.asarray(im, dtype=np.float64) / 257.0).round().clip(0, 255)
@@ -169,25 +327,35 @@ def read_image(path: str | Path) -> np.ndarray:
             if im.mode == "F":
                 raise DataError(f"{path}: floating-point image; save it as 8- or 16-bit")
             arr = np.array(im.convert("RGB"))
-    except (
-        UnidentifiedImageError,
-        OSError,
-        ValueError,
-        SyntaxError,
-        Image.DecompressionBombError,
-    ) as e:
+    except IMAGE_READ_ERRORS as e:
         raise DataError(f"cannot read image {path}: {e}") from e
     return arr
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) as `read_image` returns it (EXIF orientation applied), from the header only."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            swapped = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # 90/270-degree orientations
+    except IMAGE_READ_ERRORS as e:
+        raise DataError(f"cannot read image {path}: {e}") from e
+    return (h, w) if swapped else (w, h)
+
+
+def not_square(path: str | Path, width: int, height: int) -> DataError:
+    return DataError(
+        f"{path} is {width}x{height} px, not square: the model restores square aligned face "
+        "crops; crop it to the face (or set align: true for a folder dataset)"
+    )
 
 
 def check_square(arr: np.ndarray, path: str | Path) -> np.ndarray:
     """Restorers take square aligned face crops: anything else is rejected, never squashed."""
     h, w = arr.shape[:2]
     if h != w:
-        raise DataError(
-            f"{path} is {w}x{h} px, not square: the model restores square aligned face crops; "
-            "crop it to the face (or set align: true for a folder dataset)"
-        )
+        raise not_square(path, w, h)
     return arr
 
 

@@ -361,6 +361,23 @@ def _bad_checkpoints(saved: Path, tmp_path: Path) -> dict[str, tuple[Path, str]]
     cfg = {**payload["config"], "unet_channels": [8, 16]}
     torch.save({**payload, "config": cfg}, tmp_path / "arch.pt")
     out["wrong_architecture"] = (tmp_path / "arch.pt", "does not match the 'tiny' architecture")
+    key = next(k for k, v in payload["state_dict"].items() if v.is_floating_point())
+    for case, value, needle in [
+        ("nan_weights", float("nan"), "holds NaN or Inf values"),
+        ("inf_weights", float("inf"), "holds NaN or Inf values"),
+    ]:
+        t = payload["state_dict"][key].clone()
+        t.view(-1)[0] = value
+        torch.save(
+            {**payload, "state_dict": {**payload["state_dict"], key: t}}, tmp_path / f"{case}.pt"
+        )
+        out[case] = (tmp_path / f"{case}.pt", f"{key} {needle}")
+    for dtype, name in [(torch.int64, "int64"), (torch.bool, "bool")]:
+        t = payload["state_dict"][key].to(dtype)
+        torch.save(
+            {**payload, "state_dict": {**payload["state_dict"], key: t}}, tmp_path / f"{name}.pt"
+        )
+        out[f"{name}_weights"] = (tmp_path / f"{name}.pt", f"{key} holds {name} values")
     (tmp_path / "evil.pt").write_bytes(pickle.dumps({"format": _RunsCode()}))
     out["pickle_with_code"] = (tmp_path / "evil.pt", "could run code")
     return out
@@ -382,6 +399,10 @@ class _RunsCode:
         "other_version",
         "wrong_architecture",
         "pickle_with_code",
+        "nan_weights",
+        "inf_weights",
+        "int64_weights",
+        "bool_weights",
     ],
 )
 def test_bad_model_file_is_one_line_naming_file_and_expectation(
@@ -416,6 +437,7 @@ def test_saved_files_carry_format_and_package_version(saved_model, micro_model, 
     payload = torch.load(saved_model, weights_only=True)
     assert payload["version"] == 1 and payload["package_version"] == __version__
     calib = collect_calibration(copy.deepcopy(micro_model), torch.rand(2, 3, 32, 32), 2, 16)
+    calib.record_model(tmp_path / "fp.pt")
     calib.save(tmp_path / "calib.pt")
     d = torch.load(tmp_path / "calib.pt", weights_only=True)
     torch.save({**d, "version": 0, "package_version": "0.0.1"}, tmp_path / "old_calib.pt")
@@ -501,6 +523,7 @@ def test_a_diverging_method_stops_and_writes_nothing(micro_model, tmp_path, caps
 
     save_bundle(micro_model, tmp_path / "fp.pt")
     calib = collect_calibration(copy.deepcopy(micro_model), torch.rand(2, 3, 32, 32), 2, 16)
+    calib.record_model(tmp_path / "fp.pt")
     calib.save(tmp_path / "calib.pt")
     opts = {"steps": 4, "lr": 1e12, "scale_lr": 1e12, "crop": 16, "batch_size": 2}
     argv = ["quantize", "--model", str(tmp_path / "fp.pt"), "--method", "quantface"]

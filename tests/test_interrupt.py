@@ -49,14 +49,21 @@ def test_sigkilled_folder_write_keeps_the_old_folder(tmp_path):
     from quantface.io import atomic_dir
 
     target = tmp_path / "images"
-    target.mkdir()
-    (target / "old.png").write_text("finished earlier")
+    with atomic_dir(target) as tmp:
+        (tmp / "old.png").write_text("finished earlier")
     _killed_writer(target, "dir")
-    assert [p.name for p in target.iterdir()] == ["old.png"]
+    assert list_images_and_files(target) == ["old.png"]
     with atomic_dir(target) as tmp:
         (tmp / "new.png").write_text("done")
     assert [p.name for p in tmp_path.iterdir()] == ["images"]
-    assert [p.name for p in target.iterdir()] == ["new.png"]
+    assert list_images_and_files(target) == ["new.png"]
+
+
+def list_images_and_files(folder: Path) -> list[str]:
+    """A folder's entries without the suite's record of what it wrote there."""
+    from quantface.io import OWNED
+
+    return sorted(p.name for p in folder.iterdir() if p.name != OWNED)
 
 
 # --- a real `quantface` CLI process killed while writing its outputs ----------------------------
@@ -111,7 +118,9 @@ def micro_files(micro_model, micro_images, tmp_path):
     from quantface.registry import DATASETS
 
     save_bundle(micro_model, tmp_path / "fp.pt")
-    collect_calibration(copy.deepcopy(micro_model), micro_images, 2, 32).save(tmp_path / "calib.pt")
+    calib = collect_calibration(copy.deepcopy(micro_model), micro_images, 2, 32)
+    calib.record_model(tmp_path / "fp.pt")
+    calib.save(tmp_path / "calib.pt")
     DATASETS.get("synthetic_faces")().prepare(
         tmp_path / "syn", {"n_images": 3, "image_size": 32}, seed=0
     )
@@ -179,3 +188,39 @@ def test_sigtermed_evaluate_cleans_up_and_rerun_matches(micro_files):
     assert _temps(d) == []  # SIGTERM unwinds: the CLI removed its own temp file
     assert main(argv("metrics.csv")) == 0
     assert (d / "metrics.csv").read_bytes() == (d / "reference.csv").read_bytes()
+
+
+# --- the main `snakemake` process killed ---------------------------------------------------------
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGHUP])
+def test_plain_rerun_after_the_main_snakemake_process_is_killed(tmp_path, sig):
+    """The scheduler killed, not a job. After SIGKILL its job outlives it and writes its output,
+    which Snakemake then holds as incomplete: a plain rerun must redo that job, not stop with
+    IncompleteFilesException, so the workflow profile (profiles/default, rerun-incomplete) must
+    be found beside the Snakefile. SIGKILL also leaves Snakemake's lock (it cannot tell a dead
+    owner from a live one): `snakemake --unlock` first, as its message says. SIGTERM (Ctrl-C,
+    scancel) and SIGHUP (a closed terminal) stop cleanly: the plain rerun is enough."""
+    import time
+
+    from tests.test_workflow import MICRO, snakemake
+
+    target = "results/data/synthetic_faces/manifest.json"
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
+    cmd += ["--directory", str(tmp_path), "--configfile", str(MICRO), "--cores", "1", target]
+    main = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    incomplete = tmp_path / ".snakemake" / "incomplete"
+    deadline = time.monotonic() + 300
+    while not (incomplete.is_dir() and any(incomplete.iterdir())):
+        assert main.poll() is None and time.monotonic() < deadline, "the job never started"
+        time.sleep(0.05)
+    main.send_signal(sig)
+    main.wait()
+    if sig == signal.SIGKILL:
+        while not (tmp_path / target).exists():  # the orphaned job finishes on its own
+            assert time.monotonic() < deadline, "the orphaned job never finished"
+            time.sleep(0.2)
+        assert any(incomplete.iterdir())  # its output is marked incomplete
+        assert snakemake(tmp_path, "--unlock").returncode == 0
+    r = snakemake(tmp_path, target, cores=1)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "IncompleteFilesException" not in r.stderr
+    assert json.loads((tmp_path / target).read_text())["n_images"] == 3

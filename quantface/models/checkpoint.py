@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from quantface import __version__
 from quantface.errors import CheckpointError, first_line
 from quantface.io import atomic_torch_save, load_tensors
@@ -79,6 +81,25 @@ def _state_mismatch(expected: dict[str, Any], found: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _bad_values(expected: dict[str, Any], found: dict[str, Any]) -> str:
+    """'' when every floating tensor is floating and finite, else the first offender.
+
+    `load_state_dict` casts integer or bool tensors into float parameters without a word and
+    NaN/Inf load as they are; either restores black or flat grey images with exit 0.
+    """
+    for k, v in expected.items():
+        t = found[k]
+        if not isinstance(t, torch.Tensor):
+            return f"{k} is a {type(t).__name__}, not a tensor"
+        if v.is_floating_point() and not t.is_floating_point():
+            return (
+                f"{k} holds {str(t.dtype).removeprefix('torch.')} values, expected floating point"
+            )
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            return f"{k} holds NaN or Inf values"
+    return ""
+
+
 def load_bundle(path: str | Path) -> tuple[RestorerBundle, dict[str, LayerQuant], dict[str, Any]]:
     """Rebuild the bundle exactly as saved; returns (bundle, layout, meta)."""
     payload = read_checkpoint(path)
@@ -96,6 +117,9 @@ def load_bundle(path: str | Path) -> tuple[RestorerBundle, dict[str, LayerQuant]
         raise CheckpointError(
             f"{path} does not match the '{payload['model']}' architecture it names: {differ}"
         )
+    bad = _bad_values(bundle.state_dict(), payload["state_dict"])
+    if bad:
+        raise CheckpointError(f"{path}: {bad}; the model would restore blank images")
     bundle.load_state_dict(payload["state_dict"], strict=True)
     bundle.eval()
     return bundle, layout, payload["meta"]

@@ -26,14 +26,14 @@ from tqdm import tqdm
 
 from quantface import __version__
 from quantface.errors import CheckpointError
-from quantface.io import atomic_torch_save, load_tensors
+from quantface.io import atomic_torch_save, file_sha256, load_tensors
 from quantface.models.base import RestorerBundle
 from quantface.quant.layers import LayerQuant, quantizers, unwrap_model, wrap_model
 from quantface.quant.quantizer import QuantSpec
 
 log = logging.getLogger(__name__)
 FORMAT = "quantface-calibration"
-VERSION = 1  # bump when the stored statistics change meaning or layout
+VERSION = 2  # bump when the stored statistics change meaning or layout (2: records its model)
 
 
 class StatsObserver:
@@ -87,6 +87,18 @@ class CalibrationSet:
 
     def input_stats(self, site: str, operand: str = "input") -> dict[str, Tensor]:
         return self.stats[f"{site}.{operand}"]
+
+    def record_model(self, model_path: str | Path) -> None:
+        """Tie these statistics to the model file they were collected from (its SHA-256)."""
+        self.meta["model_sha256"] = file_sha256(model_path)
+
+    def check_model(self, model_path: str | Path, calib_path: str | Path) -> None:
+        """Refuse statistics of another model: ranges fitted to other weights are silently wrong."""
+        if self.meta.get("model_sha256") != file_sha256(model_path):
+            raise CheckpointError(
+                f"{calib_path} was not made from {model_path} (the model file it records "
+                "differs): calibrate this model first"
+            )
 
     def save(self, path: str | Path) -> None:
         payload = {"format": FORMAT, "version": VERSION, "package_version": __version__}

@@ -39,6 +39,15 @@ DATASET_NAMES = list(config["data"]["datasets"])
 TORCH_THREADS = 2
 
 
+def hang_up_like_terminate():
+    """A closed terminal or ssh session (SIGHUP) stops the run as SIGTERM does: jobs are
+    stopped, outputs marked incomplete and the lock released, so a plain rerun resumes. Called
+    from `onstart`, after Snakemake's scheduler has installed its SIGTERM handler."""
+    import signal
+
+    signal.signal(signal.SIGHUP, signal.getsignal(signal.SIGTERM))
+
+
 def _alternatives(names):
     return "|".join(re.escape(n) for n in names) if names else "(?!)"
 
