@@ -35,3 +35,7 @@ def first_line(e: BaseException) -> str:
     return (
         f"{type(e).__name__}: {text.splitlines()[0].split('. ')[0]}" if text else type(e).__name__
     )
+
+
+class DeviceError(QuantFaceError):
+    """The requested compute device is misnamed or not present on this machine."""
