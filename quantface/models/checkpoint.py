@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from quantface import __version__
 from quantface.errors import CheckpointError, first_line
 from quantface.io import atomic_torch_save, load_tensors
@@ -79,8 +81,14 @@ def _state_mismatch(expected: dict[str, Any], found: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def load_bundle(path: str | Path) -> tuple[RestorerBundle, dict[str, LayerQuant], dict[str, Any]]:
-    """Rebuild the bundle exactly as saved; returns (bundle, layout, meta)."""
+def load_bundle(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[RestorerBundle, dict[str, LayerQuant], dict[str, Any]]:
+    """Rebuild the bundle exactly as saved, on `device`; returns (bundle, layout, meta).
+
+    Built and filled on the CPU, then moved as a whole: quantizer buffers take their saved shapes
+    while loading, so moving afterwards is what puts every last tensor on the device.
+    """
     payload = read_checkpoint(path)
     bundle: RestorerBundle = MODELS.get(payload["model"])(payload["config"])
     layout = {k: LayerQuant.from_dict(v) for k, v in payload["layout"].items()}
@@ -97,5 +105,5 @@ def load_bundle(path: str | Path) -> tuple[RestorerBundle, dict[str, LayerQuant]
             f"{path} does not match the '{payload['model']}' architecture it names: {differ}"
         )
     bundle.load_state_dict(payload["state_dict"], strict=True)
-    bundle.eval()
+    bundle.to(device).eval()
     return bundle, layout, payload["meta"]
