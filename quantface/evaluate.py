@@ -19,6 +19,7 @@ import torch
 from quantface.data.datasets import load_manifest
 from quantface.errors import DataError
 from quantface.io import atomic_path, check_square, list_images, read_image, to_tensor
+from quantface.memory import enter_stage
 from quantface.quant.plan import BITS_RE
 from quantface.registry import METRICS
 from quantface.restore import fit_to_model
@@ -86,6 +87,7 @@ def evaluate_folder(
     weights_dir: Path,
     batch_size: int = 8,
     manifest: Path | None = None,
+    device: str | torch.device = "cpu",
 ) -> pd.DataFrame:
     pred_files = list_images(pred)
     if manifest is not None:
@@ -95,6 +97,7 @@ def evaluate_folder(
     side = min(read_image(pred_files[0]).shape[:2])
     rows = []
     for name in metrics:
+        enter_stage(f"metric {name}")
         metric = METRICS.get(name)
         base = {
             **labels,
@@ -122,13 +125,13 @@ def evaluate_folder(
             raise DataError(f"metric '{name}' needs --{'ref' if metric.mode == 'fr' else 'fp'}")
         t0 = time.perf_counter()
         if getattr(metric, "set_level", False):  # FID: one value for the folder
-            note = metric.build(weights_dir)
+            note = metric.build(weights_dir, device)
             value = metric.score_set(pred, other, weights_dir, batch_size)
             log.info("%s = %.4f over %d images (%.1f s)", name, value, n, time.perf_counter() - t0)
             rows.append({**base, "value": value, "note": note})
             continue
         other_files = _paired(pred_files, other) if other is not None else None
-        note = metric.build(weights_dir)
+        note = metric.build(weights_dir, device)
         scores = []
         for s in range(0, n, batch_size):
             x = _load_stack(pred_files[s : s + batch_size], None)
@@ -137,7 +140,7 @@ def evaluate_folder(
                 if other_files is not None
                 else None
             )
-            scores.append(metric.score(x, y))
+            scores.append(metric.score(x.to(device), y.to(device) if y is not None else None))
         value = torch.cat(scores).mean().item()
         log.info("%s = %.4f over %d images (%.1f s)", name, value, n, time.perf_counter() - t0)
         rows.append({**base, "value": value, "note": note})

@@ -54,19 +54,24 @@ def load_for_model(path: Path, size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def restore_folder(
-    model_path: str | Path, input_dir: str | Path, output_dir: str | Path, batch_size: int = 8
+    model_path: str | Path,
+    input_dir: str | Path,
+    output_dir: str | Path,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
 ) -> int:
+    """Restore every image on `device`; images are decoded and written on the CPU."""
     input_dir = Path(input_dir)
     if (input_dir.parent / MANIFEST).is_file():  # a prepared dataset: never a silently smaller set
         check_dataset(input_dir.parent)
-    bundle, _, meta = load_bundle(model_path)
+    bundle, _, meta = load_bundle(model_path, device=device)
     files = list_images(input_dir)
     size = bundle.image_size
     t0 = time.perf_counter()
     with atomic_dir(output_dir) as tmp:
         for start in tqdm(range(0, len(files), batch_size), desc="restore", disable=None):
             chunk = files[start : start + batch_size]
-            lq = torch.stack([load_for_model(p, size) for p in chunk])
+            lq = torch.stack([load_for_model(p, size) for p in chunk]).to(device)
             for path, img in zip(chunk, bundle.restore(lq)):
                 write_image(tmp / (path.stem + ".png"), to_uint8(img))
     log.info(
