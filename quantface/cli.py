@@ -61,13 +61,16 @@ def _setup(args: argparse.Namespace) -> None:
     shrinks with `--cores`): a reduction split over another number of threads can round
     differently. Global RNGs are seeded so no stray draw depends on the process. On CPU every op
     this package runs is deterministic already; `use_deterministic_algorithms` (warn only) and
-    the cuBLAS workspace setting keep a GPU run reproducible too.
+    the cuBLAS workspace setting keep a GPU run reproducible too, and TF32 is off so the FP
+    reference and the fake-quant simulation compute in float32 on every device.
     """
     import numpy as np
     import torch
 
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.allow_tf32 = False  # FP32 means FP32 on a GPU too (torch: TF32 convs)
+    torch.backends.cuda.matmul.allow_tf32 = False
     seed = getattr(args, "seed", 0)
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
