@@ -246,9 +246,7 @@ def _curve_notes(curve: list[float]) -> dict[str, str]:
     return {"qdlora": f"{len(curve)} steps, loss {curve[0]:.4e} -> {curve[-1]:.4e}"}
 
 
-def perceptual_distance(
-    metric_name: str, weights_dir: Path, device: str | torch.device = "cpu"
-):
+def perceptual_distance(metric_name: str, weights_dir: Path, device: str | torch.device = "cpu"):
     """A full-reference metric (on the model's device) turned into a distance from the FP
     output (0 = identical)."""
     from quantface.registry import METRICS
