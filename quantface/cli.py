@@ -1,7 +1,10 @@
 """`quantface` command line: the contract the Snakemake rules (and users) rely on.
 
 Every path is explicit; every option a rule passes is also a documented flag. User errors
-(`QuantFaceError`) print one line naming the file/key and exit with code 2.
+(`QuantFaceError`) print one line naming the file/key and exit with code 2. Every subcommand that
+computes takes `--device` (quantface/device.py); running out of memory prints one line naming the
+command, the stage and the peak memory reached, and exits with code 1 (outputs already written
+stay: every writer is atomic).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may wait on a network
 
 from quantface.errors import ConfigError, NumericsError, OutputError, QuantFaceError
+from quantface.memory import current_stage, enter_stage, is_out_of_memory, peak_memory
 
 log = logging.getLogger("quantface")
 LISTINGS = ("methods", "metrics", "datasets", "models", "check-config")  # no run log for these
@@ -94,13 +98,16 @@ def _setup(args: argparse.Namespace) -> None:
     shrinks with `--cores`): a reduction split over another number of threads can round
     differently. Global RNGs are seeded so no stray draw depends on the process. On CPU every op
     this package runs is deterministic already; `use_deterministic_algorithms` (warn only) and
-    the cuBLAS workspace setting keep a GPU run reproducible too.
+    the cuBLAS workspace setting keep a GPU run reproducible too, and TF32 is off so the FP
+    reference and the fake-quant simulation compute in float32 on every device.
     """
     import numpy as np
     import torch
 
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.allow_tf32 = False  # FP32 means FP32 on a GPU too (torch: TF32 convs)
+    torch.backends.cuda.matmul.allow_tf32 = False
     seed = getattr(args, "seed", 0)
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -108,6 +115,11 @@ def _setup(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     log.info("command: %s", " ".join(sys.argv[1:]))
     log.info("versions: %s", _versions())
+    if hasattr(args, "device"):  # checked before any work: a missing GPU is one line, exit 2
+        from quantface.device import describe, resolve_device
+
+        args.device = resolve_device(args.device)
+        log.info("device: %s", describe(args.device))
 
 
 # --- subcommands -------------------------------------------------------------------------------
@@ -123,7 +135,9 @@ def cmd_prepare_data(args: argparse.Namespace) -> None:
     from quantface.registry import DATASETS
 
     opts = _json(args.options)
-    manifest = DATASETS.get(args.dataset)().prepare(Path(args.out), opts, args.seed)
+    enter_stage("prepare data")
+    dataset = DATASETS.get(args.dataset)()
+    manifest = dataset.prepare(Path(args.out), opts, args.seed, device=str(args.device))
     log.info("wrote %d images of %s to %s", manifest["n_images"], args.dataset, args.out)
 
 
@@ -132,13 +146,16 @@ def cmd_train(args: argparse.Namespace) -> None:
     from quantface.models.train import train_restorer
 
     opts = _json(args.options)
+    enter_stage("train")
     model = train_restorer(
         args.model,
         opts.get("arch", {}),
         opts.get("train", {}),
         opts.get("degradation", {}),
         args.seed,
+        device=args.device,
     )
+    enter_stage("write model")
     save_bundle(model, args.out, meta={"method": "fp", "seed": args.seed, "options": opts})
 
 
@@ -152,6 +169,7 @@ def cmd_prepare_model(args: argparse.Namespace) -> None:
     if not hasattr(cls, "from_assets"):
         cmd_train(args)
         return
+    enter_stage("convert weights")  # on the CPU: reading and merging files, no forward pass
     model = cls.from_assets(opts.get("assets", {}), opts.get("arch", {}))
     meta = {"method": "fp", "seed": args.seed, "assets": opts.get("assets", {})}
     save_bundle(model, args.out, meta=meta)
@@ -165,14 +183,15 @@ def cmd_pretrain_vae(args: argparse.Namespace) -> None:
     from quantface.models.train import pretrain_vae
 
     opts = _json(args.options)
-    model = pretrain_vae(opts.get("arch", {}), args.steps, args.seed)
+    enter_stage("pretrain vae")
+    model = pretrain_vae(opts.get("arch", {}), args.steps, args.seed, device=args.device)
     meta = {
         "arch": json.dumps(model.vae_arch()),
         "steps": str(args.steps),
         "seed": str(args.seed),
         "made_by": f"quantface pretrain-vae --steps {args.steps} --seed {args.seed}",
     }
-    state = {k: v.contiguous() for k, v in model.vae.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.vae.state_dict().items()}
     with atomic_path(args.out) as tmp:
         save_file(state, str(tmp), metadata=meta)
 
@@ -188,7 +207,8 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     from quantface.quant.calibration import collect_calibration
     from quantface.restore import fit_to_model, load_for_model
 
-    bundle, layout, _ = load_bundle(args.model)
+    enter_stage("load model")
+    bundle, layout, _ = load_bundle(args.model, device=args.device)
     if layout:
         raise QuantFaceError(f"{args.model} is already quantized; calibrate the FP model")
     if args.images:
@@ -205,8 +225,10 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
             )
         ]
         images = torch.stack([fit_to_model(to_tensor(a), bundle.image_size) for a in arrays])
+    enter_stage("calibration forward")
     calib = collect_calibration(bundle, images, args.batch_size, args.sample_rows, args.seed)
     calib.record_model(args.model)  # quantize refuses another model's statistics
+    enter_stage("write calibration")
     calib.save(args.out)
     log.info(
         "calibration statistics for %d sites from %d images", len(calib.meta["sites"]), len(images)
@@ -226,10 +248,11 @@ def cmd_quantize(args: argparse.Namespace) -> None:
 
     setting = parse_bits(args.bits)
     method = METHODS.get(args.method)()
-    fp, layout, _ = load_bundle(args.model)
+    enter_stage("load model")
+    fp, layout, _ = load_bundle(args.model, device=args.device)
     if layout:
         raise QuantFaceError(f"{args.model} is already quantized; quantize the FP model")
-    calib = CalibrationSet.load(args.calib)
+    calib = CalibrationSet.load(args.calib, device=args.device)
     calib.check_model(args.model, args.calib)
     mixed_method = getattr(method, "mixed_precision", False)
     if setting.mixed and not mixed_method:
@@ -243,6 +266,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     plan = BitPlan.uniform(fp.quant_targets(), setting.w_bits, setting.a_bits)
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
+    enter_stage(f"quantize {args.method} {args.bits}")
     try:
         model = method.quantize(fp, calib, plan, _json(args.options))
     except NumericsError as e:
@@ -250,6 +274,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - t0
     log.info("%s %s quantization took %.1f s", args.method, args.bits, seconds)
     _check_finite(model)
+    enter_stage("cost and write")
     out = Path(args.out)
     final_plan = plan_of(model, getattr(model, "plan_notes", None))
     cost = cost_table(model, final_plan)
@@ -289,7 +314,9 @@ def cmd_cost(args: argparse.Namespace) -> None:
     from quantface.quant.apply import plan_of
     from quantface.quant.cost import cost_table
 
-    model, _, meta = load_bundle(args.model)
+    enter_stage("load model")
+    model, _, meta = load_bundle(args.model, device=args.device)
+    enter_stage("cost count")
     cost = cost_table(model, plan_of(model))
     cost.update(model=model.name, method=meta.get("method", "fp"), bits=meta.get("bits", "fp32"))
     atomic_write_text(args.out, json.dumps(cost, indent=1))
@@ -305,9 +332,11 @@ def cmd_export(args: argparse.Namespace) -> None:
     from quantface.quant.cost import cost_table
     from quantface.quant.pack import export_bundle, load_packed
 
-    model, layout, meta = load_bundle(args.model)
+    enter_stage("load model")
+    model, layout, meta = load_bundle(args.model, device=args.device)
     if not layout:
         raise QuantFaceError(f"{args.model} is not quantized: export a quantized model.pt")
+    enter_stage("pack")
     sizes = export_bundle(model, layout, args.out, meta)
     cost = cost_table(model, plan_of(model))["total"]
     report = {
@@ -321,9 +350,11 @@ def cmd_export(args: argparse.Namespace) -> None:
     }
     report["disk_over_cost_model"] = report["disk_bytes"] / report["cost_model_bytes"]
     if args.verify:  # the packed model must compute exactly what the simulated one does
-        back, _, _ = load_packed(args.out)
+        enter_stage("verify")
+        back = load_packed(args.out)[0].to(args.device)
         s = model.image_size
         x = torch.rand(1, 3, s, s, generator=torch.Generator().manual_seed(args.seed))
+        x = x.to(args.device)  # drawn on the CPU: the same input whatever the device
         with torch.no_grad():
             report["bit_identical"] = bool(torch.equal(back.restore(x), model.restore(x)))
         if not report["bit_identical"]:
@@ -341,6 +372,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_restore(args: argparse.Namespace) -> None:
     from quantface.restore import restore_folder
 
+    enter_stage("restore")
     restore_folder(
         args.model,
         args.input,
@@ -348,6 +380,7 @@ def cmd_restore(args: argparse.Namespace) -> None:
         args.batch_size,
         keep_size=args.keep_size,
         overwrite=args.overwrite,
+        device=args.device,
     )
 
 
@@ -370,6 +403,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         weights_dir=Path(args.weights_dir),
         batch_size=args.batch_size,
         manifest=Path(args.manifest) if args.manifest else None,
+        device=args.device,
     )
 
 
@@ -445,6 +479,15 @@ def build_parser() -> argparse.ArgumentParser:
         if seed:
             sp.add_argument("--seed", type=int, default=0)
         sp.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+        device_option(sp)
+
+    def device_option(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--device",
+            default="auto",
+            help="where models, metrics and the aligner compute: auto (CUDA when available, "
+            "else CPU), cpu, cuda or cuda:N (default: auto)",
+        )
 
     sp = add("check-config", cmd_check_config, "validate workflow config files (as snakemake does)")
     sp.add_argument("config", nargs="+", help="YAML files, later ones merged onto earlier ones")
@@ -503,6 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("cost", cmd_cost, "cost accounting of a saved model (cost.json)")
     sp.add_argument("--model", required=True)
     sp.add_argument("--out", required=True)
+    device_option(sp)
 
     sp = add("export", cmd_export, "write a quantized model as a packed low-bit safetensors file")
     sp.add_argument("--model", required=True, help="a quantized model.pt")
@@ -616,6 +660,7 @@ def main(argv: list[str] | None = None) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if in_main_thread else None
     t0 = time.perf_counter()
+    enter_stage("setup")
     try:
         check_outputs_are_not_inputs(args)
         if args.command not in LISTINGS:
@@ -630,6 +675,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    except (MemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise
+        print(
+            f"quantface {args.command}: error: out of memory in stage '{current_stage()}' "
+            f"({peak_memory()}); lower the batch size or the image count, or use a larger device",
+            file=sys.stderr,
+        )
+        return 1
     except OSError as e:  # a full disk outside the atomic writers (mkdtemp, a log file)
         from quantface.io import disk_full_error
 

@@ -13,7 +13,8 @@ from typing import Any
 import jsonschema
 import yaml
 
-from quantface.errors import ConfigError, QuantFaceError
+from quantface.device import resolve_device
+from quantface.errors import ConfigError, DeviceError, QuantFaceError
 from quantface.quant.plan import MP_RE, parse_bits
 from quantface.registry import DATASETS, METHODS, METRICS, MODELS
 
@@ -38,12 +39,20 @@ def _message(error: jsonschema.ValidationError) -> str:
 
 
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Raise ConfigError naming the first offending key; return the config unchanged if valid."""
+    """Raise ConfigError naming the first offending key; return the config unchanged if valid.
+
+    `device` is checked against this machine: a config that asks for CUDA where there is none
+    stops here, before any job (the slurm-gpu profile asks per rule instead, see common.smk).
+    """
     validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.path])
     if errors:
         e = errors[0]
         raise ConfigError(f"config key '{_key(e.absolute_path)}': {_message(e)}")
+    try:
+        resolve_device(config.get("device", "auto"))
+    except DeviceError as e:
+        raise ConfigError(f"config key 'device': {e}") from None
 
     def check(names, registry, key: str) -> None:
         for name in names:

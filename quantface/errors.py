@@ -43,3 +43,7 @@ class OutputError(QuantFaceError):
 
 class DiskFullError(QuantFaceError):
     """A write failed because the filesystem is full; finished outputs were kept."""
+
+
+class DeviceError(QuantFaceError):
+    """The requested compute device is misnamed or not present on this machine."""

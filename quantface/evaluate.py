@@ -27,6 +27,7 @@ from quantface.io import (
     read_image,
     to_tensor,
 )
+from quantface.memory import enter_stage
 from quantface.quant.plan import BITS_RE
 from quantface.registry import METRICS
 from quantface.restore import fit_to_model
@@ -104,6 +105,7 @@ def evaluate_folder(
     weights_dir: Path,
     batch_size: int = 8,
     manifest: Path | None = None,
+    device: str | torch.device = "cpu",
 ) -> pd.DataFrame:
     pred_files = list_images(pred)
     if manifest is not None:
@@ -116,6 +118,7 @@ def evaluate_folder(
         log.info("evaluate: %s", resized["pred"])
     rows = []
     for name in metrics:
+        enter_stage(f"metric {name}")
         metric = METRICS.get(name)
         base = {
             **labels,
@@ -143,7 +146,7 @@ def evaluate_folder(
             raise DataError(f"metric '{name}' needs --{'ref' if metric.mode == 'fr' else 'fp'}")
         t0 = time.perf_counter()
         if getattr(metric, "set_level", False):  # FID: one value for the folder
-            note = metric.build(weights_dir)
+            note = metric.build(weights_dir, device)
             value = metric.score_set(pred, other, weights_dir, batch_size)
             log.info("%s = %.4f over %d images (%.1f s)", name, value, n, time.perf_counter() - t0)
             rows.append({**base, "value": value, "note": note})
@@ -154,7 +157,9 @@ def evaluate_folder(
             if resized[metric.mode]:
                 log.info("evaluate: %s", resized[metric.mode])
         note = "; ".join(
-            n for n in (metric.build(weights_dir), resized["pred"], resized.get(metric.mode)) if n
+            n
+            for n in (metric.build(weights_dir, device), resized["pred"], resized.get(metric.mode))
+            if n
         )
         scores = []
         for s in range(0, n, batch_size):
@@ -164,7 +169,7 @@ def evaluate_folder(
                 if other_files is not None
                 else None
             )
-            scores.append(metric.score(x, y))
+            scores.append(metric.score(x.to(device), y.to(device) if y is not None else None))
         value = torch.cat(scores).mean().item()
         log.info("%s = %.4f over %d images (%.1f s)", name, value, n, time.perf_counter() - t0)
         rows.append({**base, "value": value, "note": note})

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from quantface.data.datasets import MANIFEST, check_dataset
+from quantface.device import module_device
 from quantface.errors import CheckpointError, DataError, OutputError
 from quantface.io import (
     check_output_folder,
@@ -38,6 +39,7 @@ from quantface.io import (
     to_tensor,
     to_uint8,
 )
+from quantface.models.base import RestorerBundle
 from quantface.models.checkpoint import load_bundle
 from quantface.outputs import OutputFolder
 
@@ -141,8 +143,10 @@ def restore_folder(
     *,
     keep_size: bool = False,
     overwrite: bool = False,
+    device: str | torch.device = "cpu",
 ) -> int:
-    """Restore every image of `input_dir` into `output_dir`; returns how many were restored."""
+    """Restore every image of `input_dir` into `output_dir` on `device` (images are decoded and
+    written on the CPU); returns how many images the folder holds."""
     model_path, input_dir, output_dir = Path(model_path), Path(input_dir), Path(output_dir)
     if not model_path.is_file():  # named before the folders: the first thing a user mistypes
         raise CheckpointError(f"model file not found: {model_path}")
@@ -154,7 +158,9 @@ def restore_folder(
     sizes = input_sizes(files)
     out = OutputFolder(output_dir, names.values(), overwrite=overwrite, records=[RECORD])
     try:
-        return _restore_into(out, model_path, input_dir, files, names, sizes, batch_size, keep_size)
+        bundle, _, meta = load_bundle(model_path, device=device)
+        key = _run_key(model_path, input_dir, keep_size)
+        return _restore_into(out, bundle, meta, key, files, names, sizes, batch_size)
     except BaseException:
         out.abort()
         raise
@@ -162,16 +168,15 @@ def restore_folder(
 
 def _restore_into(
     out: OutputFolder,
-    model_path: Path,
-    input_dir: Path,
+    bundle: RestorerBundle,
+    meta: dict[str, Any],
+    key: dict[str, Any],
     files: list[Path],
     names: dict[Path, str],
     sizes: list[tuple[int, int]],
     batch_size: int,
-    keep_size: bool,
 ) -> int:
-    bundle, _, meta = load_bundle(model_path)
-    key = _run_key(model_path, input_dir, keep_size)
+    keep_size, device = key["keep_size"], module_device(bundle)
     earlier = out.read_json(RECORD) or {}
     done = {f for f in files if earlier.get("run") == key and out.exists(names[f])}
     size = bundle.image_size
@@ -196,14 +201,14 @@ def _restore_into(
     t0 = time.perf_counter()
     for start in tqdm(range(0, len(todo), batch_size), desc="restore", disable=None):
         chunk = todo[start : start + batch_size]
-        lq = torch.stack([load_for_model(p, size) for p, _ in chunk])
+        lq = torch.stack([load_for_model(p, size) for p, _ in chunk]).to(device)
         for (path, (side, _)), img in zip(chunk, bundle.restore(lq)):
             out.write_image(names[path], to_uint8(resize_back(img, side) if keep_size else img))
     out.write_json(RECORD, {**record, "complete": True})
     log.info(
         "restored %d images with %s (%s) in %.1f s",
         len(todo),
-        model_path,
+        key["model"],
         meta.get("method", "?"),
         time.perf_counter() - t0,
     )

@@ -49,6 +49,12 @@ def test_gpu_profile_differs_only_by_gpu_requests_and_sizes():
     cpu, gpu = _profile("slurm"), _profile("slurm-gpu")
     assert {r for r, res in gpu["set-resources"].items() if res.get("gpu")} == GPU_RULES
     assert not any("gpu" in res for res in cpu["set-resources"].values())
+    # a GPU is requested exactly where the job is told to compute on it (--device cuda)
+    assert {r for r, res in gpu["set-resources"].items() if res.get("device")} == GPU_RULES
+    assert {res.get("device") for r, res in gpu["set-resources"].items() if r in GPU_RULES} == {
+        "cuda"
+    }
+    assert not any("device" in res for res in cpu["set-resources"].values())
     drop = ("set-resources", "set-threads")
     assert {k: v for k, v in cpu.items() if k not in drop} == {
         k: v for k, v in gpu.items() if k not in drop

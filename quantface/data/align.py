@@ -9,6 +9,8 @@ resize. Full 5-landmark FFHQ alignment with paste-back (facexlib, below) is for 
 
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 from skimage import data as skdata
@@ -59,23 +61,27 @@ def crop_face(image: np.ndarray, size: int) -> np.ndarray:
 # the FFHQ template and the paste-back are facexlib's face-restoration helper, the tool GFPGAN,
 # CodeFormer and OSDFace use. The helper's own RetinaFace/ParseNet weights cannot be downloaded
 # here, so it is built with those two loaders switched off and given MTCNN's points instead
-# (MTCNN orders eyes, nose, mouth corners as facexlib does).
+# (MTCNN orders eyes, nose, mouth corners as facexlib does). MTCNN runs on the command's device;
+# the warp and paste-back are OpenCV on the CPU whatever the device (facexlib only puts its
+# switched-off networks there).
 MIN_FACE_PROB = 0.95  # MTCNN false positives on textured backgrounds sit at 0.8-0.9
-_mtcnn = None
 
 
-def detect_landmarks5(image: np.ndarray) -> np.ndarray:
+@functools.lru_cache(maxsize=2)
+def _mtcnn(device: str):
+    """One MTCNN per device and process (its three networks load in a second)."""
+    try:
+        from facenet_pytorch import MTCNN
+    except ImportError as e:
+        raise DataError(
+            "face alignment needs MTCNN: `pip install --no-deps facenet-pytorch==2.6.0`"
+        ) from e
+    return MTCNN(keep_all=True, device=device)
+
+
+def detect_landmarks5(image: np.ndarray, device: str = "cpu") -> np.ndarray:
     """(5, 2) landmarks (x, y) of the largest confident face; DataError if there is none."""
-    global _mtcnn
-    if _mtcnn is None:
-        try:
-            from facenet_pytorch import MTCNN
-        except ImportError as e:
-            raise DataError(
-                "face alignment needs MTCNN: `pip install --no-deps facenet-pytorch==2.6.0`"
-            ) from e
-        _mtcnn = MTCNN(keep_all=True, device="cpu")
-    boxes, probs, points = _mtcnn.detect(image, landmarks=True)
+    boxes, probs, points = _mtcnn(str(device)).detect(image, landmarks=True)
     if boxes is None:
         raise DataError("no face found")
     boxes = np.asarray(np.asarray(boxes).tolist(), float)  # numpy 2: object arrays

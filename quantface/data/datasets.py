@@ -27,9 +27,14 @@ MANIFEST = "manifest.json"
 
 
 class Dataset(Protocol):
+    """`prepare` writes the set; `device` is where a model may run on the way (folder sets align
+    faces with MTCNN there; the generated sets are numpy on the CPU and ignore it)."""
+
     paired: bool
 
-    def prepare(self, out_dir: Path, options: dict[str, Any], seed: int) -> dict[str, Any]: ...
+    def prepare(
+        self, out_dir: Path, options: dict[str, Any], seed: int, device: str = "cpu"
+    ) -> dict[str, Any]: ...
 
 
 def sample_seed(seed: int, index: int) -> list[int]:
@@ -58,7 +63,9 @@ class SyntheticFaces:
 
     paired: bool = True
 
-    def prepare(self, out_dir: Path, options: dict[str, Any], seed: int) -> dict[str, Any]:
+    def prepare(
+        self, out_dir: Path, options: dict[str, Any], seed: int, device: str = "cpu"
+    ) -> dict[str, Any]:
         n, size = int(options["n_images"]), int(options["image_size"])
         deg = DegradationConfig.from_dict(options.get("degradation", {}))
         pairs = []
@@ -87,7 +94,9 @@ class RealWorldEmbedded:
 
     paired: bool = False
 
-    def prepare(self, out_dir: Path, options: dict[str, Any], seed: int) -> dict[str, Any]:
+    def prepare(
+        self, out_dir: Path, options: dict[str, Any], seed: int, device: str = "cpu"
+    ) -> dict[str, Any]:
         n, size = int(options["n_images"]), int(options["image_size"])
         faces = skdata.lfw_subset()[:100]  # the first 100 are faces, 25x25 grayscale in [0, 1]
         order = np.random.default_rng(seed).permutation(len(faces))

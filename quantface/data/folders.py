@@ -124,7 +124,10 @@ class FolderDataset:
                     _header(p)
         return len(rows)
 
-    def prepare(self, out_dir: Path, options: dict[str, Any], seed: int) -> dict[str, Any]:
+    def prepare(
+        self, out_dir: Path, options: dict[str, Any], seed: int, device: str = "cpu"
+    ) -> dict[str, Any]:
+        """Decode (align on `device`, or resize), degrade if asked, and write the set."""
         rows = self.files(options)
         size = int(options["image_size"])
         deg = DegradationConfig.from_dict(options.get("degradation", {}))
@@ -136,7 +139,7 @@ class FolderDataset:
             if align:
                 try:
                     ref = hq if hq is not None else lq
-                    points = detect_landmarks5(ref)
+                    points = detect_landmarks5(ref, device)
                 except DataError as e:
                     raise DataError(f"{self.name}: {hq_path or lq_path}: {e}") from e
                 hq = align_face(hq, size, points)[0] if hq is not None else None

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from quantface.device import module_device
 from quantface.errors import ConfigError, NumericsError
 from quantface.models.base import RestorerBundle
 from quantface.quant.layers import QuantLayerMixin, QuantMatMul
@@ -162,7 +163,7 @@ def activation_elements(model: RestorerBundle, sites: Sequence[str]) -> dict[str
     try:
         with torch.no_grad():
             s = model.image_size
-            model.restore(torch.zeros(1, 3, s, s))
+            model.restore(torch.zeros(1, 3, s, s, device=module_device(model)))
     finally:
         for h in handles:
             h.remove()

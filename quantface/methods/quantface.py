@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from quantface.device import module_device
 from quantface.errors import ConfigError
 from quantface.methods.allocation import (
     AllocationProblem,
@@ -199,7 +200,9 @@ class QuantFaceMP:
             1,
             int(opts["seed"]) + 1,
         )
-        perceptual = perceptual_distance(opts["perceptual"], Path(opts["weights_dir"]))
+        perceptual = perceptual_distance(
+            opts["perceptual"], Path(opts["weights_dir"]), module_device(model)
+        )
         e_q, e_p = layer_sensitivity(model, images, candidates, perceptual, int(opts["batch_size"]))
         weight = activation_elements(model, list(e_q))
         problem = AllocationProblem(combine_costs(e_q, e_p, float(opts["lam"])), weight, budget)
@@ -243,8 +246,9 @@ def _curve_notes(curve: list[float]) -> dict[str, str]:
     return {"qdlora": f"{len(curve)} steps, loss {curve[0]:.4e} -> {curve[-1]:.4e}"}
 
 
-def perceptual_distance(metric_name: str, weights_dir: Path):
-    """A full-reference metric turned into a distance from the FP output (0 = identical)."""
+def perceptual_distance(metric_name: str, weights_dir: Path, device: str | torch.device = "cpu"):
+    """A full-reference metric (on the model's device) turned into a distance from the FP
+    output (0 = identical)."""
     from quantface.registry import METRICS
 
     metric = METRICS.get(metric_name)
@@ -260,7 +264,7 @@ def perceptual_distance(metric_name: str, weights_dir: Path):
             f"{weights_dir / missing[0]}; use ssim or provide the file"
         )
     metric.verify_weights(weights_dir)
-    metric.build(weights_dir)
+    metric.build(weights_dir, device)
     sign = 1.0 if metric.higher_is_better else -1.0
 
     cache: dict[str, torch.Tensor] = {}

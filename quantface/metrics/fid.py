@@ -86,7 +86,7 @@ class FIDMetric(Metric):
     dims: int = 2048
     stats_file: str = ""  # relative to weights_dir; empty: against the reference folder
 
-    def build(self, weights_dir: Path) -> str:
+    def build(self, weights_dir: Path, device: str | torch.device = "cpu") -> str:
         from pyiqa.archs import inception
 
         use_weights_dir(weights_dir)
@@ -94,7 +94,8 @@ class FIDMetric(Metric):
         self._weights = path
         with mock.patch.object(inception, "FID_WEIGHTS_URL", str(path)):  # local file, no URL
             net = inception.InceptionV3(output_blocks=[BLOCK_BY_DIM[self.dims]])
-        self._model = PooledInceptionV3(net).eval()
+        self._device = torch.device(device)
+        self._model = PooledInceptionV3(net).eval().to(self._device)
         ref = f"stats {Path(self.stats_file).name}" if self.stats_file else "the HQ folder"
         return f"FID: pyiqa clean mode, pytorch-fid Inception pool ({self.dims}-D) vs {ref}"
 
@@ -106,7 +107,7 @@ class FIDMetric(Metric):
             self._model,
             num_workers=0,
             batch_size=batch_size,
-            device="cpu",
+            device=self._device,
             mode="clean",
             verbose=False,
         )

@@ -53,7 +53,7 @@ def dlib_models_dir() -> Path | None:
 
 def _uint8(x: Tensor) -> list[np.ndarray]:
     return [
-        np.ascontiguousarray(i.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy())
+        np.ascontiguousarray(i.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
         for i in x
     ]
 
@@ -88,19 +88,22 @@ class DlibFaces:
 
 
 class ArcFaceIRSE50:
-    """facexlib's ArcFace IR-SE50 from a local file (CPU; facexlib's own loader forces CUDA)."""
+    """facexlib's ArcFace IR-SE50 from a local file on a chosen device (facexlib's own loader
+    forces CUDA). dlib, the fallback recogniser and the landmark detector, runs on the CPU only."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, device: str | torch.device = "cpu") -> None:
         from facexlib.recognition.arcface_arch import Backbone
 
+        self.device = torch.device(device)
         self.net = Backbone(num_layers=50, drop_ratio=0.6, mode="ir_se").eval()
         self.net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        self.net.to(self.device)
 
     @torch.no_grad()
     def embed(self, img: np.ndarray, box=None) -> np.ndarray:
-        x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+        x = torch.from_numpy(img).permute(2, 0, 1)[None].float().to(self.device) / 255
         x = torch.nn.functional.interpolate(x, size=(112, 112), mode="bilinear", antialias=True)
-        return self.net(x * 2 - 1)[0].double().numpy()
+        return self.net(x * 2 - 1)[0].double().cpu().numpy()
 
 
 @functools.lru_cache(maxsize=1)
@@ -133,11 +136,11 @@ class _DlibMetric(Metric):
 
 @dataclass
 class DegMetric(_DlibMetric):
-    def build(self, weights_dir: Path) -> str:
+    def build(self, weights_dir: Path, device: str | torch.device = "cpu") -> str:
         self._faces = dlib_faces()
         arcface = weights_dir / ARCFACE_FILE
         if arcface.is_file():
-            self._model = ArcFaceIRSE50(arcface)
+            self._model = ArcFaceIRSE50(arcface, device)
             return "Deg: ArcFace IR-SE50 (facexlib), degrees"
         self._model = self._faces
         return "Deg: dlib ResNet descriptor (not the paper's ArcFace), degrees"
@@ -153,7 +156,8 @@ class DegMetric(_DlibMetric):
 
 @dataclass
 class LMDMetric(_DlibMetric):
-    def build(self, weights_dir: Path) -> str:
+    def build(self, weights_dir: Path, device: str | torch.device = "cpu") -> str:
+        """dlib computes on the CPU whatever `device` says (it has no torch model)."""
         self._model = dlib_faces()
         return "LMD: dlib 68 landmarks, px at 512x512 (paper: 98-point FAN)"
 

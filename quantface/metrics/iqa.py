@@ -65,12 +65,13 @@ class Metric:
         """Extra pyiqa.create_metric options and a note on conventions for the results."""
         return {}, ""
 
-    def build(self, weights_dir: Path) -> str:
+    def build(self, weights_dir: Path, device: str | torch.device = "cpu") -> str:
+        """Load the metric onto `device` (pyiqa moves each batch there); returns the results note."""
         use_weights_dir(weights_dir)
         import pyiqa
 
         options, note = self.create_options(weights_dir)
-        self._model = pyiqa.create_metric(self.pyiqa_name, device="cpu", **options)
+        self._model = pyiqa.create_metric(self.pyiqa_name, device=torch.device(device), **options)
         return note
 
     @torch.no_grad()
@@ -100,7 +101,7 @@ class MANIQAMetric(Metric):
     strictly), so the ViT's own ImageNet weights, which pyiqa would fetch through timm from the
     Hugging Face hub first, are never used: the ViT is built empty and the checkpoint fills it."""
 
-    def build(self, weights_dir: Path) -> str:
+    def build(self, weights_dir: Path, device: str | torch.device = "cpu") -> str:
         import timm
 
         create = timm.create_model
@@ -112,7 +113,7 @@ class MANIQAMetric(Metric):
         import pyiqa
 
         with mock.patch.object(timm, "create_model", no_download):
-            self._model = pyiqa.create_metric(self.pyiqa_name, device="cpu")
+            self._model = pyiqa.create_metric(self.pyiqa_name, device=torch.device(device))
         return ""
 
 

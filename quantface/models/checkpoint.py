@@ -100,8 +100,14 @@ def _bad_values(expected: dict[str, Any], found: dict[str, Any]) -> str:
     return ""
 
 
-def load_bundle(path: str | Path) -> tuple[RestorerBundle, dict[str, LayerQuant], dict[str, Any]]:
-    """Rebuild the bundle exactly as saved; returns (bundle, layout, meta)."""
+def load_bundle(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[RestorerBundle, dict[str, LayerQuant], dict[str, Any]]:
+    """Rebuild the bundle exactly as saved, on `device`; returns (bundle, layout, meta).
+
+    Built and filled on the CPU, then moved as a whole: quantizer buffers take their saved shapes
+    while loading, so moving afterwards is what puts every last tensor on the device.
+    """
     payload = read_checkpoint(path)
     bundle: RestorerBundle = MODELS.get(payload["model"])(payload["config"])
     layout = {k: LayerQuant.from_dict(v) for k, v in payload["layout"].items()}
@@ -121,5 +127,5 @@ def load_bundle(path: str | Path) -> tuple[RestorerBundle, dict[str, LayerQuant]
     if bad:
         raise CheckpointError(f"{path}: {bad}; the model would restore blank images")
     bundle.load_state_dict(payload["state_dict"], strict=True)
-    bundle.eval()
+    bundle.to(device).eval()
     return bundle, layout, payload["meta"]

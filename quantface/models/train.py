@@ -9,7 +9,9 @@ space), at a cost a 2-core CPU affords:
   3. pixel fine-tuning: a few end-to-end steps with an L1 loss on the restored image, through the
      frozen decoder (as OSDFace, whose SD VAE stays frozen; `tune_decoder` tunes it too).
 HQ faces come from a pre-rendered pool; every step degrades them afresh with its own seeds, so
-the model sees many more LQ variants than there are faces.
+the model sees many more LQ variants than there are faces. Faces are rendered and degraded on
+the CPU (numpy, seeded) and only the batches move to the training device, so the data a model
+is trained on does not depend on where it is trained.
 """
 
 from __future__ import annotations
@@ -47,8 +49,16 @@ DEFAULT_TRAIN: dict[str, Any] = {
 class PairSampler:
     """Seeded random batches of (LQ, HQ) tensors from a pool of rendered HQ faces."""
 
-    def __init__(self, size: int, opts: dict[str, Any], degradation: dict[str, Any], seed: int):
+    def __init__(
+        self,
+        size: int,
+        opts: dict[str, Any],
+        degradation: dict[str, Any],
+        seed: int,
+        device: str | torch.device = "cpu",
+    ):
         t0 = time.perf_counter()
+        self.device = torch.device(device)
         base = opts["face_seed_offset"] + seed * opts["pool_size"]
         self.pool = np.stack([generate_face(base + i, size) for i in range(opts["pool_size"])])
         log.info("rendered %d training faces in %.1f s", len(self.pool), time.perf_counter() - t0)
@@ -66,7 +76,7 @@ class PairSampler:
             y, x = (int(v) for v in self.rng.integers(0, hq_t.shape[-1] - crop + 1, size=2))
             hq_t = hq_t[..., y : y + crop, x : x + crop]
             lq_t = lq_t[..., y : y + crop, x : x + crop]
-        return lq_t, hq_t
+        return lq_t.to(self.device), hq_t.to(self.device)
 
 
 def _run_stage(name: str, steps: int, params: list, lr: float, loss_fn) -> None:
@@ -124,11 +134,13 @@ def train_restorer(
     train: dict[str, Any],
     degradation: dict[str, Any],
     seed: int,
+    device: str | torch.device = "cpu",
 ) -> RestorerBundle:
+    """The trained restorer, on `device` (initial weights are drawn on the CPU, then moved)."""
     opts = {**DEFAULT_TRAIN, **train}
     torch.manual_seed(seed)
-    model: RestorerBundle = MODELS.get(model_name)(arch)
-    data = PairSampler(model.image_size, opts, degradation, seed)
+    model: RestorerBundle = MODELS.get(model_name)(arch).to(device)
+    data = PairSampler(model.image_size, opts, degradation, seed, device)
     bs, crop, lr = int(opts["batch_size"]), int(opts["crop"]), float(opts["lr"])
     model.train()
 
@@ -164,13 +176,18 @@ def train_restorer(
 
 
 def pretrain_vae(
-    arch: dict[str, Any], steps: int, seed: int, pool_size: int = 512
+    arch: dict[str, Any],
+    steps: int,
+    seed: int,
+    pool_size: int = 512,
+    device: str | torch.device = "cpu",
 ) -> RestorerBundle:
     """Train only the VAE on full-size faces: the shipped `tiny_vae.safetensors` is made by this."""
     torch.manual_seed(seed)
-    model: RestorerBundle = MODELS.get("tiny")({**arch, "pretrained_vae": False})
+    model: RestorerBundle = MODELS.get("tiny")({**arch, "pretrained_vae": False}).to(device)
     data_seed = seed + 12_345  # faces disjoint from the restorer's training pool
-    data = PairSampler(model.image_size, {**DEFAULT_TRAIN, "pool_size": pool_size}, {}, data_seed)
+    opts = {**DEFAULT_TRAIN, "pool_size": pool_size}
+    data = PairSampler(model.image_size, opts, {}, data_seed, device)
     model.train()
     train_vae(model, data, steps, DEFAULT_TRAIN["batch_size"], None, DEFAULT_TRAIN["lr"])
     return model.eval()

@@ -11,6 +11,10 @@ site (Linear/Conv2d input, each attention matmul operand) we keep:
 
 plus the calibration LQ images themselves, so methods that reconstruct layer outputs or distil
 from the FP model can replay the exact inputs.
+
+Statistics are accumulated on the model's device and written from the CPU; `load` puts them on
+the device the method computes on, next to the weights they are combined with. Row samples are
+drawn with a CPU generator whatever the device, so the same rows are kept on a GPU as on a CPU.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from quantface import __version__
+from quantface.device import module_device, to_cpu
 from quantface.errors import CheckpointError
 from quantface.io import atomic_torch_save, file_sha256, load_tensors
 from quantface.models.base import RestorerBundle
@@ -62,12 +67,13 @@ class StatsObserver:
         self.min, self.max = self.ch_min.min(), self.ch_max.max()
         take = min(self.sample_rows, rows.shape[0])
         idx = torch.randperm(rows.shape[0], generator=self.gen)[:take]
-        self.rows.append(rows[idx].clone())
+        self.rows.append(rows[idx.to(rows.device)].clone())
 
     def result(self) -> dict[str, Tensor]:
         rows = torch.cat(self.rows)
         if rows.shape[0] > self.sample_rows:
-            rows = rows[torch.randperm(rows.shape[0], generator=self.gen)[: self.sample_rows]]
+            idx = torch.randperm(rows.shape[0], generator=self.gen)[: self.sample_rows]
+            rows = rows[idx.to(rows.device)]
         return {
             "min": self.min,
             "max": self.max,
@@ -103,12 +109,12 @@ class CalibrationSet:
     def save(self, path: str | Path) -> None:
         payload = {"format": FORMAT, "version": VERSION, "package_version": __version__}
         payload.update(images=self.images, stats=self.stats, meta=self.meta)
-        atomic_torch_save(payload, path)
+        atomic_torch_save(to_cpu(payload), path)
 
     @classmethod
-    def load(cls, path: str | Path) -> CalibrationSet:
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> CalibrationSet:
         path = Path(path)
-        d = load_tensors(path, "calibration file")
+        d = load_tensors(path, "calibration file", map_location=device)
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise CheckpointError(f"{path} is not a calibration file (no '{FORMAT}' header)")
         if d.get("version") != VERSION:
@@ -132,12 +138,13 @@ def collect_calibration(
     sample_rows: int = 512,
     seed: int = 0,
 ) -> CalibrationSet:
-    """Run the FP bundle on `images` with pass-through observers at every site."""
+    """Run the FP bundle on `images` (moved batch by batch to its device), observing every site."""
     sites = bundle.quant_targets()
     spec = QuantSpec(8)
     layout = {name: LayerQuant(kind, spec, spec) for name, kind in sites.items()}
     wrap_model(bundle, layout)
     observers: dict[str, StatsObserver] = {}
+    device = module_device(bundle)
     try:
         for i, (qname, q) in enumerate(sorted(quantizers(bundle).items())):
             site, _, qattr = qname.rpartition(".")
@@ -156,7 +163,7 @@ def collect_calibration(
             observers[f"{site}.{operand}"] = obs
         t0 = time.perf_counter()
         for start in tqdm(range(0, len(images), batch_size), desc="calibrate", disable=None):
-            bundle.restore(images[start : start + batch_size])
+            bundle.restore(images[start : start + batch_size].to(device))
         log.info(
             "calibration forward over %d images: %.1f s", len(images), time.perf_counter() - t0
         )

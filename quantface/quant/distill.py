@@ -90,7 +90,7 @@ def distill(
     t0 = time.perf_counter()
     model.train(False)  # no dropout/batch statistics: only the chosen parameters change
     for step in tqdm(range(cfg.steps), desc="distill", disable=None):
-        idx = torch.randperm(len(images), generator=gen)[: cfg.batch_size]
+        idx = torch.randperm(len(images), generator=gen)[: cfg.batch_size].to(images.device)
         loss = loss_fn(model.restore(images[idx], clamp=False), targets[idx])
         if not torch.isfinite(loss):
             raise NumericsError(

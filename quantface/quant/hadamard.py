@@ -174,7 +174,7 @@ def randomized_hadamard(x: Tensor, signs: Tensor, dim: int = -1) -> Tensor:
     """`x @ diag(signs) Hn` along `dim`: flip signs, then the orthonormal Hadamard."""
     shape = [1] * x.dim()
     shape[dim % x.dim()] = -1
-    return hadamard_transform(x * signs.to(x.dtype).view(shape), dim)
+    return hadamard_transform(x * signs.to(x.device, x.dtype).view(shape), dim)
 
 
 def hadamard_ops(n: int) -> int:

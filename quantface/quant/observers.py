@@ -48,7 +48,7 @@ class PercentileObserver:
         flat = torch.nan_to_num(x.detach().float().flatten(), nan=0.0, posinf=0.0, neginf=0.0)
         if flat.numel() > self.max_samples:
             idx = torch.randint(flat.numel(), (self.max_samples,), generator=self._gen)
-            flat = flat[idx]
+            flat = flat[idx.to(flat.device)]  # CPU draws: the same sample on any device
         self.lows.append(torch.quantile(flat, 1.0 - self.q))
         self.highs.append(torch.quantile(flat, self.q))
 
@@ -82,7 +82,8 @@ class MSEObserver(MinMaxObserver):
         x = x.detach().float()
         if self.spec.granularity == "tensor" and x.numel() > self.max_rows * 64:
             flat = x.flatten()
-            idx = torch.linspace(0, flat.numel() - 1, self.max_rows * 64).long()
+            idx = torch.linspace(0, flat.numel() - 1, self.max_rows * 64, device=flat.device)
+            idx = idx.long()
             x = flat[idx]
         self.samples.append(torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0))
 

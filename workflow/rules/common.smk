@@ -37,6 +37,10 @@ DATASET_NAMES = list(config["data"]["datasets"])
 # scheduler: 2 for training/calibration/quantization, 1 for restoration and scoring (many small
 # jobs that run side by side).
 TORCH_THREADS = 2
+# Where computing jobs run: the config's `device` (validated above against this machine). It is
+# a resource, not a param, so a profile can move single rules to a GPU (slurm-gpu sets
+# `device: cuda` beside `gpu: 1`) and switching devices does not rerun finished jobs.
+DEVICE = config.get("device", "auto")
 
 
 def hang_up_like_terminate():

@@ -13,6 +13,7 @@ rule prepare_data:
     resources:
         mem_mb=2000,
         runtime=20,
+        device=DEVICE,
     shell:
         "quantface prepare-data --dataset {wildcards.dataset} --out {params.folder}"
-        " --options {params.options} --seed {params.seed} 2> {log}"
+        " --options {params.options} --seed {params.seed} --device {resources.device} 2> {log}"

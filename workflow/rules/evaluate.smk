@@ -2,7 +2,7 @@ EVAL_COMMON = (
     " --metrics {params.metrics} --out {output} --weights-dir {params.weights}"
     " --manifest {input.data}"
     " --model-name {wildcards.model} --dataset {wildcards.dataset} --seed {params.seed}"
-    " --batch-size {params.batch} --threads 1 2> {log}"
+    " --batch-size {params.batch} --device {resources.device} --threads 1 2> {log}"
 )
 WEIGHTS_DIR = config["metrics"].get("weights_dir", "results/.weights")
 
@@ -27,6 +27,7 @@ rule evaluate_input:
     resources:
         mem_mb=4000,
         runtime=60,
+        device=DEVICE,
     shell:
         "quantface evaluate --pred {params.lq} {params.ref} --method input --bits -"
         + EVAL_COMMON
@@ -52,6 +53,7 @@ rule evaluate_fp:
     resources:
         mem_mb=4000,
         runtime=60,
+        device=DEVICE,
     shell:
         "quantface evaluate --pred {input.images} {params.ref} --method fp --bits fp32"
         + EVAL_COMMON
@@ -78,6 +80,7 @@ rule evaluate:
     resources:
         mem_mb=4000,
         runtime=60,
+        device=DEVICE,
     shell:
         "quantface evaluate --pred {input.images} {params.ref} --fp {input.fp}"
         " --method {wildcards.method} --bits {wildcards.bits}" + EVAL_COMMON

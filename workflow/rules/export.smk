@@ -19,9 +19,10 @@ rule export_model:
     resources:
         mem_mb=8000,
         runtime=30,
+        device=DEVICE,
     shell:
         "quantface export --model {input} --out {output.packed} --report {output.report}"
-        " --verify --seed {params.seed} --threads 1 2> {log}"
+        " --verify --seed {params.seed} --device {resources.device} --threads 1 2> {log}"
 
 
 rule export:

@@ -12,9 +12,11 @@ rule prepare_model:
     resources:
         mem_mb=6000,
         runtime=60,
+        device=DEVICE,
     shell:
         "quantface prepare-model --model {wildcards.model} --out {output} --options {params.options}"
-        " --seed {params.seed} --threads " + str(TORCH_THREADS) + " 2> {log}"
+        " --seed {params.seed} --device {resources.device} --threads " + str(TORCH_THREADS)
+        + " 2> {log}"
 
 
 rule fp_cost:
@@ -30,8 +32,9 @@ rule fp_cost:
     resources:
         mem_mb=2000,
         runtime=10,
+        device=DEVICE,
     shell:
-        "quantface cost --model {input} --out {output} 2> {log}"
+        "quantface cost --model {input} --out {output} --device {resources.device} 2> {log}"
 
 
 rule calibrate:
@@ -53,8 +56,9 @@ rule calibrate:
     resources:
         mem_mb=4000,
         runtime=30,
+        device=DEVICE,
     shell:
         "quantface calibrate --model {input} --out {output} --n-images {params.n}"
         " --batch-size {params.batch} --sample-rows {params.rows} --seed {params.seed}"
-        " --degradation {params.degradation}"
+        " --degradation {params.degradation} --device {resources.device}"
         " --threads " + str(TORCH_THREADS) + " 2> {log}"

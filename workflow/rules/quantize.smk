@@ -19,8 +19,9 @@ rule quantize:
     resources:
         mem_mb=6000,
         runtime=120,
+        device=DEVICE,
     shell:
         "quantface quantize --model {input.model} --method {params.method}"
         " --bits {wildcards.bits} --calib {input.calib} --out {params.folder}"
-        " --options {params.options} --seed {params.seed}"
+        " --options {params.options} --seed {params.seed} --device {resources.device}"
         " --threads " + str(TORCH_THREADS) + " 2> {log}"

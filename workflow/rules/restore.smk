@@ -15,9 +15,10 @@ rule restore_fp:
     resources:
         mem_mb=4000,
         runtime=60,
+        device=DEVICE,
     shell:
         "quantface restore --model {input.model} --input {params.lq} --output {output}"
-        " --batch-size {params.batch} --threads 1 2> {log}"
+        " --batch-size {params.batch} --device {resources.device} --threads 1 2> {log}"
 
 
 rule restore:
@@ -37,6 +38,7 @@ rule restore:
     resources:
         mem_mb=4000,
         runtime=60,
+        device=DEVICE,
     shell:
         "quantface restore --model {input.model} --input {params.lq} --output {output}"
-        " --batch-size {params.batch} --threads 1 2> {log}"
+        " --batch-size {params.batch} --device {resources.device} --threads 1 2> {log}"
