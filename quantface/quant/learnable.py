@@ -17,26 +17,19 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from quantface.quant.layers import QuantLayerMixin, QuantMatMul
+from quantface.quant.layers import quantizer_roles
 from quantface.quant.quantizer import UniformQuantizer
 
 _MIN_SCALE = 1e-8
 
 
 def static_quantizers(root: nn.Module, which: str) -> list[UniformQuantizer]:
-    """Calibrated static quantizers; a matmul's two operands both count as activations."""
-    found = []
-    for mod in root.modules():
-        if isinstance(mod, QuantLayerMixin):
-            pairs = mod.layer_quantizers()
-        elif isinstance(mod, QuantMatMul):
-            pairs = [(mod.act_quantizer, "act"), (mod.weight_quantizer, "act")]
-        else:
-            continue
-        for q, role in pairs:
-            if not q.spec.dynamic and q.scale.numel() and which in ("all", role):
-                found.append(q)
-    return found
+    """Calibrated static quantizers of the given role (a matmul's operands are activations)."""
+    return [
+        q
+        for q, role in quantizer_roles(root)
+        if not q.spec.dynamic and q.scale.numel() and which in ("all", role)
+    ]
 
 
 @contextlib.contextmanager
