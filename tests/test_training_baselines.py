@@ -30,8 +30,9 @@ from quantface.quant.layers import (
     set_quant_mode,
     wrap_model,
 )
-from quantface.quant.learnable import clamp_scales_, learnable_scales
+from quantface.quant.learnable import clamp_scales_, learnable_scales, learnable_zero_points
 from quantface.quant.lora import weight_lora
+from quantface.quant.pack import dequantize, weight_codes
 from quantface.quant.plan import BitPlan
 from quantface.quant.quantizer import QuantSpec, qparams_from_range
 from quantface.quant.reconstruction import (
@@ -348,10 +349,11 @@ def test_efficientdm_lora_lowers_the_distillation_loss_and_merges_exactly(
     layers = {n: model.get_submodule(n) for n in smoothable(model, plan)}
     ranks = {n: 4 for n in layers}
     with weight_lora(layers, ranks) as loras:
+        # on the dequantized integer weight B A must move a weight half a step to change a code
         groups = [
             {
                 "params": list(lo.parameters()),
-                "lr": 0.05 * layers[n].weight_quantizer.scale.mean().item(),
+                "lr": 0.2 * layers[n].weight_quantizer.scale.mean().item(),
             }
             for n, lo in loras.items()
         ]
@@ -362,3 +364,63 @@ def test_efficientdm_lora_lowers_the_distillation_loss_and_merges_exactly(
     with torch.no_grad():
         assert torch.equal(model.restore(micro_images), inside)  # LoRA merged into W
     assert not any("lora" in n for n, _ in model.named_parameters())
+
+
+def test_qalora_adds_the_update_to_the_dequantized_integer_weight():
+    """EfficientDM's QuantModule_intnlora: Q_w(deq(W_int) + B A), Δ the (learned) quantizer's."""
+    _, q, _ = _layer(bits=3)
+    wq = q.weight_quantizer
+    codes = weight_codes(wq, q.weight)
+    with learnable_scales(q, "weight") as scales, weight_lora({"l": q}, {"l": 2}) as loras:
+        g = torch.Generator().manual_seed(4)
+        with torch.no_grad():
+            loras["l"].b.copy_(torch.randn(loras["l"].b.shape, generator=g) * wq.scale.mean())
+            scales[0].mul_(1.1)  # a learned Δ moves deq(W_int) too
+        delta = loras["l"].delta().detach()
+        inside = q.quantized_weight().detach()
+        official = q.quantize_weight(dequantize(codes, wq) + delta).detach()
+        assert torch.equal(inside, official)
+        assert not torch.allclose(inside, q.quantize_weight(q.weight + delta))  # Q(W + B A)
+        deq = dequantize(codes, wq).detach()
+    assert torch.allclose(q.weight, deq + delta)  # merged on the dequantized integer weight
+    assert torch.equal(q.quantized_weight(), inside)
+
+
+def test_learned_activation_zero_point_moves_stays_integer_and_is_saved():
+    fp, q, x = _layer(bits=8)
+    q.act_quantizer.spec = QuantSpec(4, channel_dim=-1)
+    q.act_quantizer.set_range(0.4 * x.min(), x.max())  # the negative side clips hard
+    with torch.no_grad():
+        y = fp(x)
+    inputs, targets = [((x,), {})], [y]
+    z0 = q.act_quantizer.zero_point.clone()
+    before = block_error(q, inputs, targets)
+    with learnable_zero_points(q, "act") as zeros:
+        assert len(zeros) == 1
+        reconstruct(q, inputs, targets, [{"params": zeros}], ReconConfig(40, 0.2))
+        with torch.no_grad():
+            inside = q(x)
+    z = q.act_quantizer.zero_point
+    assert z > z0 and torch.equal(z, z.round()), (z0, z)
+    assert block_error(q, inputs, targets) < 0.9 * before
+    with torch.no_grad():
+        assert torch.equal(q(x), inside)  # the saved integer z is what the last step used
+    assert "zero_param" not in dict(q.act_quantizer.named_parameters())
+
+
+def test_efficientdm_trains_activation_zero_points(micro_model, micro_calib, monkeypatch):
+    import baselines.efficientdm as edm
+
+    trained = []
+    real = edm.distill
+
+    def spy(model, images, targets, groups, cfg, after_step=None):
+        params = {id(p) for g in groups for p in g["params"]}
+        mods = [m for m in model.modules() if isinstance(m, QuantLayerMixin)]
+        trained.extend(id(m.act_quantizer.zero_param) in params for m in mods)
+        return real(model, images, targets, groups, cfg, after_step)
+
+    monkeypatch.setattr(edm, "distill", spy)
+    plan = BitPlan.uniform(micro_model.quant_targets(), 4, 4)
+    METHODS.get("efficientdm")().quantize(micro_model, micro_calib, plan, FAST["efficientdm"])
+    assert trained and all(trained)
