@@ -1,18 +1,27 @@
 """EfficientDM (He et al., ICLR 2024): quantization-aware LoRA distilled from the FP model.
 
-What the paper/code does (methods.md §7, `ThisisBillhe/EfficientDM`):
-- naive PTQ init: weights per output channel (min-max), activations per tensor (Lp search);
-- QALoRA: rank-32 LoRA *inside* the weight quantizer, `W_q = Q_w(W + B A)` (A Kaiming-uniform,
-  B = 0; conv: A a kh×kw conv C_in → r, B a 1×1 conv r → C_out), so it merges into W;
-- TALSQ: learnable activation step sizes (one per timestep) and learnable weight step sizes;
+What the paper/code does (`ThisisBillhe/EfficientDM`):
+- naive PTQ init: weights per output channel (min-max), activations per tensor (Lp search); the
+  naive model's weights are stored as integer codes W_int (`save_naive_2_intmodel.py`);
+- QALoRA: rank-32 LoRA *inside* the weight quantizer on the dequantized integer weight,
+  `W_q = Q_w((W_int − z) Δ + B A)` with the weight quantizer's own Δ, z (`QuantModule_intnlora`;
+  A Kaiming-uniform, B = 0; conv: A a kh×kw conv C_in → r, B a 1×1 conv r → C_out);
+- TALSQ: learnable activation step sizes and zero points (`delta_list`, `zp_list`, one per
+  timestep) and learnable weight step sizes (weight zero points stay fixed);
 - AdamW, LoRA lr = mean(Δ_w)/2500 ("scale-aware"), weight Δ lr 1e-6, activation Δ lr 5e-4,
   distillation MSE between the quantized and FP noise predictions, 160 × 100 DDIM steps;
 - first three and last quantized modules at 8 bit (time_embed.0, time_embed.2, input conv,
   output conv).
 
 Adaptation here:
-- one step: TALSQ has a single step size per quantizer (= LSQ) and the distillation target is the
-  FP restorer's output image on the calibration LQ faces (shared `distill` loop, Adam + cosine);
+- one step: TALSQ has a single step size and zero point per quantizer (= LSQ with a learned
+  offset) and the distillation target is the FP restorer's output image on the calibration LQ
+  faces (shared `distill` loop, Adam + cosine; the code: AdamW, linear decay);
+- W_int are the codes of the min-max weight quantizer, taken when LoRA is installed; Δ is shared
+  by deq and Q_w as the code's aliased dequantizer Δ;
+- the learned activation zero points are rounded in the forward (straight-through: the code's
+  gradient), where the code adds them unrounded, so every quantizer stays an integer b-bit grid
+  (`quant/learnable.py`); they train in the activation step-size group (lr a_lr, as the code);
 - 8-bit: `unet.time_embedding.linear_1`, `unet.time_embedding.linear_2`, `unet.conv_in`,
   `unet.conv_out` (the code only quantizes the UNet; the VAE follows the plan), noted in
   plan.json and paid for in cost.json;
@@ -20,7 +29,8 @@ Adaptation here:
   is not fully replaced; LoRA on every ungrouped Linear/Conv2d;
 - LoRA lr = mean(Δ_w) · `lora_lr_scale` per layer (paper 1/2500 = 4e-4 over 16,000 steps; the
   embedded default runs ~100 steps and uses a larger factor);
-- at the end LoRA is merged into the weights, then quantized by the learned weight quantizer.
+- at the end LoRA is merged into the weights, W <- deq(W_int) + B A, then quantized by the
+  learned weight quantizer (the code keeps W_int and the LoRA factors separately).
 
 Options (config `method_options.efficientdm`): rank (32), max_rank_fraction (0.5), steps (80),
 batch_size (4), lora_lr_scale (0.02), w_lr (1e-6), a_lr (5e-4), keep_8bit (true), seed (0).
@@ -38,7 +48,7 @@ from quantface.quant.apply import calibrate_weights, observe_activation_ranges, 
 from quantface.quant.calibration import CalibrationSet
 from quantface.quant.distill import DistillConfig, distill, fp_targets
 from quantface.quant.layers import wrap_model
-from quantface.quant.learnable import clamp_scales_, learnable_scales
+from quantface.quant.learnable import clamp_scales_, learnable_scales, learnable_zero_points
 from quantface.quant.lora import weight_lora
 from quantface.quant.lowrank import capped_rank
 from quantface.quant.plan import BitPlan, LayerBits
@@ -99,6 +109,7 @@ class EfficientDM:
         with (
             learnable_scales(model, "weight") as w_scales,
             learnable_scales(model, "act") as a_scales,
+            learnable_zero_points(model, "act") as a_zeros,
             weight_lora(layers, ranks, int(opts["seed"])) as loras,
         ):
             groups = [
@@ -110,7 +121,7 @@ class EfficientDM:
                 for n, lora in loras.items()
             ]
             groups += [{"params": w_scales, "lr": float(opts["w_lr"])}]
-            groups += [{"params": a_scales, "lr": float(opts["a_lr"])}]
+            groups += [{"params": a_scales + a_zeros, "lr": float(opts["a_lr"])}]
             scales = w_scales + a_scales
             dc = DistillConfig(int(opts["steps"]), float(opts["a_lr"]), bs, seed=int(opts["seed"]))
             curve = distill(model, calib.images, targets, groups, dc, lambda: clamp_scales_(scales))

@@ -1,12 +1,16 @@
 """Q-Diffusion (Li et al., ICCV 2023): BRECQ block reconstruction with AdaRound, learned act steps.
 
-What the paper/code does (methods.md §3, `Xiuyu-Li/q-diffusion`):
+What the paper/code does (`Xiuyu-Li/q-diffusion`):
 - weights per output channel, asymmetric, initialised by the Lp-2.4 clip search (80 x 1 %), then
   AdaRound rounding variables (rectified sigmoid, ζ 1.1, γ −0.1) learned per block with BRECQ's
   loss `Σ_c |Ŷ − Y|^2` + 0.01 · Σ(1 − |2h − 1|^β), β 20 → 2 after 20 % warm-up, Adam lr 1e-3,
-  20k iterations; activations quantizer off meanwhile; input from the quantized network;
-- activations per tensor, asymmetric, static, Lp-2.4 search init, then their step sizes learned
-  per block (LSQ) with p = 2.4, Adam lr 4e-4, cosine, 5k iterations;
+  20k iterations; every activation quantizer of the network off meanwhile (attention operands
+  included: `set_quant_state(True, False)`), the block's input read from that weight-quantized
+  network (`asym`) and its target from the FP one;
+- activations per tensor, asymmetric, static, Lp-2.4 search init; the SD recipe (`txt2img.py
+  --running_stat`) then overwrites every range by a running average of the batch min/max
+  (momentum 0.95) over the calibration set, weights and activations quantized; then their step
+  sizes are learned per block (LSQ) with p = 2.4, Adam lr 4e-4, cosine, 5k iterations;
 - split shortcut quantization: the decoder's ResNet shortcut 1x1 conv reads the concatenation
   [up-path, skip]; its two channel groups get their own activation and weight quantizers;
 - attention: q/k, softmax output P and v quantized; P at `sm_abit` = 16 bit (README SD recipe);
@@ -15,13 +19,21 @@ What the paper/code does (methods.md §3, `Xiuyu-Li/q-diffusion`):
 Adaptation here:
 - one-step restorer: the trajectory is one step (t = 399), so timestep-aware calibration
   collapses to the restorer's own inputs on the calibration LQ faces (the shared calibration set);
-- quantized: every UNet and VAE Linear/Conv2d and attention matmul (DESIGN §5); Q-Diffusion has
-  no VAE recipe, so VAE blocks are reconstructed with the same loop (methods.md §3 proposal);
-- blocks: diffusers ResnetBlock2D, Transformer2DModel, Attention, Down/Upsample2D,
-  TimestepEmbedding; lone layers (conv_in, conv_out, VAE quant convs) are one-layer blocks;
-- both stages run per block in one sweep (weights, then activations with the block's weights
-  already hardened), each block's input taken from the quantized network; the code's activation
-  stage reads FP inputs instead (a second sweep), left out to halve the cost;
+- quantized: every UNet and VAE Linear/Conv2d and attention matmul (the suite's common sites);
+  Q-Diffusion has no VAE recipe, so VAE units are reconstructed with the same loop;
+- units as the code's `recon_model`: blocks are diffusers ResnetBlock2D, BasicTransformerBlock
+  and (VAE) Attention; every other layer is reconstructed alone (proj_in/proj_out, the samplers'
+  convs, the time-embedding linears, conv_in/conv_out, the VAE quant convs);
+- weight stage: "activation" means role, not attribute name (`set_quant_mode`), so QK^T's K^T
+  and AV's V, held in the matmul's `weight_quantizer` slot, are unquantized there too;
+- all stages run per unit in one sweep (weights, then the running min-max, then activations,
+  with the unit's weights already hardened); the code runs three sweeps (all weights; the
+  running min-max over the whole network; all activations, reading FP inputs), left out to cut
+  the cost: the activation stages here read the unit's input from the fully quantized network
+  (upstream units final), and the running ranges start from the first batch (the code's
+  16-sample initialisation batch) then average over every batch;
+- with `running_stat` the Lp-2.4 init is overwritten before it is ever used quantized, as in the
+  code; it stays because the unit search runs the quantized model once before any unit is done;
 - `av_matmul`'s first operand (softmax output P) at `sm_abit` bits (16): recorded in plan.json
   (that site's a_bits = 16) with a note, and its BOPs are counted at 16 x a_bits in cost.json;
 - iteration counts are config options (small in the embedded default; the paper's in
@@ -29,29 +41,39 @@ Adaptation here:
 
 Options (config `method_options.qdiffusion`): w_iters (60), a_iters (30), w_lr (1e-3),
 a_lr (4e-4), round_weight (0.01), b_start (20), b_end (2), warmup (0.2), sm_abit (16),
-split_shortcut (true), n_samples (16), batch_size (4).
+split_shortcut (true), running_stat (true), n_samples (16), batch_size (4).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
+import torch
 from diffusers import UNet2DConditionModel
-from torch import nn
+from torch import Tensor, nn
 
 from quantface.methods.base import check_options
 from quantface.models.base import RestorerBundle
 from quantface.quant.adaround import adaround, temperature
 from quantface.quant.apply import calibrate_weights, observe_activation_ranges, standard_layout
 from quantface.quant.calibration import CalibrationSet
-from quantface.quant.layers import LayerQuant, set_quant_mode, wrap_model
-from quantface.quant.learnable import clamp_scales_, learnable_scales
+from quantface.quant.layers import LayerQuant, QuantLayerMixin, set_quant_mode, wrap_model
+from quantface.quant.learnable import clamp_scales_, learnable_scales, static_quantizers
+from quantface.quant.observers import RunningMinMaxObserver
 from quantface.quant.plan import BitPlan
-from quantface.quant.quantizer import QuantSpec
-from quantface.quant.reconstruction import ReconConfig, capture, find_blocks, reconstruct
+from quantface.quant.quantizer import QuantSpec, UniformQuantizer
+from quantface.quant.reconstruction import (
+    Block,
+    ReconConfig,
+    capture,
+    find_blocks,
+    reconstruct,
+)
 from quantface.registry import METHODS
 
 log = logging.getLogger(__name__)
@@ -69,6 +91,7 @@ DEFAULTS: dict[str, Any] = {
     "w_init": "mse",
     "a_init": "mse",
     "split_shortcut": True,
+    "running_stat": True,
     "n_samples": 16,
     "batch_size": 4,
 }
@@ -102,6 +125,42 @@ def shortcut_splits(model: nn.Module) -> dict[str, int]:
     return splits
 
 
+@contextlib.contextmanager
+def activations_off(root: nn.Module) -> Iterator[None]:
+    """Every activation quantizer under root off inside the block (all of them start "quant")."""
+    set_quant_mode(root, "off", "act")
+    try:
+        yield
+    finally:
+        set_quant_mode(root, "quant", "act")
+
+
+@torch.no_grad()
+def running_stat(unit: nn.Module, inputs: list[Any], momentum: float = 0.95) -> None:
+    """Q-Diffusion's `--running_stat` on one unit: ranges <- running average of batch min/max.
+
+    As `act_momentum_update` (`qdiff/quant_layer.py`), each static activation quantizer updates
+    its range on its input and then quantizes with it, weights and activations quantized, so a
+    later quantizer sees the earlier ones' quantized output. The code's ranges start from its
+    initialisation batch and then average over every batch: here the first batch, then all.
+    """
+    chosen = static_quantizers(unit, "act")
+    observers = {id(q): RunningMinMaxObserver(q.spec, momentum) for q in chosen}
+
+    def update(q: UniformQuantizer, args: tuple[Tensor, ...]) -> None:
+        obs = observers[id(q)]
+        obs.update(args[0])
+        q.set_range(*obs.compute())
+
+    handles = [q.register_forward_pre_hook(update) for q in chosen]
+    try:
+        for args, kwargs in [inputs[0], *inputs]:
+            unit(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @METHODS.register("qdiffusion")
 class QDiffusion:
     """Q-Diffusion: BRECQ + AdaRound weights, LSQ activations, split shortcuts, 16-bit softmax."""
@@ -131,52 +190,81 @@ class QDiffusion:
         wrap_model(model, layout)
         calibrate_weights(model, opts["w_init"])
         images = calib.images[: int(opts["n_samples"])]
-        bs = int(opts["batch_size"])
         # Lp-2.4 search on the real activations of the calibration images (Q-Diffusion's init)
-        observe_activation_ranges(model, images, bs, opts["a_init"])
+        observe_activation_ranges(model, images, int(opts["batch_size"]), opts["a_init"])
         fp = copy.deepcopy(fp).eval()
         model.eval().requires_grad_(False)
         t0 = time.perf_counter()
         blocks = find_blocks(model, images)
         for k, blk in enumerate(blocks):
-            inputs = capture(model, blk.name, images, bs, "input")
-            targets = capture(fp, blk.name, images, bs, "output")
-            module = model.get_submodule(blk.name)
-            layers = {n: model.get_submodule(n) for n in blk.layers}
-            self._weights(module, layers, inputs, targets, opts, f"{k}:{blk.name} W")
-            self._activations(module, inputs, targets, opts, f"{k}:{blk.name} A")
+            self._reconstruct_unit(model, fp, blk, images, opts, f"{k}:{blk.name}")
         log.info(
-            "qdiffusion: %d blocks reconstructed in %.1f s", len(blocks), time.perf_counter() - t0
+            "qdiffusion: %d units reconstructed in %.1f s", len(blocks), time.perf_counter() - t0
         )
         model.plan_notes = notes
         return model.eval()
 
+    def _reconstruct_unit(
+        self,
+        model: RestorerBundle,
+        fp: RestorerBundle,
+        blk: Block,
+        images: Tensor,
+        opts: dict[str, Any],
+        desc: str,
+    ) -> None:
+        """Weight stage, running min-max, activation stage of one unit (see the module docstring).
+
+        The weight stage reads its input from the network with *no* activation quantized, as the
+        code's `asym` capture under `set_quant_state(True, False)`; the activation stages read it
+        from the fully quantized network (upstream units final).
+        """
+        bs = int(opts["batch_size"])
+        module = model.get_submodule(blk.name)
+        targets = capture(fp, blk.name, images, bs, "output")
+        if blk.layers:
+            layers = {n: model.get_submodule(n) for n in blk.layers}
+            with activations_off(model):
+                inputs = capture(model, blk.name, images, bs, "input")
+                self._weights(module, layers, inputs, targets, opts, f"{desc} W")
+        inputs = capture(model, blk.name, images, bs, "input")
+        if opts["running_stat"]:
+            running_stat(module, inputs)
+        self._activations(module, inputs, targets, opts, f"{desc} A")
+
     @staticmethod
-    def _weights(module, layers, inputs, targets, opts, desc) -> None:
-        """AdaRound with the block's activation quantizers off (Q-Diffusion's weight stage)."""
-        if not layers:
-            return
-        set_quant_mode(module, "off", "act")
+    def _weights(
+        module: nn.Module,
+        layers: dict[str, QuantLayerMixin],
+        inputs: list[Any],
+        targets: list[Tensor],
+        opts: dict[str, Any],
+        desc: str,
+    ) -> None:
+        """AdaRound, called with every activation quantizer off (Q-Diffusion's weight stage)."""
         iters = int(opts["w_iters"])
         b_range = (float(opts["b_start"]), float(opts["b_end"]))
         lam = float(opts["round_weight"])
-        try:
-            with adaround(layers) as rounders:
-                params = [p for r in rounders.values() for p in r.parameters()]
+        with adaround(layers) as rounders:
+            params = [p for r in rounders.values() for p in r.parameters()]
 
-                def reg(step: int):
-                    beta = temperature(step, iters, float(opts["warmup"]), b_range)
-                    if beta is None:
-                        return None
-                    return lam * sum(r.regularizer(beta) for r in rounders.values())
+            def reg(step: int) -> Tensor | None:
+                beta = temperature(step, iters, float(opts["warmup"]), b_range)
+                if beta is None:
+                    return None
+                return lam * sum(r.regularizer(beta) for r in rounders.values())
 
-                cfg = ReconConfig(iters, float(opts["w_lr"]), 2.0)
-                reconstruct(module, inputs, targets, [{"params": params}], cfg, reg, desc=desc)
-        finally:
-            set_quant_mode(module, "quant", "act")
+            cfg = ReconConfig(iters, float(opts["w_lr"]), 2.0)
+            reconstruct(module, inputs, targets, [{"params": params}], cfg, reg, desc=desc)
 
     @staticmethod
-    def _activations(module, inputs, targets, opts, desc) -> None:
+    def _activations(
+        module: nn.Module,
+        inputs: list[Any],
+        targets: list[Tensor],
+        opts: dict[str, Any],
+        desc: str,
+    ) -> None:
         """LSQ step sizes of the block's activation quantizers, p = 2.4, cosine (act stage)."""
         with learnable_scales(module, "act") as params:
             # a 16-bit quantizer (softmax P) is not learned, as in Q-Diffusion (its step, ~1e-5,

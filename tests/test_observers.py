@@ -1,6 +1,11 @@
 import torch
 
-from quantface.quant.observers import MinMaxObserver, MSEObserver, PercentileObserver
+from quantface.quant.observers import (
+    MinMaxObserver,
+    MSEObserver,
+    PercentileObserver,
+    RunningMinMaxObserver,
+)
 from quantface.quant.quantizer import QuantSpec, qparams_from_range, quantize_tensor
 
 
@@ -15,6 +20,15 @@ def test_minmax_tracks_extremes_across_batches():
     obs.update(torch.tensor([3.0, 0.0]))
     lo, hi = obs.compute()
     assert (lo.item(), hi.item()) == (-1.0, 3.0)
+
+
+def test_running_minmax_is_an_ema_of_batch_extremes():
+    """Q-Diffusion's act_momentum_update: the first batch sets the range, later ones move it 5 %."""
+    obs = RunningMinMaxObserver(QuantSpec(8))
+    obs.update(torch.tensor([0.5, -1.0]))
+    obs.update(torch.tensor([20.5, -1.0]))  # an outlier batch: 0.95 * 0.5 + 0.05 * 20.5
+    lo, hi = obs.compute()
+    assert torch.allclose(lo, torch.tensor(-1.0)) and torch.allclose(hi, torch.tensor(1.5))
 
 
 def test_percentile_clips_outliers():

@@ -24,15 +24,24 @@ from quantface.quant.layers import (
     InputTransform,
     LayerQuant,
     QuantConv2d,
+    QuantLayerMixin,
     QuantLinear,
+    QuantMatMul,
     set_quant_mode,
     wrap_model,
 )
-from quantface.quant.learnable import clamp_scales_, learnable_scales
+from quantface.quant.learnable import clamp_scales_, learnable_scales, learnable_zero_points
 from quantface.quant.lora import weight_lora
+from quantface.quant.pack import dequantize, weight_codes
 from quantface.quant.plan import BitPlan
-from quantface.quant.quantizer import QuantSpec
-from quantface.quant.reconstruction import ReconConfig, block_error, reconstruct
+from quantface.quant.quantizer import QuantSpec, qparams_from_range
+from quantface.quant.reconstruction import (
+    ReconConfig,
+    block_error,
+    capture,
+    find_blocks,
+    reconstruct,
+)
 from quantface.registry import METHODS
 
 FAST = {
@@ -83,6 +92,87 @@ def test_method_on_micro_model(method, micro_model, micro_images, micro_calib, t
         assert "unet.conv_out" in q.plan_notes and final["unet.conv_out"].w_bits == 8
     with torch.no_grad():
         assert torch.equal(micro_model.restore(micro_images), ref)  # FP model untouched
+
+
+def _wrapped(model, bits=4):
+    model = copy.deepcopy(model)
+    plan = BitPlan.uniform(model.quant_targets(), bits, bits)
+    wrap_model(model, standard_layout(model.quant_targets(), plan))
+    return model
+
+
+def test_act_mode_selects_matmul_operands_by_role_not_attribute_name(micro_model):
+    model = _wrapped(micro_model)
+    set_quant_mode(model, "off", "act")
+    mms = [m for m in model.modules() if isinstance(m, QuantMatMul)]
+    assert mms and all(m.act_quantizer.mode == m.weight_quantizer.mode == "off" for m in mms)
+    layers = [m for m in model.modules() if isinstance(m, QuantLayerMixin)]
+    assert all(m.weight_quantizer.mode == "quant" and m.act_quantizer.mode == "off" for m in layers)
+    set_quant_mode(model, "quant")
+    set_quant_mode(model, "off", "weight")
+    assert all(m.weight_quantizer.mode == "quant" for m in mms)  # an operand is no weight
+
+
+def test_qdiffusion_weight_stage_quantizes_no_activation(micro_model, micro_calib, monkeypatch):
+    """Official weight stage: set_quant_state(True, False) on the whole network, K^T/V included."""
+    import baselines.qdiffusion as qd
+
+    roots, seen = [], []
+    real_find, real_reconstruct = qd.find_blocks, qd.reconstruct
+
+    def find(model, images):
+        roots.append(model)
+        return real_find(model, images)
+
+    def spy(block, inputs, targets, groups, cfg, regularizer=None, **kw):
+        if regularizer is not None:  # the AdaRound stage
+            seen.append({q.mode for m in roots[0].modules() for q in _act_quantizers(m)})
+        return real_reconstruct(block, inputs, targets, groups, cfg, regularizer, **kw)
+
+    monkeypatch.setattr(qd, "find_blocks", find)
+    monkeypatch.setattr(qd, "reconstruct", spy)
+    plan = BitPlan.uniform(micro_model.quant_targets(), 4, 4)
+    q = METHODS.get("qdiffusion")().quantize(micro_model, micro_calib, plan, FAST["qdiffusion"])
+    assert seen and all(modes == {"off"} for modes in seen), seen
+    assert {qz.mode for m in q.modules() for qz in _act_quantizers(m)} == {"quant"}
+
+
+def _act_quantizers(mod):
+    if isinstance(mod, QuantMatMul):
+        return [mod.act_quantizer, mod.weight_quantizer]
+    if isinstance(mod, QuantLayerMixin):
+        return [qz for qz, role in mod.layer_quantizers() if role == "act"]
+    return []
+
+
+def test_reconstruction_units_are_qdiffusion_blocks_and_lone_layers(micro_model, micro_images):
+    model = _wrapped(micro_model)
+    set_quant_mode(model, "off")  # uncalibrated: the unit search runs the model once
+    units = {b.name: b.layers for b in find_blocks(model, micro_images)}
+    tf = "unet.mid_block.attentions.0"
+    assert f"{tf}.transformer_blocks.0" in units and tf not in units
+    for layer in (f"{tf}.proj_in", f"{tf}.proj_out", "unet.time_embedding.linear_1"):
+        assert units[layer] == (layer,)  # layer reconstruction
+    assert "unet.mid_block.resnets.0" in units and "vae.decoder.mid_block.attentions.0" in units
+    covered = [n for layers in units.values() for n in layers]
+    sites = {n for n, m in model.named_modules() if isinstance(m, QuantLayerMixin)}
+    assert sorted(covered) == sorted(sites)  # every layer in exactly one unit
+
+
+def test_qdiffusion_running_stat_sets_ranges_to_the_batch_extremes_average(
+    micro_model, micro_calib
+):
+    opts = {**FAST["qdiffusion"], "a_iters": 0}  # no LSQ: the ranges are the running ones
+    plan = BitPlan.uniform(micro_model.quant_targets(), 4, 4)
+    q = METHODS.get("qdiffusion")().quantize(micro_model, micro_calib, plan, opts)
+    images = micro_calib.images[: opts["n_samples"]]
+    batches = capture(q, "unet.conv_in", images, opts["batch_size"], "input")  # a lone layer
+    lo, hi = batches[0][0][0].min(), batches[0][0][0].max()
+    for args, _ in batches:  # the first batch starts the average, then every batch
+        lo, hi = 0.95 * lo + 0.05 * args[0].min(), 0.95 * hi + 0.05 * args[0].max()
+    aq = q.get_submodule("unet.conv_in").act_quantizer
+    scale, zero = qparams_from_range(lo, hi, aq.spec)
+    assert torch.allclose(aq.scale, scale) and torch.equal(aq.zero_point, zero)
 
 
 def _layer(bits=3, seed=0, conv=False):
@@ -259,10 +349,11 @@ def test_efficientdm_lora_lowers_the_distillation_loss_and_merges_exactly(
     layers = {n: model.get_submodule(n) for n in smoothable(model, plan)}
     ranks = {n: 4 for n in layers}
     with weight_lora(layers, ranks) as loras:
+        # on the dequantized integer weight B A must move a weight half a step to change a code
         groups = [
             {
                 "params": list(lo.parameters()),
-                "lr": 0.05 * layers[n].weight_quantizer.scale.mean().item(),
+                "lr": 0.2 * layers[n].weight_quantizer.scale.mean().item(),
             }
             for n, lo in loras.items()
         ]
@@ -273,3 +364,63 @@ def test_efficientdm_lora_lowers_the_distillation_loss_and_merges_exactly(
     with torch.no_grad():
         assert torch.equal(model.restore(micro_images), inside)  # LoRA merged into W
     assert not any("lora" in n for n, _ in model.named_parameters())
+
+
+def test_qalora_adds_the_update_to_the_dequantized_integer_weight():
+    """EfficientDM's QuantModule_intnlora: Q_w(deq(W_int) + B A), Δ the (learned) quantizer's."""
+    _, q, _ = _layer(bits=3)
+    wq = q.weight_quantizer
+    codes = weight_codes(wq, q.weight)
+    with learnable_scales(q, "weight") as scales, weight_lora({"l": q}, {"l": 2}) as loras:
+        g = torch.Generator().manual_seed(4)
+        with torch.no_grad():
+            loras["l"].b.copy_(torch.randn(loras["l"].b.shape, generator=g) * wq.scale.mean())
+            scales[0].mul_(1.1)  # a learned Δ moves deq(W_int) too
+        delta = loras["l"].delta().detach()
+        inside = q.quantized_weight().detach()
+        official = q.quantize_weight(dequantize(codes, wq) + delta).detach()
+        assert torch.equal(inside, official)
+        assert not torch.allclose(inside, q.quantize_weight(q.weight + delta))  # Q(W + B A)
+        deq = dequantize(codes, wq).detach()
+    assert torch.allclose(q.weight, deq + delta)  # merged on the dequantized integer weight
+    assert torch.equal(q.quantized_weight(), inside)
+
+
+def test_learned_activation_zero_point_moves_stays_integer_and_is_saved():
+    fp, q, x = _layer(bits=8)
+    q.act_quantizer.spec = QuantSpec(4, channel_dim=-1)
+    q.act_quantizer.set_range(0.4 * x.min(), x.max())  # the negative side clips hard
+    with torch.no_grad():
+        y = fp(x)
+    inputs, targets = [((x,), {})], [y]
+    z0 = q.act_quantizer.zero_point.clone()
+    before = block_error(q, inputs, targets)
+    with learnable_zero_points(q, "act") as zeros:
+        assert len(zeros) == 1
+        reconstruct(q, inputs, targets, [{"params": zeros}], ReconConfig(40, 0.2))
+        with torch.no_grad():
+            inside = q(x)
+    z = q.act_quantizer.zero_point
+    assert z > z0 and torch.equal(z, z.round()), (z0, z)
+    assert block_error(q, inputs, targets) < 0.9 * before
+    with torch.no_grad():
+        assert torch.equal(q(x), inside)  # the saved integer z is what the last step used
+    assert "zero_param" not in dict(q.act_quantizer.named_parameters())
+
+
+def test_efficientdm_trains_activation_zero_points(micro_model, micro_calib, monkeypatch):
+    import baselines.efficientdm as edm
+
+    trained = []
+    real = edm.distill
+
+    def spy(model, images, targets, groups, cfg, after_step=None):
+        params = {id(p) for g in groups for p in g["params"]}
+        mods = [m for m in model.modules() if isinstance(m, QuantLayerMixin)]
+        trained.extend(id(m.act_quantizer.zero_param) in params for m in mods)
+        return real(model, images, targets, groups, cfg, after_step)
+
+    monkeypatch.setattr(edm, "distill", spy)
+    plan = BitPlan.uniform(micro_model.quant_targets(), 4, 4)
+    METHODS.get("efficientdm")().quantize(micro_model, micro_calib, plan, FAST["efficientdm"])
+    assert trained and all(trained)

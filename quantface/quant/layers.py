@@ -345,6 +345,10 @@ class QuantMatMul(nn.Module):
         self.act_quantizer = UniformQuantizer(lq.a)  # first operand (Q, or softmax output)
         self.weight_quantizer = UniformQuantizer(lq.w)  # second operand (K^T, or V)
 
+    def layer_quantizers(self) -> list[tuple[UniformQuantizer, str]]:
+        """Both operands are activations: `weight_quantizer` names the second one's slot only."""
+        return [(self.act_quantizer, "act"), (self.weight_quantizer, "act")]
+
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         return torch.bmm(self.act_quantizer(a), self.weight_quantizer(b))
 
@@ -485,9 +489,23 @@ def quantizers(root: nn.Module) -> dict[str, UniformQuantizer]:
     return {n: m for n, m in root.named_modules() if isinstance(m, UniformQuantizer)}
 
 
+def quantizer_roles(root: nn.Module) -> list[tuple[UniformQuantizer, str]]:
+    """Every site quantizer under root with its role: "weight" (a layer's weight) or "act".
+
+    The role comes from the site that owns the quantizer, never from its attribute name: a
+    matmul's second operand lives in `weight_quantizer` but is an activation (K^T or V).
+    """
+    roles: list[tuple[UniformQuantizer, str]] = []
+    for mod in root.modules():
+        if isinstance(mod, QuantLayerMixin | QuantMatMul):
+            roles += mod.layer_quantizers()
+    return roles
+
+
 def set_quant_mode(root: nn.Module, mode: str, which: str = "all") -> None:
-    """Set the mode of activation quantizers ('act'), weight quantizers ('weight') or both."""
-    for name, q in quantizers(root).items():
-        is_weight = name.rpartition(".")[2].startswith("weight_quantizer")  # split halves too
-        if which == "all" or (which == "weight") == is_weight:
+    """Set the mode of the activation quantizers ("act"), weight quantizers ("weight") or both."""
+    if which not in ("all", "act", "weight"):
+        raise ValueError(f"which must be all|act|weight, got {which!r}")
+    for q, role in quantizer_roles(root):
+        if which in ("all", role):
             q.mode = mode

@@ -1,12 +1,20 @@
-"""Quantization-aware LoRA on the weights (EfficientDM's QALoRA; reused by QuantFace's QD-LoRA).
+"""Quantization-aware LoRA on the weights (EfficientDM's QALoRA).
 
-EfficientDM (methods.md §7) adds a rank-r update *before* the weight quantizer,
-`W_q = Q_w(W + B A)`, so the update is trained through the fake quantization and can be merged
-into W afterwards at no inference cost. Linear: A ∈ R^{r×in} (Kaiming-uniform), B = 0 ∈ R^{out×r};
-Conv2d: A is a kh×kw conv C_in → r, B a 1×1 conv r → C_out, whose product is the full-size
-kernel B·A. `weight_lora` installs the update on the given layers and merges it into their
-weights on exit (the weight quantizer is untouched, so the merged layer computes exactly what the
-last training step computed).
+EfficientDM (`quant_scripts/quant_layer.py: QuantModule_intnlora`) keeps each layer's weight as
+the integer codes of its naive PTQ model and adds a rank-r update to their dequantization
+*before* the weight quantizer:
+
+    W_q = Q_w(deq(W_int) + B A),   deq(W_int) = (W_int − z) Δ,
+
+with Δ, z the weight quantizer's own (the code aliases the dequantizer's Δ and z to the
+quantizer's, so a learned Δ moves both). The update is thus trained through the fake quantization
+on top of the already-rounded weight, not of the FP one: B A must move a weight past half a step
+to change its code. Linear: A ∈ R^{r×in} (Kaiming-uniform), B = 0 ∈ R^{out×r}; Conv2d: A is a
+kh×kw conv C_in → r, B a 1×1 conv r → C_out, whose product is the full-size kernel B·A.
+
+`weight_lora` takes the codes W_int = clamp(round(W/Δ) + z) on entry, installs the update and on
+exit merges it: W <- deq(W_int) + B A with the final Δ, so the weight quantizer (untouched) makes
+the merged layer compute exactly what the last training step computed.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from quantface.quant.layers import QuantLayerMixin
+from quantface.quant.pack import dequantize, weight_codes, weight_parts
 
 
 class WeightLoRA(nn.Module):
@@ -38,16 +47,31 @@ class WeightLoRA(nn.Module):
         return (self.b @ self.a).reshape(self.shape)
 
 
+def integer_weight(layer: QuantLayerMixin) -> list[Tensor]:
+    """The codes W_int of the layer's weight under its weight quantizer(s), one per split half."""
+    with torch.no_grad():
+        return [weight_codes(q, layer.weight[:, cols]) for _, q, cols in weight_parts(layer)]
+
+
+def dequantized_weight(layer: QuantLayerMixin, codes: list[Tensor]) -> Tensor:
+    """deq(W_int) = (W_int − z) Δ with the quantizers' *current* Δ (a learned one included)."""
+    parts = [dequantize(c, q) for c, (_, q, _) in zip(codes, weight_parts(layer), strict=True)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
 @contextlib.contextmanager
 def weight_lora(
     layers: dict[str, QuantLayerMixin], ranks: dict[str, int], seed: int = 0
 ) -> Iterator[dict[str, WeightLoRA]]:
-    """Layers compute Q_w(W + B A) inside the block; on exit W <- W + B A (merged)."""
+    """Layers compute Q_w(deq(W_int) + B A) inside the block; on exit W <- deq(W_int) + B A."""
     gen = torch.Generator().manual_seed(seed)
     loras = {n: WeightLoRA(m.weight, ranks[n], gen) for n, m in layers.items() if ranks[n] > 0}
+    codes = {n: integer_weight(layers[n]) for n in loras}
     for n, lora in loras.items():
         m = layers[n]
-        m.quantized_weight = lambda m=m, lora=lora: m.quantize_weight(m.weight + lora.delta())
+        m.quantized_weight = lambda m=m, c=codes[n], lora=lora: m.quantize_weight(
+            dequantized_weight(m, c) + lora.delta()
+        )
     try:
         yield loras
     finally:
@@ -55,4 +79,4 @@ def weight_lora(
             m = layers[n]
             del m.quantized_weight
             with torch.no_grad():
-                m.weight.copy_(m.weight + lora.delta())
+                m.weight.copy_(dequantized_weight(m, codes[n]) + lora.delta())

@@ -2,7 +2,8 @@
 
 An observer sees calibration tensors one batch at a time (`update`) and then proposes a clipping
 range per quantization unit (`compute`). Which one a method uses is part of that method's paper:
-MaxMin uses min-max, Q-Diffusion/EfficientDM an Lp-2.4 clip search, others percentiles.
+MaxMin uses min-max, Q-Diffusion/EfficientDM an Lp-2.4 clip search (Q-Diffusion's SD recipe
+then a running min-max average), others percentiles.
 """
 
 from __future__ import annotations
@@ -31,6 +32,30 @@ class MinMaxObserver:
         if self.min is None or self.max is None:
             raise RuntimeError("observer saw no data")
         return self.min, self.max
+
+
+class RunningMinMaxObserver(MinMaxObserver):
+    """An exponential moving average of the per-batch min and max (Q-Diffusion's --running_stat).
+
+    The first batch sets the range; each later one moves it by (1 - momentum) towards that
+    batch's own extremes, as `act_momentum_update` in `qdiff/quant_layer.py` (momentum 0.95).
+    Unlike the all-time min-max, one outlier batch moves the range by only 5 % of its excess.
+    """
+
+    def __init__(self, spec: QuantSpec, momentum: float = 0.95) -> None:
+        super().__init__(spec)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        self.momentum = momentum
+
+    def update(self, x: Tensor) -> None:
+        x = torch.nan_to_num(x.detach().float(), nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = reduce_range(x, self.spec)
+        if self.min is None or self.max is None:
+            self.min, self.max = lo, hi
+            return
+        self.min = self.momentum * self.min + (1 - self.momentum) * lo
+        self.max = self.momentum * self.max + (1 - self.momentum) * hi
 
 
 class PercentileObserver:
@@ -128,7 +153,12 @@ class MSEObserver(MinMaxObserver):
         return err.mean(dim=dims, keepdim=True)
 
 
-OBSERVERS = {"minmax": MinMaxObserver, "percentile": PercentileObserver, "mse": MSEObserver}
+OBSERVERS = {
+    "minmax": MinMaxObserver,
+    "running": RunningMinMaxObserver,
+    "percentile": PercentileObserver,
+    "mse": MSEObserver,
+}
 
 
 def make_observer(kind: str, spec: QuantSpec, **kwargs) -> MinMaxObserver | PercentileObserver:

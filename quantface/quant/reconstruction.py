@@ -1,11 +1,14 @@
 """Block-wise output reconstruction (BRECQ, Li et al. 2021), as Q-Diffusion runs it on a UNet.
 
-The model is cut into blocks (ResNet blocks, transformer blocks, attention blocks, samplers,
-time embeddings; a quantized layer in no block is a block of its own). Block by block, in
-execution order, the block's input is recorded from the *quantized* network (blocks before it
-already reconstructed: errors upstream are seen and compensated) and its target output from the
-FP network on the same image, and a few parameters of the block (rounding variables, step sizes)
-are trained to make `block_q(x_q)` match `block_fp(x_fp)`.
+The model is cut into the units Q-Diffusion reconstructs (`scripts/txt2img.py: recon_model`):
+its blocks are the ResNet blocks, the transformer blocks (diffusers `BasicTransformerBlock`) and
+the attention blocks (a VAE mid-block `Attention`); every quantized layer in no block is a unit of
+its own (layer reconstruction): the transformers' proj_in/proj_out, the time-embedding linears,
+the samplers' convs, conv_in/conv_out. Unit by unit, in execution order, the unit's input is
+recorded from the *quantized* network (units before it already reconstructed: errors upstream
+are seen and compensated) and its target output from the FP network on the same image, and a
+few parameters of the unit (rounding variables, step sizes) are trained to make `block_q(x_q)`
+match `block_fp(x_fp)`.
 
 Inputs are captured with forward pre-hooks that record (args, kwargs) and then abort the forward
 pass, so capturing the k-th block costs only the part of the network before it.
@@ -21,10 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.attention_processor import Attention
-from diffusers.models.embeddings import TimestepEmbedding
-from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
-from diffusers.models.transformers.transformer_2d import Transformer2DModel
+from diffusers.models.resnet import ResnetBlock2D
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -34,14 +36,11 @@ from quantface.quant.layers import QuantLayerMixin, QuantMatMul
 
 log = logging.getLogger(__name__)
 
-BLOCK_TYPES: tuple[type[nn.Module], ...] = (
-    ResnetBlock2D,
-    Transformer2DModel,
-    Attention,
-    Downsample2D,
-    Upsample2D,
-    TimestepEmbedding,
-)
+# Q-Diffusion's BaseQuantBlocks (qdiff/quant_block.py: get_specials) in diffusers' names:
+# QuantResBlock/QuantResnetBlock, QuantBasicTransformerBlock, QuantAttnBlock. Anything else
+# (SpatialTransformer's proj_in/out, samplers, the time embedding) is recursed into there, so its
+# layers are reconstructed one by one.
+BLOCK_TYPES: tuple[type[nn.Module], ...] = (ResnetBlock2D, BasicTransformerBlock, Attention)
 
 
 class _Stop(Exception):
