@@ -16,7 +16,9 @@ What the paper/code does (`ThisisBillhe/EfficientDM`):
 Adaptation here:
 - one step: TALSQ has a single step size and zero point per quantizer (= LSQ with a learned
   offset) and the distillation target is the FP restorer's output image on the calibration LQ
-  faces (shared `distill` loop, Adam + cosine; the code: AdamW, linear decay);
+  faces (shared `distill` loop, Adam + cosine; the code: AdamW, linear decay); no gradient
+  clipping, as in the code (the shared loop's default clips the global norm to 1, which with the
+  zero points' gradients in the norm shrank every other update);
 - W_int are the codes of the min-max weight quantizer, taken when LoRA is installed; Δ is shared
   by deq and Q_w as the code's aliased dequantizer Δ;
 - the learned activation zero points are rounded in the forward (straight-through: the code's
@@ -123,7 +125,13 @@ class EfficientDM:
             groups += [{"params": w_scales, "lr": float(opts["w_lr"])}]
             groups += [{"params": a_scales + a_zeros, "lr": float(opts["a_lr"])}]
             scales = w_scales + a_scales
-            dc = DistillConfig(int(opts["steps"]), float(opts["a_lr"]), bs, seed=int(opts["seed"]))
+            dc = DistillConfig(
+                int(opts["steps"]),
+                float(opts["a_lr"]),
+                bs,
+                seed=int(opts["seed"]),
+                clip_grad_norm=None,
+            )
             curve = distill(model, calib.images, targets, groups, dc, lambda: clamp_scales_(scales))
             if curve:
                 log.info("efficientdm distillation: loss %.3e -> %.3e", curve[0], curve[-1])

@@ -408,13 +408,14 @@ def test_learned_activation_zero_point_moves_stays_integer_and_is_saved():
     assert "zero_param" not in dict(q.act_quantizer.named_parameters())
 
 
-def test_efficientdm_trains_activation_zero_points(micro_model, micro_calib, monkeypatch):
+def test_efficientdm_trains_activation_zero_points_unclipped(micro_model, micro_calib, monkeypatch):
     import baselines.efficientdm as edm
 
     trained = []
     real = edm.distill
 
     def spy(model, images, targets, groups, cfg, after_step=None):
+        assert cfg.clip_grad_norm is None  # the official loop does not clip gradients
         params = {id(p) for g in groups for p in g["params"]}
         mods = [m for m in model.modules() if isinstance(m, QuantLayerMixin)]
         trained.extend(id(m.act_quantizer.zero_param) in params for m in mods)

@@ -35,6 +35,7 @@ class DistillConfig:
     batch_size: int = 4
     loss: str = "l2"
     seed: int = 0
+    clip_grad_norm: float | None = 1.0  # None: no clipping (EfficientDM's code has none)
 
 
 def random_crops(images: Tensor, size: int, per_image: int, seed: int) -> Tensor:
@@ -99,7 +100,8 @@ def distill(
             )
         optim.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(params, 1.0)
+        if cfg.clip_grad_norm is not None:
+            nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
         optim.step()
         sched.step()
         if after_step is not None:
