@@ -14,7 +14,7 @@ import jsonschema
 import yaml
 
 from quantface.device import resolve_device
-from quantface.errors import ConfigError, DeviceError, QuantFaceError
+from quantface.errors import ConfigError, DeviceError, QuantFaceError, first_line
 from quantface.quant.plan import MP_RE, parse_bits
 from quantface.registry import DATASETS, METHODS, METRICS, MODELS
 
@@ -79,6 +79,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
                     f"config key 'model.train.{k}': unknown training option; "
                     f"known: {', '.join(DEFAULT_TRAIN)}"
                 )
+    _check_architecture(config)
     check(config["methods"], METHODS, "methods")
     check(config["data"]["datasets"], DATASETS, "data.datasets")
     metric_keys = ("full_reference", "no_reference", "fidelity")
@@ -104,6 +105,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"config key 'methods': '{m}' needs {kind} entry in 'bits'")
     _check_mp_budgets(config)
     _check_ablation(config)
+    _check_perceptual(config)
     for k in ("synthetic", "realworld"):
         for name in config["report"].get(k, []):
             if name not in config["data"]["datasets"]:
@@ -125,6 +127,42 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
             except QuantFaceError as e:
                 raise ConfigError(f"config key 'data.datasets.{name}': {e}") from None
     return config
+
+
+def _check_architecture(config: dict[str, Any]) -> None:
+    """Build the configured (embedded, small) architecture once: a value every key accepts alone
+    but that does not build (levels vs attention flags, groups that do not divide channels, a
+    shipped VAE of another shape) fails here, not in the training job."""
+    cls = MODELS.get(config["model"]["name"])
+    if getattr(cls, "default_arch", None) is None:
+        return  # converted from local weights: checked by check_model_assets
+    arch = {**config["model"].get("arch", {}), "image_size": config["data"]["image_size"]}
+    try:
+        model = cls(arch)
+        if model.config.get("pretrained_vae"):
+            model.check_pretrained_vae()
+    except QuantFaceError as e:
+        raise ConfigError(f"config key 'model.arch': {e}") from None
+    except (ValueError, AssertionError, RuntimeError, TypeError) as e:  # diffusers' own checks
+        raise ConfigError(
+            f"config key 'model.arch': the architecture cannot be built: {first_line(e)}"
+        ) from None
+
+
+def _check_perceptual(config: dict[str, Any]) -> None:
+    """quantface_mp's perceptual metric (a name the schema only knows as a string)."""
+    from quantface.methods.quantface import MP_DEFAULTS, check_perceptual
+
+    keys = {m: f"method_options.{m}" for m in config["methods"] if m == "quantface_mp"}
+    for v, spec in ablation_variants(config).items():
+        if spec["method"] == "quantface_mp":
+            keys[v] = f"ablation.variants.{v}.options"
+    for name, key in keys.items():
+        opts = {**MP_DEFAULTS, **resolve_method(config, name)[1]}
+        try:
+            check_perceptual(opts["perceptual"], Path(opts["weights_dir"]))
+        except QuantFaceError as e:
+            raise ConfigError(f"config key '{key}.perceptual': {e}") from None
 
 
 def _is_mixed(method: str) -> bool:

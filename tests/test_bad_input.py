@@ -43,6 +43,12 @@ def _mp_budget(c):
     c["method_options"] = {"quantface_mp": {"candidates": [4, 6], "budget": 3.5}}
 
 
+def _mp_ok(c):
+    _mp(c)
+    c["bits"] = ["w4a4", "mp4"]
+    c["method_options"] = {"quantface_mp": {}}
+
+
 # (mutation, text the one line must hold: the key, then what is allowed there)
 BAD_CONFIGS = {
     "unknown_key": (lambda c: c.update(colour="red"), ["'<top level>'", "allowed keys: seed"]),
@@ -75,6 +81,27 @@ BAD_CONFIGS = {
     "mp_budget_option_below_candidates": (
         _mp_budget,
         ["'method_options.quantface_mp.budget'", "3.5", "allowed: a budget >= 4"],
+    ),
+    # values each key accepts alone that a job would reject: the check rejects them too
+    "arch_attention_per_level": (
+        lambda c: c["model"]["arch"].update(unet_attention=[True]),
+        ["'model.arch'", "unet_attention has 1 entries for 2 UNet levels"],
+    ),
+    "arch_groups_do_not_divide": (
+        lambda c: c["model"]["arch"].update(unet_norm_groups=7),
+        ["'model.arch'", "cannot be built", "divisible by num_groups (7)"],
+    ),
+    "arch_unlike_the_shipped_vae": (
+        lambda c: c["model"]["arch"].update(pretrained_vae=True),
+        ["'model.arch'", "does not match the pretrained VAE"],
+    ),
+    "perceptual_no_reference": (
+        lambda c: (_mp_ok(c), c["method_options"]["quantface_mp"].update(perceptual="piqe")),
+        ["'method_options.quantface_mp.perceptual'", "'piqe' is no-reference"],
+    ),
+    "perceptual_unknown": (
+        lambda c: (_mp_ok(c), c["method_options"]["quantface_mp"].update(perceptual="sim")),
+        ["'method_options.quantface_mp.perceptual'", "unknown metric 'sim'"],
     ),
     "variant_name_escapes_results": (
         lambda c: c.update(

@@ -246,23 +246,32 @@ def _curve_notes(curve: list[float]) -> dict[str, str]:
     return {"qdlora": f"{len(curve)} steps, loss {curve[0]:.4e} -> {curve[-1]:.4e}"}
 
 
-def perceptual_distance(metric_name: str, weights_dir: Path, device: str | torch.device = "cpu"):
-    """A full-reference metric (on the model's device) turned into a distance from the FP
-    output (0 = identical)."""
+def check_perceptual(metric_name: str, weights_dir: Path):
+    """The registered full-reference metric `perceptual` names, with its weights present.
+
+    Called by the config check too, so a bad name fails before any job, not after calibration.
+    """
     from quantface.registry import METRICS
 
     metric = METRICS.get(metric_name)
     if metric.mode == "nr":
         raise ConfigError(
-            f"method_options.quantface_mp.perceptual: '{metric_name}' is no-reference; "
+            f"perceptual metric '{metric_name}' is no-reference; "
             "use a full-reference metric (e.g. ssim, lpips, dists)"
         )
     missing = metric.missing_weights(weights_dir)
     if missing:
         raise ConfigError(
-            f"method_options.quantface_mp.perceptual: '{metric_name}' needs "
-            f"{weights_dir / missing[0]}; use ssim or provide the file"
+            f"perceptual metric '{metric_name}' needs {weights_dir / missing[0]}; "
+            "use ssim or provide the file"
         )
+    return metric
+
+
+def perceptual_distance(metric_name: str, weights_dir: Path, device: str | torch.device = "cpu"):
+    """A full-reference metric (on the model's device) turned into a distance from the FP
+    output (0 = identical)."""
+    metric = check_perceptual(metric_name, weights_dir)
     metric.verify_weights(weights_dir)
     metric.build(weights_dir, device)
     sign = 1.0 if metric.higher_is_better else -1.0

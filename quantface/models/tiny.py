@@ -141,8 +141,14 @@ class TinyRestorer(RestorerBundle):
 
     def load_pretrained_vae(self, path: Path = PRETRAINED_VAE) -> None:
         """Load the shipped VAE (made by `quantface pretrain-vae`) if the architecture matches."""
-        from safetensors import safe_open
         from safetensors.torch import load_file
+
+        self.check_pretrained_vae(path)
+        self.vae.load_state_dict(load_file(str(path)))
+
+    def check_pretrained_vae(self, path: Path = PRETRAINED_VAE) -> None:
+        """The shipped VAE exists and fits this architecture (reads only its metadata)."""
+        from safetensors import safe_open
 
         if not path.is_file():
             raise WeightsMissingError(
@@ -156,4 +162,3 @@ class TinyRestorer(RestorerBundle):
                 f"model.arch does not match the pretrained VAE {path.name} "
                 f"({saved}); set model.arch.pretrained_vae: false to train one"
             )
-        self.vae.load_state_dict(load_file(str(path)))
