@@ -1,19 +1,23 @@
-"""Fast Walsh-Hadamard transforms: power-of-two, composite (K x 2^m) and block-diagonal sizes.
+"""Hadamard transforms: power-of-two, composite (K x 2^m) and block-diagonal sizes.
 
 Rotations by an orthonormal Hadamard matrix spread an outlier channel over all channels, which
 is what QuaRot (and QuantFace's balancing) rely on. Every transform here acts on the *last* dim of
-a batch (or any `dim`) and computes `x @ Hn` with `Hn` orthonormal, in O(n log n) for the
-power-of-two factor:
+a batch (or any `dim`) and computes `x @ Hn` with `Hn` orthonormal. The matrices:
 
-- n = 2^m: Sylvester's H_{2^m}, one butterfly per level (`fwht`);
-- n = K * 2^m with a known Hadamard of order K (QuaRot's `get_hadK` idea): H_n = H_K (x) H_{2^m},
-  applied as the butterfly on the 2^m axis and a small K x K matmul on the other. Instead of
-  storing matrices, H_K is *constructed* by Paley's first construction for K = p + 1, p a prime
-  with p = 3 (mod 4) (K = 4, 8, 12, 20, 24, 32, 44, 48, 60, ...); UNet widths 320/640/1280 are
-  20 * 2^k, 960/1920 are 60 * 2^k;
+- n = 2^m: Sylvester's H_{2^m} (`fwht` is its butterfly);
+- n = K * 2^m with a known Hadamard of order K (QuaRot's `get_hadK` idea): H_n = H_K (x) H_{2^m}.
+  Instead of storing matrices, H_K is *constructed* by Paley's first construction for K = p + 1,
+  p a prime with p = 3 (mod 4) (K = 4, 8, 12, 20, 24, 32, 44, 48, 60, ...); UNet widths
+  320/640/1280 are 20 * 2^k, 960/1920 are 60 * 2^k;
 - any other n (e.g. 3 RGB channels, 36): block-diagonal, I_{n/d} (x) H_d with d the largest
   Hadamard-able divisor of n (>= 4), else power-of-two blocks of n's binary expansion. Still
   exactly orthogonal, just less mixing.
+
+How `hadamard_transform` runs on a CPU: BLAS matmuls beat butterflies (one memory pass per
+level) by far, so a large composite n is split as Hn = A (x) H_b with a, b near sqrt(n), and a
+row seen as an a x b matrix X becomes A^T X H_b: a broadcast small matmul and one GEMM, n (a + b)
+MACs per row. Up to `DENSE_MAX` one GEMM with the cached Hn is faster still. Factors and
+matrices are cached per (n, dtype, device).
 
 The randomized Hadamard (QuIP#/QuaRot) is `diag(r) Hn` with seeded signs r in {-1, +1}^n.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 import functools
 import math
 import zlib
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -93,10 +98,6 @@ def hadamard_factor(n: int) -> tuple[int, int] | None:
     return None
 
 
-def _small(k: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    return paley_hadamard(k).to(dtype=dtype, device=device)
-
-
 def fwht(x: Tensor) -> Tensor:
     """Unnormalised Walsh-Hadamard transform `x @ H_n` along the last dim (n a power of two)."""
     n = x.shape[-1]
@@ -113,15 +114,6 @@ def fwht(x: Tensor) -> Tensor:
     return y.reshape(shape)
 
 
-def _full_transform(x: Tensor, k: int, m: int) -> Tensor:
-    """Unnormalised `x @ (H_K (x) H_m)` along the last dim."""
-    if k == 1:
-        return fwht(x)
-    y = fwht(x.reshape(*x.shape[:-1], k, m))  # x_ab -> sum_b x_ab H_m[b, b']
-    y = torch.einsum("...ab,ac->...cb", y, _small(k, x.dtype, x.device))
-    return y.reshape(x.shape)
-
-
 def _blocks(n: int) -> list[int]:
     """Block sizes of the block-diagonal fallback (each block has a Hadamard)."""
     for d in range(n // 2, 3, -1):
@@ -130,22 +122,86 @@ def _blocks(n: int) -> list[int]:
     return [1 << b for b in reversed(range(n.bit_length())) if n >> b & 1]
 
 
+DENSE_MAX = 256
+"""Largest n done as one dense `x @ Hn`: up to here a single GEMM beats the two-factor product
+(measured at a (4096, n) float32 input by `benchmarks/hadamard.py`); the cached matrix is small."""
+
+
+MIN_RIGHT = 16
+"""Smallest H_b of the two-factor product: below it the small matmul degenerates into batched
+matrix-vector products, slower than the dense GEMM (e.g. 4096 x 640 as 80 x 8: no gain)."""
+
+
+def kron_split(n: int) -> tuple[int, int] | None:
+    """(a, b) with Hn = A (x) H_b, A = H_K (x) H_{a/K} and (K, m) = `hadamard_factor(n)`, or None.
+
+    Applying A (x) H_b costs n (a + b) MACs per vector against n^2 for the dense matrix, least at
+    a = b = sqrt(n); b is the power of two nearest sqrt(n) (on a log scale) with b | m. None when
+    n has no Kronecker form or b < `MIN_RIGHT` (a large K times a small 2^m).
+    """
+    f = hadamard_factor(n)
+    if f is None:
+        return None
+    b = min(1 << round(math.log2(n) / 2), f[1])
+    return (n // b, b) if b >= MIN_RIGHT else None
+
+
+def _exact(make: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Cache per (n, dtype, device), built outside inference mode so autograd may save it."""
+
+    @functools.cache
+    def cached(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        with torch.inference_mode(False):
+            return make(n).to(dtype=dtype, device=device)
+
+    return cached
+
+
+@_exact
+def _dense(n: int) -> Tensor:
+    return hadamard_matrix(n)
+
+
+@_exact
+def _left(n: int) -> Tensor:
+    """A^T (unnormalised, +-1) of `kron_split`: the factor applied over the first axis."""
+    a, _ = kron_split(n)
+    k, _ = hadamard_factor(n)
+    hk = paley_hadamard(k) if k > 1 else torch.ones(1, 1, dtype=torch.float64)
+    return torch.kron(hk, sylvester_hadamard(a // k)).T.contiguous()
+
+
+@_exact
+def _right(n: int) -> Tensor:
+    """H_b / sqrt(n) of `kron_split`: the factor over the last axis, carrying the normalisation."""
+    _, b = kron_split(n)
+    return sylvester_hadamard(b) / math.sqrt(n)
+
+
+def _kron_transform(x: Tensor) -> Tensor:
+    """Orthonormal `x @ (A (x) H_b)` along the last dim: the row as an a x b matrix X -> A^T X H_b,
+    a broadcast small matmul and one GEMM (BLAS does both far faster than butterflies)."""
+    n = x.shape[-1]
+    a, b = kron_split(n)
+    y = torch.matmul(_left(n, x.dtype, x.device), x.reshape(-1, a, b))
+    return (y @ _right(n, x.dtype, x.device)).reshape(x.shape)
+
+
 def hadamard_transform(x: Tensor, dim: int = -1) -> Tensor:
-    """Orthonormal `x @ Hn` along `dim` (Hn = `hadamard_matrix(n)`), O(n log n) in the 2^m part."""
+    """Orthonormal `x @ Hn` along `dim` (Hn = `hadamard_matrix(n)`), whichever way is fastest.
+
+    Above `DENSE_MAX`: the two-factor product when `kron_split(n)` has one, per block of the
+    block-diagonal Hn when n has no Kronecker form; otherwise one matmul with the cached Hn.
+    """
     dim = dim % x.dim()
     x = x.movedim(dim, -1)
     n = x.shape[-1]
-    f = hadamard_factor(n)
-    if f is not None:
-        y = _full_transform(x, *f) / math.sqrt(n)
+    if n > DENSE_MAX and kron_split(n) is not None:
+        y = _kron_transform(x)
+    elif n > DENSE_MAX and hadamard_factor(n) is None:
+        y = torch.cat([hadamard_transform(s) for s in x.split(_blocks(n), dim=-1)], dim=-1)
     else:
-        parts, start = [], 0
-        for b in _blocks(n):
-            seg = x[..., start : start + b]
-            fb = hadamard_factor(b)
-            parts.append(_full_transform(seg, *fb) / math.sqrt(b))
-            start += b
-        y = torch.cat(parts, dim=-1)
+        y = x @ _dense(n, x.dtype, x.device)
     return y.movedim(-1, dim)
 
 
@@ -180,7 +236,8 @@ def randomized_hadamard(x: Tensor, signs: Tensor, dim: int = -1) -> Tensor:
 def hadamard_ops(n: int) -> int:
     """Additions (and small-matrix MACs) per vector of one online transform of size n.
 
-    n log2(2^m) butterfly adds plus n*K for the K x K factor (0 for a power of two); blocks sum.
+    The count of a deployed fast-Hadamard kernel (what the cost model charges), not of the CPU
+    matmuls `hadamard_transform` simulates it with: n log2(2^m) butterfly adds plus n*K for the K x K factor (0 for a power of two); blocks sum.
     """
     f = hadamard_factor(n)
     if f is None:
