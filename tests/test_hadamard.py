@@ -7,13 +7,13 @@ import torch
 import torch.nn.functional as F
 
 from quantface.quant.hadamard import (
-    DENSE_MAX,
     fwht,
     hadamard_factor,
     hadamard_matrix,
     hadamard_ops,
     hadamard_transform,
     kron_split,
+    kron_transform,
     paley_hadamard,
     random_signs,
     randomized_hadamard,
@@ -125,12 +125,19 @@ def test_fast_paths_equal_the_dense_matrix_in_float32(n):
 
 @pytest.mark.parametrize("n", [320, 960, 1280])
 def test_two_factor_path_is_orthogonal_and_exact_in_float64(n):
-    assert n > DENSE_MAX and kron_split(n) is not None
+    assert kron_split(n) is not None
     eye = torch.eye(n, dtype=torch.float64)
     q = hadamard_transform(eye)
     assert q.dtype == torch.float64
     assert torch.allclose(q @ q.T, eye, atol=1e-12)
     assert torch.allclose(q, hadamard_matrix(n), atol=1e-14)  # normalisation, order and signs
+
+
+@pytest.mark.parametrize("n, b", [(320, 8), (1280, 64), (96, 8), (48, 4), (1024, 1024), (60, 1)])
+def test_kron_transform_is_hn_for_any_split(n, b):
+    """Any A (x) H_b with b | 2^m is the same Hn (the benchmark times splits the rule rejects)."""
+    x = torch.randn(3, n, dtype=torch.float64)
+    assert torch.allclose(kron_transform(x, b), x @ hadamard_matrix(n), atol=1e-12)
 
 
 def test_kron_split_is_balanced_and_keeps_the_small_factor():

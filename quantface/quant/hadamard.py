@@ -14,10 +14,10 @@ a batch (or any `dim`) and computes `x @ Hn` with `Hn` orthonormal. The matrices
   exactly orthogonal, just less mixing.
 
 How `hadamard_transform` runs on a CPU: BLAS matmuls beat butterflies (one memory pass per
-level) by far, so a large composite n is split as Hn = A (x) H_b with a, b near sqrt(n), and a
-row seen as an a x b matrix X becomes A^T X H_b: a broadcast small matmul and one GEMM, n (a + b)
-MACs per row. Up to `DENSE_MAX` one GEMM with the cached Hn is faster still. Factors and
-matrices are cached per (n, dtype, device).
+level) by far, so a composite n is split as Hn = A (x) H_b with a, b near sqrt(n), and a row
+seen as an a x b matrix X becomes A^T X H_b: a broadcast small matmul and one GEMM, n (a + b)
+MACs per row. Where H_b would be small (`MIN_RIGHT`), one GEMM with the cached Hn is faster.
+Factors and matrices are cached per (sizes, dtype, device).
 
 The randomized Hadamard (QuIP#/QuaRot) is `diag(r) Hn` with seeded signs r in {-1, +1}^n.
 """
@@ -122,14 +122,11 @@ def _blocks(n: int) -> list[int]:
     return [1 << b for b in reversed(range(n.bit_length())) if n >> b & 1]
 
 
-DENSE_MAX = 256
-"""Largest n done as one dense `x @ Hn`: up to here a single GEMM beats the two-factor product
-(measured at a (4096, n) float32 input by `benchmarks/hadamard.py`); the cached matrix is small."""
-
-
 MIN_RIGHT = 16
-"""Smallest H_b of the two-factor product: below it the small matmul degenerates into batched
-matrix-vector products, slower than the dense GEMM (e.g. 4096 x 640 as 80 x 8: no gain)."""
+"""Smallest H_b of the two-factor product, the measured crossover with the dense GEMM: with
+b >= 16 the product beats one `x @ Hn` at every size measured (n >= 128, from 16 to 4096 rows);
+with b = 8 the small matmul degenerates into batched matrix-vector products and is slower at
+small n (48, 64, 96, 160) and no faster at 640 (`benchmarks/hadamard.py`)."""
 
 
 def kron_split(n: int) -> tuple[int, int] | None:
@@ -137,7 +134,7 @@ def kron_split(n: int) -> tuple[int, int] | None:
 
     Applying A (x) H_b costs n (a + b) MACs per vector against n^2 for the dense matrix, least at
     a = b = sqrt(n); b is the power of two nearest sqrt(n) (on a log scale) with b | m. None when
-    n has no Kronecker form or b < `MIN_RIGHT` (a large K times a small 2^m).
+    n has no Kronecker form or b < `MIN_RIGHT` (n < 128, or a large K times a small 2^m).
     """
     f = hadamard_factor(n)
     if f is None:
@@ -147,12 +144,14 @@ def kron_split(n: int) -> tuple[int, int] | None:
 
 
 def _exact(make: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    """Cache per (n, dtype, device), built outside inference mode so autograd may save it."""
+    """Cache `make(*sizes)` per (sizes, dtype, device), built outside inference mode so that a
+    matrix first made during an inference-mode restore can still be saved by autograd later."""
 
     @functools.cache
-    def cached(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    def cached(*key: int | torch.dtype | torch.device) -> Tensor:
+        *sizes, dtype, device = key
         with torch.inference_mode(False):
-            return make(n).to(dtype=dtype, device=device)
+            return make(*sizes).to(dtype=dtype, device=device)
 
     return cached
 
@@ -163,42 +162,42 @@ def _dense(n: int) -> Tensor:
 
 
 @_exact
-def _left(n: int) -> Tensor:
-    """A^T (unnormalised, +-1) of `kron_split`: the factor applied over the first axis."""
-    a, _ = kron_split(n)
+def _left(n: int, b: int) -> Tensor:
+    """A^T (unnormalised, +-1) of Hn = A (x) H_b: the factor applied over the first axis."""
     k, _ = hadamard_factor(n)
     hk = paley_hadamard(k) if k > 1 else torch.ones(1, 1, dtype=torch.float64)
-    return torch.kron(hk, sylvester_hadamard(a // k)).T.contiguous()
+    return torch.kron(hk, sylvester_hadamard(n // b // k)).T.contiguous()
 
 
 @_exact
-def _right(n: int) -> Tensor:
-    """H_b / sqrt(n) of `kron_split`: the factor over the last axis, carrying the normalisation."""
-    _, b = kron_split(n)
+def _right(n: int, b: int) -> Tensor:
+    """H_b / sqrt(n): the factor over the last axis, carrying the normalisation."""
     return sylvester_hadamard(b) / math.sqrt(n)
 
 
-def _kron_transform(x: Tensor) -> Tensor:
-    """Orthonormal `x @ (A (x) H_b)` along the last dim: the row as an a x b matrix X -> A^T X H_b,
-    a broadcast small matmul and one GEMM (BLAS does both far faster than butterflies)."""
+def kron_transform(x: Tensor, b: int) -> Tensor:
+    """Orthonormal `x @ Hn` along the last dim as Hn = A (x) H_b (b a power of two dividing the
+    2^m of `hadamard_factor(n)`, n / b a multiple of its K): the row as an a x b matrix X becomes
+    A^T X H_b, a broadcast small matmul and one GEMM, which BLAS runs far faster than butterflies.
+    """
     n = x.shape[-1]
-    a, b = kron_split(n)
-    y = torch.matmul(_left(n, x.dtype, x.device), x.reshape(-1, a, b))
-    return (y @ _right(n, x.dtype, x.device)).reshape(x.shape)
+    y = torch.matmul(_left(n, b, x.dtype, x.device), x.reshape(-1, n // b, b))
+    return (y @ _right(n, b, x.dtype, x.device)).reshape(x.shape)
 
 
 def hadamard_transform(x: Tensor, dim: int = -1) -> Tensor:
     """Orthonormal `x @ Hn` along `dim` (Hn = `hadamard_matrix(n)`), whichever way is fastest.
 
-    Above `DENSE_MAX`: the two-factor product when `kron_split(n)` has one, per block of the
-    block-diagonal Hn when n has no Kronecker form; otherwise one matmul with the cached Hn.
+    The two-factor product when `kron_split(n)` has one; per block of the block-diagonal Hn when
+    n has no Kronecker form and its blocks have a split; otherwise one matmul with the cached Hn.
     """
     dim = dim % x.dim()
     x = x.movedim(dim, -1)
     n = x.shape[-1]
-    if n > DENSE_MAX and kron_split(n) is not None:
-        y = _kron_transform(x)
-    elif n > DENSE_MAX and hadamard_factor(n) is None:
+    split = kron_split(n)
+    if split is not None:
+        y = kron_transform(x, split[1])
+    elif hadamard_factor(n) is None and kron_split(_blocks(n)[0]) is not None:
         y = torch.cat([hadamard_transform(s) for s in x.split(_blocks(n), dim=-1)], dim=-1)
     else:
         y = x @ _dense(n, x.dtype, x.device)
