@@ -12,6 +12,8 @@ from quantface.quant.hadamard import (
     hadamard_matrix,
     hadamard_ops,
     hadamard_transform,
+    kron_split,
+    kron_transform,
     paley_hadamard,
     random_signs,
     randomized_hadamard,
@@ -104,3 +106,58 @@ def test_hadamard_op_count():
     assert hadamard_ops(64) == 64 * 6
     assert hadamard_ops(320) == 320 * 4 + 320 * 20  # butterfly on 16, 20x20 matmul
     assert hadamard_ops(3) == hadamard_ops(2) + hadamard_ops(1) == 2
+
+
+MODEL_WIDTHS = [320, 640, 960, 1280, 2560, 5120]
+TINY_WIDTHS = [3, 4, 8, 16, 32, 36, 64, 96, 128, 192, 256, 384, 448, 512, 1024]
+
+
+@pytest.mark.parametrize("n", MODEL_WIDTHS + TINY_WIDTHS)
+def test_fast_paths_equal_the_dense_matrix_in_float32(n):
+    """Whichever path runs (dense, two-factor, blocks), it is `x @ hadamard_matrix(n)`."""
+    x = torch.randn(6, n)
+    y = hadamard_transform(x)
+    assert y.dtype == torch.float32
+    ref = (x.double() @ hadamard_matrix(n)).float()
+    assert torch.allclose(y, ref, atol=2e-6, rtol=1e-5)
+    assert torch.allclose(y.norm(dim=-1), x.norm(dim=-1), rtol=1e-5)  # orthogonal on any x
+
+
+@pytest.mark.parametrize("n", [320, 960, 1280])
+def test_two_factor_path_is_orthogonal_and_exact_in_float64(n):
+    assert kron_split(n) is not None
+    eye = torch.eye(n, dtype=torch.float64)
+    q = hadamard_transform(eye)
+    assert q.dtype == torch.float64
+    assert torch.allclose(q @ q.T, eye, atol=1e-12)
+    assert torch.allclose(q, hadamard_matrix(n), atol=1e-14)  # normalisation, order and signs
+
+
+@pytest.mark.parametrize("n, b", [(320, 8), (1280, 64), (96, 8), (48, 4), (1024, 1024), (60, 1)])
+def test_kron_transform_is_hn_for_any_split(n, b):
+    """Any A (x) H_b with b | 2^m is the same Hn (the benchmark times splits the rule rejects)."""
+    x = torch.randn(3, n, dtype=torch.float64)
+    assert torch.allclose(kron_transform(x, b), x @ hadamard_matrix(n), atol=1e-12)
+
+
+def test_kron_split_is_balanced_and_keeps_the_small_factor():
+    assert [kron_split(n) for n in MODEL_WIDTHS] == [
+        (20, 16),
+        (20, 32),
+        (60, 16),
+        (40, 32),
+        (40, 64),
+        (80, 64),
+    ]
+    assert kron_split(448) is None  # 224 x 2: a matrix-vector product, the dense GEMM is faster
+    assert kron_split(36) is None  # no Kronecker form (block-diagonal)
+
+
+def test_cached_matrices_survive_inference_mode_for_autograd():
+    """The first call may come from an inference-mode restore; a later training step still needs
+    a matrix autograd can save for backward."""
+    with torch.inference_mode():
+        hadamard_transform(torch.randn(2, 768))  # 24 x 32, a size no other test builds
+    x = torch.randn(2, 768, requires_grad=True)
+    hadamard_transform(x).square().sum().backward()
+    assert torch.allclose(x.grad, 2 * x.detach(), atol=1e-5)  # H orthogonal: d|xH|^2/dx = 2x

@@ -1,19 +1,23 @@
-"""Fast Walsh-Hadamard transforms: power-of-two, composite (K x 2^m) and block-diagonal sizes.
+"""Hadamard transforms: power-of-two, composite (K x 2^m) and block-diagonal sizes.
 
 Rotations by an orthonormal Hadamard matrix spread an outlier channel over all channels, which
 is what QuaRot (and QuantFace's balancing) rely on. Every transform here acts on the *last* dim of
-a batch (or any `dim`) and computes `x @ Hn` with `Hn` orthonormal, in O(n log n) for the
-power-of-two factor:
+a batch (or any `dim`) and computes `x @ Hn` with `Hn` orthonormal. The matrices:
 
-- n = 2^m: Sylvester's H_{2^m}, one butterfly per level (`fwht`);
-- n = K * 2^m with a known Hadamard of order K (QuaRot's `get_hadK` idea): H_n = H_K (x) H_{2^m},
-  applied as the butterfly on the 2^m axis and a small K x K matmul on the other. Instead of
-  storing matrices, H_K is *constructed* by Paley's first construction for K = p + 1, p a prime
-  with p = 3 (mod 4) (K = 4, 8, 12, 20, 24, 32, 44, 48, 60, ...); UNet widths 320/640/1280 are
-  20 * 2^k, 960/1920 are 60 * 2^k;
+- n = 2^m: Sylvester's H_{2^m} (`fwht` is its butterfly);
+- n = K * 2^m with a known Hadamard of order K (QuaRot's `get_hadK` idea): H_n = H_K (x) H_{2^m}.
+  Instead of storing matrices, H_K is *constructed* by Paley's first construction for K = p + 1,
+  p a prime with p = 3 (mod 4) (K = 4, 8, 12, 20, 24, 32, 44, 48, 60, ...); UNet widths
+  320/640/1280 are 20 * 2^k, 960/1920 are 60 * 2^k;
 - any other n (e.g. 3 RGB channels, 36): block-diagonal, I_{n/d} (x) H_d with d the largest
   Hadamard-able divisor of n (>= 4), else power-of-two blocks of n's binary expansion. Still
   exactly orthogonal, just less mixing.
+
+How `hadamard_transform` runs on a CPU: BLAS matmuls beat butterflies (one memory pass per
+level) by far, so a composite n is split as Hn = A (x) H_b with a, b near sqrt(n), and a row
+seen as an a x b matrix X becomes A^T X H_b: a broadcast small matmul and one GEMM, n (a + b)
+MACs per row. Where H_b would be small (`MIN_RIGHT`), one GEMM with the cached Hn is faster.
+Factors and matrices are cached per (sizes, dtype, device).
 
 The randomized Hadamard (QuIP#/QuaRot) is `diag(r) Hn` with seeded signs r in {-1, +1}^n.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 import functools
 import math
 import zlib
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -93,10 +98,6 @@ def hadamard_factor(n: int) -> tuple[int, int] | None:
     return None
 
 
-def _small(k: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    return paley_hadamard(k).to(dtype=dtype, device=device)
-
-
 def fwht(x: Tensor) -> Tensor:
     """Unnormalised Walsh-Hadamard transform `x @ H_n` along the last dim (n a power of two)."""
     n = x.shape[-1]
@@ -113,15 +114,6 @@ def fwht(x: Tensor) -> Tensor:
     return y.reshape(shape)
 
 
-def _full_transform(x: Tensor, k: int, m: int) -> Tensor:
-    """Unnormalised `x @ (H_K (x) H_m)` along the last dim."""
-    if k == 1:
-        return fwht(x)
-    y = fwht(x.reshape(*x.shape[:-1], k, m))  # x_ab -> sum_b x_ab H_m[b, b']
-    y = torch.einsum("...ab,ac->...cb", y, _small(k, x.dtype, x.device))
-    return y.reshape(x.shape)
-
-
 def _blocks(n: int) -> list[int]:
     """Block sizes of the block-diagonal fallback (each block has a Hadamard)."""
     for d in range(n // 2, 3, -1):
@@ -130,22 +122,85 @@ def _blocks(n: int) -> list[int]:
     return [1 << b for b in reversed(range(n.bit_length())) if n >> b & 1]
 
 
+MIN_RIGHT = 16
+"""Smallest H_b of the two-factor product, the measured crossover with the dense GEMM: with
+b >= 16 the product beats one `x @ Hn` at every size measured (n >= 128, from 16 to 4096 rows);
+with b = 8 the small matmul degenerates into batched matrix-vector products and is slower at
+small n (48, 64, 96, 160) and no faster at 640 (`benchmarks/hadamard.py`)."""
+
+
+def kron_split(n: int) -> tuple[int, int] | None:
+    """(a, b) with Hn = A (x) H_b, A = H_K (x) H_{a/K} and (K, m) = `hadamard_factor(n)`, or None.
+
+    Applying A (x) H_b costs n (a + b) MACs per vector against n^2 for the dense matrix, least at
+    a = b = sqrt(n); b is the power of two nearest sqrt(n) (on a log scale) with b | m. None when
+    n has no Kronecker form or b < `MIN_RIGHT` (n < 128, or a large K times a small 2^m).
+    """
+    f = hadamard_factor(n)
+    if f is None:
+        return None
+    b = min(1 << round(math.log2(n) / 2), f[1])
+    return (n // b, b) if b >= MIN_RIGHT else None
+
+
+def _exact(make: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Cache `make(*sizes)` per (sizes, dtype, device), built outside inference mode so that a
+    matrix first made during an inference-mode restore can still be saved by autograd later."""
+
+    @functools.cache
+    def cached(*key: int | torch.dtype | torch.device) -> Tensor:
+        *sizes, dtype, device = key
+        with torch.inference_mode(False):
+            return make(*sizes).to(dtype=dtype, device=device)
+
+    return cached
+
+
+@_exact
+def _dense(n: int) -> Tensor:
+    return hadamard_matrix(n)
+
+
+@_exact
+def _left(n: int, b: int) -> Tensor:
+    """A^T (unnormalised, +-1) of Hn = A (x) H_b: the factor applied over the first axis."""
+    k, _ = hadamard_factor(n)
+    hk = paley_hadamard(k) if k > 1 else torch.ones(1, 1, dtype=torch.float64)
+    return torch.kron(hk, sylvester_hadamard(n // b // k)).T.contiguous()
+
+
+@_exact
+def _right(n: int, b: int) -> Tensor:
+    """H_b / sqrt(n): the factor over the last axis, carrying the normalisation."""
+    return sylvester_hadamard(b) / math.sqrt(n)
+
+
+def kron_transform(x: Tensor, b: int) -> Tensor:
+    """Orthonormal `x @ Hn` along the last dim as Hn = A (x) H_b (b a power of two dividing the
+    2^m of `hadamard_factor(n)`, n / b a multiple of its K): the row as an a x b matrix X becomes
+    A^T X H_b, a broadcast small matmul and one GEMM, which BLAS runs far faster than butterflies.
+    """
+    n = x.shape[-1]
+    y = torch.matmul(_left(n, b, x.dtype, x.device), x.reshape(-1, n // b, b))
+    return (y @ _right(n, b, x.dtype, x.device)).reshape(x.shape)
+
+
 def hadamard_transform(x: Tensor, dim: int = -1) -> Tensor:
-    """Orthonormal `x @ Hn` along `dim` (Hn = `hadamard_matrix(n)`), O(n log n) in the 2^m part."""
+    """Orthonormal `x @ Hn` along `dim` (Hn = `hadamard_matrix(n)`), whichever way is fastest.
+
+    The two-factor product when `kron_split(n)` has one; per block of the block-diagonal Hn when
+    n has no Kronecker form and its blocks have a split; otherwise one matmul with the cached Hn.
+    """
     dim = dim % x.dim()
     x = x.movedim(dim, -1)
     n = x.shape[-1]
-    f = hadamard_factor(n)
-    if f is not None:
-        y = _full_transform(x, *f) / math.sqrt(n)
+    split = kron_split(n)
+    if split is not None:
+        y = kron_transform(x, split[1])
+    elif hadamard_factor(n) is None and kron_split(_blocks(n)[0]) is not None:
+        y = torch.cat([hadamard_transform(s) for s in x.split(_blocks(n), dim=-1)], dim=-1)
     else:
-        parts, start = [], 0
-        for b in _blocks(n):
-            seg = x[..., start : start + b]
-            fb = hadamard_factor(b)
-            parts.append(_full_transform(seg, *fb) / math.sqrt(b))
-            start += b
-        y = torch.cat(parts, dim=-1)
+        y = x @ _dense(n, x.dtype, x.device)
     return y.movedim(-1, dim)
 
 
@@ -180,7 +235,8 @@ def randomized_hadamard(x: Tensor, signs: Tensor, dim: int = -1) -> Tensor:
 def hadamard_ops(n: int) -> int:
     """Additions (and small-matrix MACs) per vector of one online transform of size n.
 
-    n log2(2^m) butterfly adds plus n*K for the K x K factor (0 for a power of two); blocks sum.
+    The count of a deployed fast-Hadamard kernel (what the cost model charges), not of the CPU
+    matmuls `hadamard_transform` simulates it with: n log2(2^m) butterfly adds plus n*K for the K x K factor (0 for a power of two); blocks sum.
     """
     f = hadamard_factor(n)
     if f is None:
