@@ -134,7 +134,7 @@ def _check_architecture(config: dict[str, Any]) -> None:
     but that does not build (levels vs attention flags, groups that do not divide channels, a
     shipped VAE of another shape) fails here, not in the training job."""
     cls = MODELS.get(config["model"]["name"])
-    if getattr(cls, "default_arch", None) is None:
+    if getattr(cls, "default_arch", None) is None or hasattr(cls, "from_assets"):
         return  # converted from local weights: checked by check_model_assets
     arch = {**config["model"].get("arch", {}), "image_size": config["data"]["image_size"]}
     try:

@@ -47,6 +47,17 @@ def paper_tree(workdir: Path) -> None:
     (root / "weights").mkdir()
 
 
+def perceptual_stand_ins(workdir: Path) -> None:
+    """quantface_mp's perceptual metric (LPIPS) must have its weight files, or the config check
+    stops the run; stand-ins are enough for a dry run, which never opens them."""
+    from quantface.registry import METRICS
+
+    for name in METRICS.get("lpips").weights:
+        path = workdir / "paper_assets" / "weights" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"stand-in")
+
+
 def paper_config(tmp_path: Path, **changes) -> tuple[Path, list[str]]:
     """paper.yaml with the stand-in counts and only the methods registered in this checkout."""
     config = yaml.safe_load(PAPER.read_text())
@@ -74,6 +85,7 @@ def test_paper_config_names_every_design_method_and_the_paper_sets():
 def test_dry_run_lists_the_full_paper_job_set(tmp_path):
     work = tmp_path / "work"
     paper_tree(work)
+    perceptual_stand_ins(work)
     config, methods = paper_config(tmp_path)
     r = snakemake(work, "-n", config=config)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -102,6 +114,7 @@ def test_dry_run_lists_the_full_paper_job_set(tmp_path):
 def test_a_missing_asset_stops_the_dry_run_naming_the_file(tmp_path, remove, named):
     work = tmp_path / "work"
     paper_tree(work)
+    perceptual_stand_ins(work)
     (work / "paper_assets" / remove).unlink()
     config, _ = paper_config(tmp_path)
     r = snakemake(work, "-n", config=config)
