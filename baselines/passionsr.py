@@ -1,35 +1,62 @@
 """PassionSR (Zhu et al., CVPR 2025): learnable boundary quantizer + learnable equivalent transform.
 
-What the paper/code does (methods.md §6, `libozhu03/PassionSR`), for the one-step SR diffusion
-model OSEDiff (UNet + VAE):
+What the official code does (`libozhu03/PassionSR`, `quantization/saw/`), for the one-step SR
+diffusion model OSEDiff (SD-2 UNet + VAE, UNet at t = 999):
 - LBQ: every quantizer learns its lower/upper clipping bounds (weights per output channel,
-  activations per tensor, asymmetric), init from min/max;
-- LET: per input channel scale s and shift d between activation and weight,
-  `x' = (x − d)/s`, `W' = W·s`, `y = Q(x') Q(W') + b + W d`, s init `(max|X|/max|W|)^0.3`, d = 0;
-  kept online at inference (not folded);
-- DQC: two stages, (1) LET trainable with every quantizer bound re-initialised to the current
-  min/max each iteration, then (2) LBQ bounds trainable with the transformation fixed; MSE to
-  the FP model's outputs; Adam lr 1e-5, 2 epochs over 500 pairs, batch 1;
+  activations per tensor, asymmetric), init from min/max (`Basic2DquantLayer`);
+- LET on every Linear/Conv (`saw_layer.py`): per input channel scale s and shift d,
+  `x' = (x − d)/s`, `W' = W·s`, `y = Q(x') Q(W') + b + conv(d.expand_as(x), W)`, s init
+  `(max|X|/max|W|)^0.3`, d = 0; kept online at inference. The correction is a conv of the
+  constant shift image with the layer's own padding, so it is exact at the borders of a padded
+  conv (its Linear variant computes `(x + d)/s` and adds `W d` again, i.e. `W x + 2 W d`);
+- attention LET in the UNet's transformer blocks (`quant_block.py: cross_attn_forward`, both the
+  self- and the cross-attention): `q·s_qk`, `k/s_qk` with one s per head dim (shared by heads),
+  and `P·s_vw`, `V/s_vw` with one s per key token, init `(max|K|/max|Q|)^α` and
+  `(max|V|/max|P|)^α` from the initialisation pass, learned with the layer scales (LET stage);
+  Q, K, P, V are then quantized per tensor at the activation bits;
+- DQC (`saw_cali_sep.py: saw_cali_UV_sep`): component by component, each first LET then LBQ,
+  MSE, Adam lr 1e-5, 2 epochs over the calibration pairs, batch 1: the encoder against the FP
+  encoder's latents of the LQ images; the UNet, fed the quantized encoder's latents, against the
+  FP UNet output ε (LET stage) and the FP x0 latent (LBQ stage); the decoder, fed the quantized
+  encoder+UNet latents, against the *ground-truth HR images*. Quantizer bounds are re-initialised
+  to min/max at every LET iteration only in the UNet-only path (`saw_cali_U_sep`);
+- biases are quantized too: one per-tensor asymmetric quantizer at the weight bits each
+  (`QuantLayer.bias_quantizer`), with learned bounds;
 - 8-bit layers: UNet `time_embed.0`, `out.2`; VAE `quant_conv`, `post_quant_conv`,
   `encoder.conv_out`, `decoder.conv_out`.
 
 Adaptation here:
-- DQC's per-component targets (latent x0 for the UNet, latents/images for the VAE) become one
-  target, the FP restorer's output image on the calibration LQ faces (the shared `distill` loop);
+- DQC's per-component targets become one target, the FP restorer's output image on the
+  calibration LQ faces (the shared `distill` loop), for both stages. The benchmark's calibration
+  set has no HR ground truth (the official decoder target), and every method here is scored
+  against the FP model (PSNR-FP), so each is calibrated towards the FP output; the end-to-end
+  target also trains each component for the error it leaves after the others, which the
+  sequential schedule gets by feeding quantized inputs forward;
+- the LET stage re-initialises every bound to the current min/max at each step (the UNet-only
+  path of the official code; its UNet+VAE path keeps the initialisation pass's bounds);
+- biases stay FP32, as for every method in the benchmark (cost.json counts them at 32 bits):
+  the official W-bit per-tensor bias quantizer only adds error, and the comparison holds the bias
+  precision equal across methods;
 - the 8-bit list maps to diffusers names `unet.time_embedding.linear_1`, `unet.conv_out`,
   `vae.quant_conv`, `vae.post_quant_conv`, `vae.encoder.conv_out`, `vae.decoder.conv_out`; those
   layers run at W8A8 (when the setting is lower), noted in plan.json and paid for in cost.json;
-- LET on every ungrouped Linear/Conv2d; the shift only where `W d` is a per-channel constant
-  (Linear, unpadded conv; a padded conv's border makes it position dependent), padded convs get
-  the scale only; the transformation is online (InputTransform scale/shift, counted in cost.json);
-- the attention LET (q/k per-head-dim and P/V per-token scales) and the code's `split` of every
-  layer's input into two halves are not implemented;
+- LET on every ungrouped Linear/Conv2d, the shift on all of them: written `x − d` (exact, unlike
+  the code's Linear `x + d`); on a zero-padded conv the correction is the official border-exact
+  `conv(d broadcast, W_fp)`, computed per call from the per-tap sums `W_fp d` (layers.py); the
+  transformation is online (InputTransform scale/shift, counted in cost.json);
+- the attention LET as in the official code (`inner_scale` of each attention matmul, layers.py),
+  on every quantized attention matmul: the UNet's, and the VAE's mid-block attention, whose
+  matmuls the official code leaves in FP but the benchmark quantizes for every method. The init
+  maxima are over the whole calibration set (one extra FP pass), not a first-batch init with a
+  running average. The per-key-token scale fixes the token count: a model calibrated at one
+  image size refuses another (the benchmark runs every image at the model's size);
+- the code's `split` of every layer's input into two halves is not implemented;
 - bounds are kept on either side of zero (quant/bounds.py); Adam with cosine decay and a larger
   learning rate than the paper's 1e-5, because the embedded default runs ~100x fewer steps
   (`config/paper.yaml` has the paper's values).
 
 Options (config `method_options.passionsr`): alpha (0.3), let_steps (40), lbq_steps (40),
-let_lr (1e-3), lbq_lr (1e-3), batch_size (4), shift (true), keep_8bit (true).
+let_lr (1e-3), lbq_lr (1e-3), batch_size (4), shift (true), attn_let (true), keep_8bit (true).
 """
 
 from __future__ import annotations
@@ -37,6 +64,8 @@ from __future__ import annotations
 import copy
 import logging
 from typing import Any
+
+from torch import Tensor
 
 from quantface.methods.base import check_options, smoothable
 from quantface.models.base import RestorerBundle
@@ -49,8 +78,15 @@ from quantface.quant.apply import (
 from quantface.quant.bounds import keep_bounds_valid_, learnable_bounds
 from quantface.quant.calibration import CalibrationSet
 from quantface.quant.distill import DistillConfig, distill, fp_targets
-from quantface.quant.layers import InputTransform, LayerQuant, _padding, wrap_model
-from quantface.quant.let import dynamic_ranges, learnable_let, let_init_scale
+from quantface.quant.layers import InputTransform, LayerQuant, QuantMatMul, wrap_model
+from quantface.quant.let import (
+    dynamic_ranges,
+    learnable_let,
+    learnable_matmul_scales,
+    let_init_scale,
+    matmul_absmax,
+    matmul_init_scale,
+)
 from quantface.quant.plan import BitPlan, LayerBits
 from quantface.quant.smoothing import calib_absmax
 from quantface.registry import METHODS
@@ -65,6 +101,7 @@ DEFAULTS: dict[str, Any] = {
     "lbq_lr": 1e-3,
     "batch_size": 4,
     "shift": True,
+    "attn_let": True,
     "keep_8bit": True,
 }
 EIGHT_BIT = (
@@ -88,9 +125,17 @@ def keep_8bit(plan: BitPlan) -> BitPlan:
     return plan.with_overrides(over, EIGHT_BIT_NOTE) if over else plan
 
 
-def shift_exact(mod) -> bool:
-    """W d is constant over positions: a Linear, or a conv without padding."""
-    return not hasattr(mod, "padding") or all(p == 0 for p in _padding(mod))
+def attention_let(
+    model: RestorerBundle, images: Tensor, batch_size: int, alpha: float
+) -> dict[str, QuantMatMul]:
+    """Give every attention matmul its contraction-dim scale at PassionSR's init."""
+    stats = matmul_absmax(model, images, batch_size)
+    mms = {n: m for n, m in model.named_modules() if isinstance(m, QuantMatMul)}
+    for n, m in mms.items():
+        a_max, b_max = stats[n]
+        m.add_inner_scale(a_max.numel())
+        m.inner_scale.copy_(matmul_init_scale(a_max, b_max, alpha))
+    return mms
 
 
 @METHODS.register("passionsr")
@@ -109,8 +154,8 @@ class PassionSR:
         sites = model.quant_targets()
         let_names = smoothable(model, plan)
         layout = standard_layout(sites, plan)
+        shift = bool(opts["shift"])
         for n in let_names:
-            shift = bool(opts["shift"]) and shift_exact(model.get_submodule(n))
             lq = layout[n]
             layout[n] = LayerQuant(lq.kind, lq.a, lq.w, InputTransform(scale=True, shift=shift))
         wrap_model(model, layout)
@@ -119,15 +164,21 @@ class PassionSR:
             m.input_scale.copy_(
                 let_init_scale(calib_absmax(calib.input_stats(n)), m.weight, opts["alpha"])
             )
+        bs = int(opts["batch_size"])
+        mms = attention_let(model, calib.images, bs, opts["alpha"]) if opts["attn_let"] else {}
         calibrate_weights(model, "minmax")  # placeholders: stage 1 re-ranges every call
         set_activation_ranges(model, calib, "minmax")
         model.requires_grad_(False)
-        bs = int(opts["batch_size"])
         targets = fp_targets(fp, calib.images, bs)
         # stage 1: the transformation, every bound re-initialised to the current min/max
-        with dynamic_ranges(model), learnable_let(layers) as params:
+        with (
+            dynamic_ranges(model),
+            learnable_let(layers) as params,
+            learnable_matmul_scales(mms) as attn_params,
+        ):
             dc = DistillConfig(int(opts["let_steps"]), float(opts["let_lr"]), bs)
-            curve = distill(model, calib.images, targets, [{"params": params}], dc)
+            groups = [{"params": params + attn_params}]
+            curve = distill(model, calib.images, targets, groups, dc)
             log.info("passionsr LET: loss %s", _ends(curve))
         calibrate_weights(model, "minmax")
         observe_activation_ranges(model, calib.images, bs)

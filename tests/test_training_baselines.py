@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from baselines.qdiffusion import shortcut_splits
@@ -27,10 +28,14 @@ from quantface.quant.layers import (
     QuantLayerMixin,
     QuantLinear,
     QuantMatMul,
+    border_dependent,
+    border_shift_map,
     set_quant_mode,
+    shift_taps,
     wrap_model,
 )
 from quantface.quant.learnable import clamp_scales_, learnable_scales, learnable_zero_points
+from quantface.quant.let import learnable_let, matmul_init_scale
 from quantface.quant.lora import weight_lora
 from quantface.quant.pack import dequantize, weight_codes
 from quantface.quant.plan import BitPlan
@@ -267,26 +272,55 @@ def test_split_shortcut_quantizes_each_half_on_its_own_range(micro_model, micro_
 
 
 @torch.no_grad()
-def test_let_scale_and_shift_leave_the_fp_output_unchanged():
-    for conv in (False, True):
-        fp, q, x = _layer(conv=conv)
-        if conv:  # a shift needs an unpadded conv
-            fp.padding = q.padding = (0, 0)
-        q.add_transform(InputTransform(scale=True, shift=True))
-        g = torch.Generator().manual_seed(5)
-        n = q.input_scale.numel()
-        q.input_scale.copy_(torch.rand(n, generator=g) + 0.5)
-        from quantface.quant.let import learnable_let
-
-        q.input_shift.copy_(torch.randn(n, generator=g))
-        with learnable_let({"l": q}):  # recomputes W*s and W d from the FP weight on each call
-            set_quant_mode(q, "off")
-            assert torch.allclose(q(x), fp(x), atol=1e-4)
+@pytest.mark.parametrize(
+    "conv", [None, {}, {"padding": 0}, {"stride": 2}, {"padding": (2, 1), "dilation": 2}]
+)
+def test_let_scale_and_shift_leave_the_fp_output_unchanged(conv):
+    """Exact on Linear and every conv, zero-padded ones included (their border correction)."""
+    fp, q, x = _layer(conv=conv is not None)
+    if conv:
+        for k, v in conv.items():  # same geometry on both sides
+            setattr(fp, k, v if isinstance(v, tuple) else (v, v))
+            setattr(q, k, getattr(fp, k))
+    q.add_transform(InputTransform(scale=True, shift=True))
+    g = torch.Generator().manual_seed(5)
+    n = q.input_scale.numel()
+    q.input_scale.copy_(torch.rand(n, generator=g) + 0.5)
+    q.input_shift.copy_(torch.randn(n, generator=g) * 3)  # a large d: borders would show
+    with learnable_let({"l": q}):  # recomputes W*s and W d from the FP weight on each call
+        set_quant_mode(q, "off")
         assert torch.allclose(q(x), fp(x), atol=1e-4)
-        assert torch.allclose(q.to_float()(x), fp(x), atol=1e-4)
-    fp, q, x = _layer(conv=True)  # padded: a shift would not be exact
-    with pytest.raises(ValueError, match="unpadded"):
-        q.add_transform(InputTransform(shift=True))
+    assert torch.allclose(q(x), fp(x), atol=1e-4)
+    assert torch.allclose(q.to_float()(x), fp(x), atol=1e-4)
+
+
+@torch.no_grad()
+def test_border_shift_map_is_the_conv_of_the_broadcast_shift():
+    """The official correction conv(d.expand_as(x), W): constant inside, smaller at the borders."""
+    conv = nn.Conv2d(5, 3, 3, stride=2, padding=1)
+    g = torch.Generator().manual_seed(0)
+    w, d = torch.randn(3, 5, 3, 3, generator=g), torch.randn(5, generator=g)
+    x_hw = (7, 6)
+    ref = F.conv2d(d.view(1, 5, 1, 1).expand(1, 5, *x_hw), w, None, 2, 1)[0]
+    got = border_shift_map(conv, shift_taps(w, d), x_hw, ref.shape[-2:])
+    assert torch.allclose(got, ref, atol=1e-5)
+    assert not torch.allclose(ref[:, 0, 0], ref[:, 1, 1])  # position dependent at the border
+    assert border_dependent(conv) and not border_dependent(nn.Conv2d(5, 3, 1))
+
+
+@torch.no_grad()
+def test_attention_let_scale_leaves_the_fp_product_unchanged_and_balances_operands():
+    g = torch.Generator().manual_seed(0)
+    lq = LayerQuant("matmul", QuantSpec(4), QuantSpec(4), InputTransform(inner=6))
+    mm = QuantMatMul(lq)
+    a = torch.randn(2, 5, 6, generator=g) * torch.tensor([1, 1, 1, 1, 1, 40.0])  # outlier dim
+    b = torch.randn(2, 6, 7, generator=g)
+    mm.inner_scale.copy_(matmul_init_scale(a.abs().amax((0, 1)), b.abs().amax((0, 2)), 0.5))
+    set_quant_mode(mm, "off")
+    assert torch.allclose(mm(a, b), torch.bmm(a, b), atol=1e-4)
+    assert mm.inner_scale[-1] < 0.5 * mm.inner_scale[:-1].min()  # q·s shrinks the outlier
+    with pytest.raises(ValueError, match="calibration size"):
+        mm(torch.randn(2, 5, 4), torch.randn(2, 4, 7))
 
 
 def test_passionsr_transform_keeps_fp_output(micro_model, micro_images, micro_calib):
@@ -294,6 +328,11 @@ def test_passionsr_transform_keeps_fp_output(micro_model, micro_images, micro_ca
     q = METHODS.get("passionsr")().quantize(micro_model, micro_calib, plan, FAST["passionsr"])
     shifted = [m for m in q.modules() if "input_shift" in getattr(m, "_buffers", {})]
     assert shifted and any(m.input_shift.abs().max() > 0 for m in shifted)  # d was learned
+    padded = [m for m in shifted if "shift_taps" in m._buffers]  # every 3x3 conv has its shift
+    assert padded and any(m.input_shift.abs().max() > 0 for m in padded)
+    mms = [m for m in q.modules() if isinstance(m, QuantMatMul)]
+    assert mms and all(m.transform_spec().inner for m in mms)  # attention LET everywhere
+    assert any((m.inner_scale - 1).abs().max() > 1e-3 for m in mms)
     set_quant_mode(q, "off")
     with torch.no_grad():
         ref = micro_model.restore_latent(micro_images)

@@ -14,7 +14,6 @@ from torch import nn
 from quantface.models.base import RestorerBundle
 from quantface.quant.calibration import CalibrationSet
 from quantface.quant.layers import (
-    InputTransform,
     LayerQuant,
     QuantLayerMixin,
     QuantMatMul,
@@ -63,7 +62,7 @@ def current_layout(model: nn.Module) -> dict[str, LayerQuant]:
             kind = "linear" if isinstance(mod, nn.Linear) else "conv2d"
             t = mod.transform_spec()
         elif isinstance(mod, QuantMatMul):
-            kind, t = "matmul", InputTransform()
+            kind, t = "matmul", mod.transform_spec()
         else:
             continue
         split = getattr(mod, "split", 0)

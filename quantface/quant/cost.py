@@ -12,7 +12,10 @@ How we count (also written under every cost table):
 - Input transforms a method could not fold (layers.InputTransform) are extra, never hidden:
   a low-rank branch's weights are stored at 16 bits and its MACs (positions x r x (fan_in + O))
   count in `lowrank_macs` and in BOPs at 16 x 16; a run-time smoothing vector is C_in FP32
-  values and C_in multiplies per input position (`online_scale_ops`); an online Hadamard is
+  values and C_in multiplies per input position (`online_scale_ops`), a shift as many
+  subtractions plus, on a zero-padded conv, one add per output of its border-exact correction
+  map; an attention matmul's contraction-dim scale multiplies every element of both operands
+  (`online_scale_ops`); an online Hadamard is
   C_in sign bits and `hadamard_ops(C_in)` additions per position (`online_hadamard_ops`).
   Run-time multiplies/adds are reported beside BOPs, not inside them (an add is no MAC), like
   norms; `extra_fp_params` / `extra_fp_param_bits` total what the transforms store.
@@ -69,18 +72,23 @@ def _countable_matmuls(bundle: RestorerBundle, sites: dict[str, str]) -> Iterato
             attn.set_processor(proc)
 
 
-def _transform_ops(mod: nn.Module, x: torch.Tensor, out: torch.Tensor) -> dict[str, int]:
-    """Extra run-time work of a transformed layer for one call (see the module docstring)."""
+def _transform_ops(mod: nn.Module, args: tuple, out: torch.Tensor) -> dict[str, int]:
+    """Extra run-time work of a transformed site for one call (see the module docstring)."""
     ops = dict.fromkeys(EXTRA_KEYS, 0)
+    if isinstance(mod, QuantMatMul) and mod.transform_spec().inner:
+        ops["online_scale_ops"] = args[0].numel() + args[1].numel()
     if not isinstance(mod, QuantLayerMixin):
         return ops
+    x = args[0]
     t = mod.transform_spec()
     c_in = x.shape[mod.channel_dim]
     positions_in = x.numel() // c_in
     if t.scale:
         ops["online_scale_ops"] = positions_in * c_in
-    if t.shift:  # x - d per element (the W d correction is a constant, foldable into the bias)
+    if t.shift:  # x - d per element; W d is foldable into the bias except on a zero-padded conv
         ops["online_scale_ops"] += positions_in * c_in
+        if "shift_taps" in mod._buffers:
+            ops["online_scale_ops"] += out.numel()
     if t.hadamard:
         ops["online_hadamard_ops"] = positions_in * hadamard_ops(c_in)
     if t.lowrank:
@@ -111,9 +119,9 @@ def measure_macs(
                 a, b = args
                 n = a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2]
             macs[name] = macs.get(name, 0) + int(n)
-            if extra is not None and kind != "matmul":
+            if extra is not None:
                 e = extra.setdefault(name, dict.fromkeys(EXTRA_KEYS, 0))
-                for k, v in _transform_ops(mod, args[0], out).items():
+                for k, v in _transform_ops(mod, args, out).items():
                     e[k] += int(v)
 
         return hook
@@ -133,14 +141,14 @@ def measure_macs(
 
 def transform_storage(mod: nn.Module) -> tuple[int, int, int]:
     """(extra values, their bits, of which buffer bits) that a layer's input transforms store."""
-    if not isinstance(mod, QuantLayerMixin):
+    if not isinstance(mod, QuantLayerMixin | QuantMatMul):
         return 0, 0, 0
     values = bits = buffer_bits = 0
     lr = mod._modules.get("lowrank")
     if lr is not None:
         n = sum(p.numel() for p in lr.parameters())
         values, bits = values + n, bits + n * LOWRANK_BITS
-    for key in ("input_scale", "input_shift", "shift_bias"):
+    for key in ("input_scale", "input_shift", "shift_bias", "shift_taps", "inner_scale"):
         s = mod._buffers.get(key)
         if s is not None:
             values, buffer_bits = values + s.numel(), buffer_bits + s.numel() * FP_BITS

@@ -17,8 +17,17 @@ transformed, unquantized input (SVDQuant):
 
     x' = H((x - d) / s);   y = conv_or_linear(Q_a(x'), Q_w(W)) + b + W_fp d + up(down(x'))
 
-The shift's output correction `W_fp d` is a saved FP32 vector (`shift_bias`): it is a constant
-per output channel only for a Linear or an unpadded conv, so only those layers may carry a shift.
+The shift's output correction is `conv_or_linear(d broadcast over the input, W_fp)`. For a Linear,
+an unpadded conv or a conv padded by replication it is a constant per output channel, a saved
+FP32 vector (`shift_bias`). A zero-padded conv sees the padding zeros unshifted, so near the
+borders fewer taps see d: there the correction is the map `sum_ab M[o,a,b] R_a[i] C_b[j]` with the
+saved per-tap sums `M = W_fp d` (`shift_taps`, [O, kh, kw]) and R/C the 0/1 masks of taps that fall
+inside the input. It is computed per call from the input size, exactly the official PassionSR
+correction `conv(d.expand_as(x), W)` at O kh kw positions' cost instead of a second convolution.
+
+A matmul site may carry a *contraction-dim scale* s (`inner_scale`, PassionSR's attention LET):
+`Q_a(a diag(s)) @ Q_b(diag(s)^-1 b)`, exactly `a @ b` before quantization. For QK^T the
+contraction runs over the head dim (q s, k / s), for AV over the key tokens (P s, V / s).
 
 A layer may also *split* its input channels in two (Q-Diffusion's shortcut-splitting quantizer
 for the decoder's concatenated skips): channels [:split] and [split:] then have their own
@@ -54,10 +63,11 @@ class InputTransform:
     hadamard: bool = False  # online randomized Hadamard over the input channels
     lowrank: int = 0  # rank of the 16-bit low-rank branch (0: none)
     shift: bool = False  # subtract a saved d_j from input channel j (before the division)
+    inner: int = 0  # matmul sites: length of the contraction-dim scale (0: none)
 
     @property
     def active(self) -> bool:
-        return self.scale or self.hadamard or self.lowrank > 0 or self.shift
+        return self.scale or self.hadamard or self.lowrank > 0 or self.shift or self.inner > 0
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -67,6 +77,8 @@ class InputTransform:
         }
         if self.shift:  # only when used: layouts written before shifts existed stay identical
             d["shift"] = True
+        if self.inner:
+            d["inner"] = self.inner
         return d
 
     @classmethod
@@ -207,10 +219,12 @@ class QuantLayerMixin:
         if t.lowrank > 0 and "lowrank" not in self._modules:
             self.add_module("lowrank", LowRankBranch(self, t.lowrank).to(dev))
         if t.shift and "input_shift" not in self._buffers:
-            if isinstance(self, nn.Conv2d) and any(p != 0 for p in _padding(self)):
-                raise ValueError("an input shift is exact only for a Linear or an unpadded conv")
             self.register_buffer("input_shift", torch.zeros(n, device=dev))
-            self.register_buffer("shift_bias", torch.zeros(self.weight.shape[0], device=dev))
+            out = self.weight.shape[0]
+            if border_dependent(self):
+                self.register_buffer("shift_taps", torch.zeros(out, *self.kernel_size, device=dev))
+            else:
+                self.register_buffer("shift_bias", torch.zeros(out, device=dev))
 
     def transform_spec(self) -> InputTransform:
         lr = self._modules.get("lowrank")
@@ -247,6 +261,9 @@ class QuantLayerMixin:
         sb = self._buffers.get("shift_bias")
         if sb is not None:
             y = y + self._channel_view(sb, y.dim())
+        taps = self._buffers.get("shift_taps")
+        if taps is not None:
+            y = y + border_shift_map(self, taps, x.shape[-2:], y.shape[-2:])
         return y
 
     def quantize_input(self, x: Tensor) -> Tensor:
@@ -287,19 +304,31 @@ class QuantLayerMixin:
         d = self._buffers.get("input_shift")
         if d is not None:  # W_eff (x - d) + b + W_fp d  ==  W_eff x + (b + W_fp d - W_eff d)
             w_eff = mod._parameters["weight"].detach()
-            extra = (
-                self.shift_bias - w_eff.flatten(2).sum(-1) @ d
-                if w_eff.dim() > 2
-                else (self.shift_bias - w_eff @ d)
-            )
+            extra = self._shift_residual(w_eff, d)
             b = self.bias.detach() + extra if self.bias is not None else extra
             mod._parameters["bias"] = nn.Parameter(b.clone(), requires_grad=False)
-        transform_buffers = ("input_scale", "input_shift", "shift_bias")
+        transform_buffers = ("input_scale", "input_shift", "shift_bias", "shift_taps")
         mod._buffers = {k: v for k, v in self._buffers.items() if k not in transform_buffers}
         drop = ("act_quantizer", "weight_quantizer", "act_quantizer_1", "weight_quantizer_1")
         mod._modules = {k: v for k, v in self._modules.items() if k not in drop + TRANSFORM_MODULES}
         mod.__dict__.pop("split", None)
         return mod
+
+    def _shift_residual(self, w_eff: Tensor, d: Tensor) -> Tensor:
+        """The bias a plain layer with weight W_eff needs for the shift: W_fp d - W_eff d.
+
+        For a zero-padded conv that is a position-dependent map unless W_eff d == W_fp d per tap
+        (true while the weight is W_fp diag(s), the only weight a shift is learned with): then it
+        is zero, anything else has no plain-conv equivalent and is refused.
+        """
+        taps = self._buffers.get("shift_taps")
+        if taps is None:
+            sums = w_eff.flatten(2).sum(-1) if w_eff.dim() > 2 else w_eff
+            return self.shift_bias - sums @ d
+        residual = taps - shift_taps(w_eff, d)
+        if residual.abs().max() > 1e-5 * (taps.abs().max() + 1e-12):
+            raise ValueError("a padded conv's shift has no plain-conv form once W_eff d != W_fp d")
+        return torch.zeros_like(taps[:, 0, 0])
 
     def quantized_weight(self) -> Tensor:
         return self.quantize_weight(self.weight)
@@ -338,18 +367,42 @@ class QuantConv2d(QuantLayerMixin, nn.Conv2d):
 
 
 class QuantMatMul(nn.Module):
-    """`a @ b` with both operands fake-quantized (attention QK^T and AV)."""
+    """`a @ b` with both operands fake-quantized (attention QK^T and AV).
+
+    With an `inner_scale` s (layout `inner`), a's last dim is multiplied and b's dim -2 divided
+    by s before quantization: the product is unchanged, the operands' ranges are balanced.
+    """
 
     def __init__(self, lq: LayerQuant) -> None:
         super().__init__()
         self.act_quantizer = UniformQuantizer(lq.a)  # first operand (Q, or softmax output)
         self.weight_quantizer = UniformQuantizer(lq.w)  # second operand (K^T, or V)
+        if lq.transform.inner:
+            self.add_inner_scale(lq.transform.inner)
+
+    def add_inner_scale(self, n: int) -> None:
+        """Create an identity contraction-dim scale of length n (a method or checkpoint fills it)."""
+        if "inner_scale" not in self._buffers:
+            dev = self.act_quantizer.scale.device
+            self.register_buffer("inner_scale", torch.ones(n, device=dev))
+
+    def transform_spec(self) -> InputTransform:
+        s = self._buffers.get("inner_scale")
+        return InputTransform(inner=s.numel() if s is not None else 0)
 
     def layer_quantizers(self) -> list[tuple[UniformQuantizer, str]]:
         """Both operands are activations: `weight_quantizer` names the second one's slot only."""
         return [(self.act_quantizer, "act"), (self.weight_quantizer, "act")]
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        s = self._buffers.get("inner_scale")
+        if s is not None:
+            if s.numel() != a.shape[-1]:
+                raise ValueError(
+                    f"this attention's operand scale was learned for {s.numel()} contraction "
+                    f"positions, the input has {a.shape[-1]}: run it at the calibration size"
+                )
+            a, b = a * s, b / s.unsqueeze(-1)
         return torch.bmm(self.act_quantizer(a), self.weight_quantizer(b))
 
 
@@ -417,10 +470,47 @@ def _matmul(attn: Attention, site: str, a: Tensor, b: Tensor) -> Tensor:
     return mm(a, b) if mm is not None else torch.bmm(a, b)
 
 
-def _padding(conv: nn.Conv2d) -> tuple[int, ...]:
-    if isinstance(conv.padding, str):
-        return (0,) if conv.padding == "valid" else (1,)
+def _left_padding(conv: nn.Conv2d) -> tuple[int, int]:
+    """Zeros added before row 0 / column 0 (torch's "same" puts the odd one after)."""
+    if conv.padding == "valid":
+        return (0, 0)
+    if conv.padding == "same":
+        return tuple(d * (k - 1) // 2 for d, k in zip(conv.dilation, conv.kernel_size, strict=True))
     return tuple(conv.padding)
+
+
+def border_dependent(mod: nn.Module) -> bool:
+    """A zero-padded conv: a constant input shift's output correction varies near the borders."""
+    if not isinstance(mod, nn.Conv2d) or mod.padding_mode != "zeros":
+        return False
+    if mod.padding == "same":
+        return any(k > 1 for k in mod.kernel_size)
+    return any(p != 0 for p in _left_padding(mod))
+
+
+def shift_taps(w: Tensor, d: Tensor) -> Tensor:
+    """Per-tap sums M[o, a, b] = sum_c W[o, c, a, b] d_c of a conv weight and an input shift."""
+    return torch.einsum("ocab,c->oab", w, d)
+
+
+def _inside(conv: nn.Conv2d, axis: int, n_in: int, n_out: int, like: Tensor) -> Tensor:
+    """[k, n_out] 0/1: does tap a of output position i read a real input (not padding)?"""
+    k, s, dil = conv.kernel_size[axis], conv.stride[axis], conv.dilation[axis]
+    out_pos = torch.arange(n_out, device=like.device) * s - _left_padding(conv)[axis]
+    pos = out_pos[None, :] + torch.arange(k, device=like.device)[:, None] * dil
+    return ((pos >= 0) & (pos < n_in)).to(like.dtype)
+
+
+def border_shift_map(
+    conv: nn.Conv2d, taps: Tensor, in_hw: torch.Size, out_hw: torch.Size
+) -> Tensor:
+    """conv(d broadcast to an in_hw image, W) with zero padding, from the tap sums: [O, H', W'].
+
+    Separable because the padding mask of tap (a, b) at (i, j) is rows[a, i] * cols[b, j].
+    """
+    rows = _inside(conv, 0, in_hw[0], out_hw[0], taps)
+    cols = _inside(conv, 1, in_hw[1], out_hw[1], taps)
+    return torch.einsum("oab,ai,bj->oij", taps, rows, cols)
 
 
 def quant_sites(root: nn.Module, prefixes: tuple[str, ...]) -> dict[str, str]:

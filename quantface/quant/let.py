@@ -10,7 +10,13 @@ exponents α as in PassionSR's code, unlike SmoothQuant's α / 1−α), d at 0. 
 `learnable_let` the layer's weight, `input_scale`, `input_shift` and `shift_bias` are recomputed
 from (W_fp, s, d) on every call, so gradients reach s and d; on exit the final values are stored
 in the layer's ordinary parameter and buffers (InputTransform scale/shift: saved, loaded, counted).
-The shift is only used where `W d` is a constant (Linear, unpadded conv; layers.py).
+The shift's correction `W d` is a saved vector where it is a constant (Linear, unpadded conv)
+and the per-tap sums of `W_fp d` on a zero-padded conv, whose border-exact map layers.py adds.
+
+The attention LET (`learnable_matmul_scales`) is PassionSR's `scale_factor_qk`/`scale_factor_vw`:
+one scale over each attention matmul's contraction dim, `a diag(s) @ diag(s)^-1 b` (q s, k / s per
+head dim shared by all heads; P s, V / s per key token), init `(max|b| / max|a|)^α` from FP
+calibration statistics (`matmul_absmax`) and learned beside the layer scales.
 """
 
 from __future__ import annotations
@@ -18,11 +24,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import replace
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 
-from quantface.quant.layers import QuantLayerMixin
+from quantface.quant.layers import QuantLayerMixin, QuantMatMul, quantizer_roles, shift_taps
 from quantface.quant.learnable import static_quantizers
 from quantface.quant.smoothing import channel_absmax
 
@@ -42,8 +49,13 @@ def _columns(w: Tensor, v: Tensor) -> Tensor:
     return v.view([1, -1] + [1] * (w.dim() - 2))
 
 
-def _shift_bias(w0: Tensor, d: Tensor) -> Tensor:
-    return (w0.flatten(2).sum(-1) if w0.dim() > 2 else w0) @ d
+def _set_shift(mod: QuantLayerMixin, w0: Tensor, d: Tensor) -> None:
+    """The shift d and its FP output correction from W_fp (a vector, or per-tap sums)."""
+    mod._buffers["input_shift"] = d
+    if "shift_taps" in mod._buffers:
+        mod._buffers["shift_taps"] = shift_taps(w0, d)
+    else:
+        mod._buffers["shift_bias"] = (w0.flatten(2).sum(-1) if w0.dim() > 2 else w0) @ d
 
 
 @contextlib.contextmanager
@@ -64,8 +76,7 @@ def learnable_let(layers: dict[str, QuantLayerMixin]) -> Iterator[list[nn.Parame
             object.__setattr__(mod, "weight", w0 * _columns(w0, s))
             mod._buffers["input_scale"] = s
             if d is not None:
-                mod._buffers["input_shift"] = d
-                mod._buffers["shift_bias"] = _shift_bias(w0, d)
+                _set_shift(mod, w0, d)
 
         state[n] = (*state[n], m.register_forward_pre_hook(hook))
     try:
@@ -81,8 +92,7 @@ def learnable_let(layers: dict[str, QuantLayerMixin]) -> Iterator[list[nn.Parame
                 m._parameters["weight"] = w_param
                 m._buffers["input_scale"] = s.clone()
                 if d is not None:
-                    m._buffers["input_shift"] = d.detach().clone()
-                    m._buffers["shift_bias"] = _shift_bias(w0, d.detach())
+                    _set_shift(m, w0, d.detach().clone())
 
 
 @contextlib.contextmanager
@@ -101,3 +111,65 @@ def dynamic_ranges(root: nn.Module) -> Iterator[None]:
     finally:
         for q, spec in zip(chosen, specs, strict=True):
             q.spec = spec
+
+
+@torch.no_grad()
+def matmul_absmax(
+    root: nn.Module, images: Tensor, batch_size: int
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per contraction position, max|a| and max|b| of every matmul on FP inputs (quantizers off).
+
+    The calibration statistics keep operand channels along the last dim, which for K^T and V is
+    not the contraction dim, so the attention LET init needs this one extra FP pass.
+    """
+    stats: dict[str, tuple[Tensor, Tensor]] = {}
+    mms = {n: m for n, m in root.named_modules() if isinstance(m, QuantMatMul)}
+
+    def hook(name: str):
+        def record(mod: nn.Module, args: tuple[Tensor, Tensor]) -> None:
+            a, b = (t.detach().abs() for t in args)
+            new = (a.flatten(0, -2).amax(0), b.transpose(-1, -2).flatten(0, -2).amax(0))
+            old = stats.get(name, new)
+            stats[name] = (torch.maximum(old[0], new[0]), torch.maximum(old[1], new[1]))
+
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in mms.items()]
+    chosen = [q for q, _ in quantizer_roles(root)]
+    modes = [q.mode for q in chosen]
+    for q in chosen:
+        q.mode = "off"
+    try:
+        for batch in images.split(batch_size):
+            root.restore(batch)
+    finally:
+        for h in handles:
+            h.remove()
+        for q, mode in zip(chosen, modes, strict=True):
+            q.mode = mode
+    return stats
+
+
+def matmul_init_scale(a_max: Tensor, b_max: Tensor, alpha: float = 0.3) -> Tensor:
+    """s = (max|b| / max|a|)^α per contraction position, both maxima ≥ 1e-5 (PassionSR's clamp)."""
+    return (b_max.clamp_min(1e-5) / a_max.clamp_min(1e-5)).pow(alpha).clamp_min(S_MIN)
+
+
+def _use_scale(mod: nn.Module, args: tuple, s: nn.Parameter) -> None:
+    mod._buffers["inner_scale"] = s.clamp_min(S_MIN)
+
+
+@contextlib.contextmanager
+def learnable_matmul_scales(mms: dict[str, QuantMatMul]) -> Iterator[list[nn.Parameter]]:
+    """Train the `inner_scale` of matmuls (attention LET); the final values stay in the buffer."""
+    params = {n: nn.Parameter(m.inner_scale.detach().clone()) for n, m in mms.items()}
+    handles = [
+        m.register_forward_pre_hook(partial(_use_scale, s=params[n])) for n, m in mms.items()
+    ]
+    try:
+        yield list(params.values())
+    finally:
+        for h in handles:
+            h.remove()
+        for n, m in mms.items():
+            m._buffers["inner_scale"] = params[n].detach().clamp_min(S_MIN).clone()
