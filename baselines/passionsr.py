@@ -127,7 +127,9 @@ class PassionSR:
         # stage 1: the transformation, every bound re-initialised to the current min/max
         with dynamic_ranges(model), learnable_let(layers) as params:
             dc = DistillConfig(int(opts["let_steps"]), float(opts["let_lr"]), bs)
-            curve = distill(model, calib.images, targets, [{"params": params}], dc)
+            curve = distill(
+                model, calib.images, targets, [{"params": params}], dc, stage="let_step"
+            )
             log.info("passionsr LET: loss %s", _ends(curve))
         calibrate_weights(model, "minmax")
         observe_activation_ranges(model, calib.images, bs)
@@ -141,6 +143,7 @@ class PassionSR:
                 [{"params": params}],
                 dc,
                 lambda: keep_bounds_valid_(params),
+                stage="lbq_step",
             )
             log.info("passionsr LBQ: loss %s", _ends(curve))
         model.plan_notes = dict(plan.notes)

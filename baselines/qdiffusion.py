@@ -171,7 +171,16 @@ class QDiffusion:
                     return lam * sum(r.regularizer(beta) for r in rounders.values())
 
                 cfg = ReconConfig(iters, float(opts["w_lr"]), 2.0)
-                reconstruct(module, inputs, targets, [{"params": params}], cfg, reg, desc=desc)
+                reconstruct(
+                    module,
+                    inputs,
+                    targets,
+                    [{"params": params}],
+                    cfg,
+                    reg,
+                    desc=desc,
+                    stage="adaround_iter",
+                )
         finally:
             set_quant_mode(module, "quant", "act")
 
@@ -191,4 +200,5 @@ class QDiffusion:
                 cfg,
                 after_step=lambda: clamp_scales_(params),
                 desc=desc,
+                stage="lsq_iter",
             )

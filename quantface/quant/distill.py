@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from quantface.errors import NumericsError
 from quantface.models.base import RestorerBundle
+from quantface.timing import log_timing, timed
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,8 @@ def random_crops(images: Tensor, size: int, per_image: int, seed: int) -> Tensor
 @torch.no_grad()
 def fp_targets(fp: RestorerBundle, images: Tensor, batch_size: int) -> Tensor:
     """The FP model's restored images: the distillation targets, computed once."""
-    return torch.cat([fp.restore(b, clamp=False) for b in images.split(batch_size)])
+    with timed("fp_targets", len(images)):
+        return torch.cat([fp.restore(b, clamp=False) for b in images.split(batch_size)])
 
 
 def distill(
@@ -69,11 +71,13 @@ def distill(
     groups: list[dict],
     cfg: DistillConfig,
     after_step: Callable[[], None] | None = None,
+    stage: str = "distill_step",
 ) -> list[float]:
     """Adam on `groups` (torch param groups) minimising d(model(lq), fp(lq)); cosine lr decay.
 
     Returns the loss curve. A non-finite loss stops with a NumericsError instead of leaving a NaN
-    model behind. `after_step` runs after each optimiser step (e.g. to keep step sizes positive).
+    model behind. `after_step` runs after each optimiser step (e.g. to keep step sizes positive); `stage`
+    names the timing line (quantface/timing.py) of the whole loop.
     """
     if cfg.loss not in LOSSES:
         raise ValueError(f"unknown distillation loss {cfg.loss!r}; known: {', '.join(LOSSES)}")
@@ -113,4 +117,5 @@ def distill(
                 curve[-1],
                 time.perf_counter() - t0,
             )
+    log_timing(stage, cfg.steps, time.perf_counter() - t0)
     return curve
