@@ -124,3 +124,39 @@ def test_block_checkpointing_leaves_the_distillation_unchanged(micro_model, monk
 
     (c0, p0), (c1, p1) = run(128), run(0)
     assert c0 == c1 and all(torch.equal(a, b) for a, b in zip(p0, p1))
+
+
+def test_paper_cost_bills_measured_loops_and_never_labels_cpu_as_gpu(tmp_path, monkeypatch, capsys):
+    """A fake measured run: one efficientdm quantize job (a 1-step loop) and its restorations."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import paper_cost
+
+    res = tmp_path / "results"
+    job = res / "benchmarks" / "quantize" / "osdface_random" / "efficientdm" / "w4a4.tsv"
+    job.parent.mkdir(parents=True)
+    job.write_text("s\th:m:s\tmax_rss\tcpu_time\n100\t0:01:40\t2048\t100\n")
+    lines = [
+        "x INFO quantface: device: cpu",
+        "x INFO quantface.timing: timing stage=distill_step n=1 seconds=10.0 rss_gib=1",
+        "x INFO quantface.timing: timing stage=quantize_total n=1 seconds=90.0 rss_gib=1",
+    ]
+    log = res / "logs" / "quantize" / "osdface_random" / "efficientdm" / "w4a4.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("\n".join(lines))
+    for d in ("synthetic_faces", "realworld_embedded"):
+        r = res / "logs" / "restore" / "osdface_random" / "efficientdm" / "w4a4" / f"{d}.log"
+        r.parent.mkdir(parents=True, exist_ok=True)
+        r.write_text(
+            "x INFO quantface.timing: timing stage=restore_image n=1 seconds=2.0 rss_gib=1"
+        )
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", ["paper_cost.py", "--results", str(res)])
+    paper_cost.main()
+    out = capsys.readouterr().out
+    row = next(r for r in out.splitlines() if r.startswith("| efficientdm"))
+    # 90 s fixed + 16,000 steps x batch 4/1 x 10 s; restore 2 s x 6,088 images; 3 cells
+    quant_h, restore_h = (100 - 10 + 16000 * 4 * 10.0) / 3600, 2.0 * 6088 / 3600
+    assert f"| {quant_h:.1f} | {restore_h:.1f} | {3 * (quant_h + restore_h):.1f} |" in row
+    assert row.endswith("| not measured | not measured |") and "measured on: cpu" in out
