@@ -171,10 +171,12 @@ def quantize_hours(
 ) -> tuple[float, bool]:
     """(hours of one paper quantize job, complete?) from one measured scale job."""
     loops = {s: v for s, v in job.stages.items() if s in SCALED}
-    if "quantize_total" in job.stages:
-        fixed = job.seconds - sum(s for _, s in loops.values())
-        complete = True
-    else:  # killed or failed: bill what was measured, flag it
+    loop_s = sum(s for _, s in loops.values())
+    if "quantize_total" in job.stages and job.seconds:  # the whole job: load, cost, write too
+        fixed, complete = job.seconds - loop_s, True
+    elif "quantize_total" in job.stages:  # method done, job stopped (cost/write): no TSV
+        fixed, complete = job.stages["quantize_total"][1] - loop_s, False
+    else:  # killed or failed inside the method: bill what was measured, flag it
         fixed, complete = 0.0, False
     total = fixed + sum(
         per_unit(job, s) * paper_units(method, s, job, scale, paper, sites) for s in loops
@@ -276,7 +278,10 @@ def main() -> None:
         gpu_cols = [r[4] if gpu else "not measured", "not measured"]  # no GPU peak is logged
         print("| " + " | ".join(map(str, r[:5] + [fmt(r[5] / 1024, 1)] + gpu_cols)) + " |")
     gpu_total = f"{total_h:.1f}" if gpu else "not measured"
-    print(f"| **whole study** | | | | **{total_h:.1f}** | | {gpu_total} | not measured |")
+    missing = any(r[2] in ("not run", "not measured") or "partial" in str(r[2]) for r in rows)
+    missing = missing or any(r[3] == "-" for r in rows if r[0] in cells)
+    label = "measured rows only" if missing else "whole study"
+    print(f"| **{label}** | | | | **{total_h:.1f}** | | {gpu_total} | not measured |")
     print()
     print("cells: quantize jobs per method in the paper study (its bit settings); each w6a6/w4a6")
     print("job is billed as the measured w4a4 one. Restoration: every cell restores all test")
