@@ -178,7 +178,7 @@ class PassionSR:
         ):
             dc = DistillConfig(int(opts["let_steps"]), float(opts["let_lr"]), bs)
             groups = [{"params": params + attn_params}]
-            curve = distill(model, calib.images, targets, groups, dc)
+            curve = distill(model, calib.images, targets, groups, dc, stage="let_step")
             log.info("passionsr LET: loss %s", _ends(curve))
         calibrate_weights(model, "minmax")
         observe_activation_ranges(model, calib.images, bs)
@@ -192,6 +192,7 @@ class PassionSR:
                 [{"params": params}],
                 dc,
                 lambda: keep_bounds_valid_(params),
+                stage="lbq_step",
             )
             log.info("passionsr LBQ: loss %s", _ends(curve))
         model.plan_notes = dict(plan.notes)

@@ -25,6 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may wait on a network
 
 from quantface.errors import ConfigError, NumericsError, OutputError, QuantFaceError
 from quantface.memory import current_stage, enter_stage, is_out_of_memory, peak_memory
+from quantface.timing import log_timing
 
 log = logging.getLogger("quantface")
 LISTINGS = ("methods", "metrics", "datasets", "models", "check-config")  # no run log for these
@@ -273,6 +274,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         raise NumericsError(f"{args.method} {args.bits}: {e}") from e
     seconds = time.perf_counter() - t0
     log.info("%s %s quantization took %.1f s", args.method, args.bits, seconds)
+    log_timing("quantize_total", 1, seconds)
     _check_finite(model)
     enter_stage("cost and write")
     out = Path(args.out)

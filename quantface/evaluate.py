@@ -31,6 +31,7 @@ from quantface.memory import enter_stage
 from quantface.quant.plan import BITS_RE
 from quantface.registry import METRICS
 from quantface.restore import fit_to_model
+from quantface.timing import log_timing
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,7 @@ def evaluate_folder(
             scores.append(metric.score(x.to(device), y.to(device) if y is not None else None))
         value = torch.cat(scores).mean().item()
         log.info("%s = %.4f over %d images (%.1f s)", name, value, n, time.perf_counter() - t0)
+        log_timing(f"metric_{name}", n, time.perf_counter() - t0)
         rows.append({**base, "value": value, "note": note})
     df = pd.DataFrame(rows, columns=COLUMNS)
     with atomic_path(out) as tmp:

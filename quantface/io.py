@@ -248,10 +248,15 @@ def file_sha256(path: str | Path) -> str:
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl")
 
 
-def load_tensors(path: str | Path, what: str, map_location: str | torch.device = "cpu") -> Any:
+def load_tensors(
+    path: str | Path, what: str, map_location: str | torch.device = "cpu", mmap: bool = False
+) -> Any:
     """`torch.load(weights_only=True)`: tensors and plain data only, so no file can run code.
 
     Tensors land on `map_location` (files are always written from the CPU, so they load anywhere).
+    `mmap=True` maps the file copy-on-write instead of reading it into memory: a 4 GB model file
+    then costs page cache (shared by every job reading the same file, and reclaimable) rather
+    than a second private copy beside the model it is loaded into.
 
     Every failure is one CheckpointError naming the file: absent, empty, unreadable, or holding
     pickled objects the safe loader refuses (torch's own message would advise turning the safety
@@ -263,7 +268,7 @@ def load_tensors(path: str | Path, what: str, map_location: str | torch.device =
     if path.stat().st_size == 0:
         raise CheckpointError(f"cannot read {what} {path}: the file is empty")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"refusing to load {what} {path}: it holds pickled objects beyond tensors and plain "

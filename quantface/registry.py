@@ -68,7 +68,10 @@ class Registry(Generic[T]):
         return out
 
 
-MODELS: Registry = Registry("model", ("quantface.models.tiny", "quantface.models.osdface"))
+MODELS: Registry = Registry(
+    "model",
+    ("quantface.models.tiny", "quantface.models.osdface", "quantface.models.random_osdface"),
+)
 METHODS: Registry = Registry(
     "method",
     (

@@ -42,6 +42,7 @@ from quantface.io import (
 from quantface.models.base import RestorerBundle
 from quantface.models.checkpoint import load_bundle
 from quantface.outputs import OutputFolder
+from quantface.timing import log_timing
 
 RECORD = "restore.json"
 log = logging.getLogger(__name__)
@@ -212,4 +213,5 @@ def _restore_into(
         meta.get("method", "?"),
         time.perf_counter() - t0,
     )
+    log_timing("restore_image", len(todo), time.perf_counter() - t0)
     return len(files)

@@ -35,6 +35,7 @@ from quantface.device import module_device
 from quantface.errors import ConfigError, NumericsError
 from quantface.models.base import RestorerBundle
 from quantface.quant.layers import QuantLayerMixin, QuantMatMul
+from quantface.timing import log_timing
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,33 @@ def activation_elements(model: RestorerBundle, sites: Sequence[str]) -> dict[str
 PerceptualDistance = Callable[[Tensor, Tensor], float]
 
 
+def spaced_subset(sites: Sequence[str], limit: int | None) -> list[str] | None:
+    """`limit` sites evenly spaced over `sites` (execution order), or None for all of them.
+
+    Why: the sensitivity pass costs one restoration per (site, candidate bits), ~2,800 at SD-2.1
+    size; a scale run that only has to exercise every stage measures a few sites spread over
+    the UNet and the VAE instead (`sensitivity_sites`).
+    """
+    if limit is None or limit >= len(sites):
+        return None
+    step = len(sites) / limit
+    return [sites[int(i * step)] for i in range(limit)]
+
+
+def fill_unmeasured(
+    errors: Mapping[str, Mapping[int, float]], sites: Sequence[str]
+) -> dict[str, dict[int, float]]:
+    """Every site's per-bit error; an unmeasured site takes the mean over the measured ones.
+
+    With every site measured (the paper protocol) this is `errors` unchanged, in site order.
+    """
+    if all(n in errors for n in sites):
+        return {n: dict(errors[n]) for n in sites}
+    bits = next(iter(errors.values()))
+    mean = {b: sum(row[b] for row in errors.values()) / len(errors) for b in bits}
+    return {n: dict(errors.get(n, mean)) for n in sites}
+
+
 class _StagedRunner:
     """Restores the sensitivity images, recomputing only what a quantized site can change.
 
@@ -234,6 +262,7 @@ def layer_sensitivity(
         reference = run.full()
         e_quant: dict[str, dict[int, float]] = {}
         e_percep: dict[str, dict[int, float]] = {}
+        t0 = time.perf_counter()
         for name, qs in tqdm(sites.items(), desc="sensitivity", disable=None):
             e_quant[name], e_percep[name] = {}, {}
             for bits in candidates:
@@ -248,6 +277,9 @@ def layer_sensitivity(
                 e_percep[name][bits] = max(0.0, float(perceptual(out, reference)))
             for q in qs:
                 q.mode = "off"
+        log_timing(
+            "sensitivity_measurement", len(sites) * len(candidates), time.perf_counter() - t0
+        )
     finally:
         for q, mode, spec, scale, zero in saved:  # exact restore: no range round-trip
             q.mode, q.spec, q.scale, q.zero_point = mode, spec, scale, zero

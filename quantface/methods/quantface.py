@@ -34,8 +34,10 @@ from quantface.methods.allocation import (
     activation_elements,
     activation_sites,
     combine_costs,
+    fill_unmeasured,
     layer_sensitivity,
     solve_allocation,
+    spaced_subset,
 )
 from quantface.methods.base import check_options, smoothable
 from quantface.methods.qdlora import (
@@ -84,6 +86,7 @@ MP_DEFAULTS: dict[str, Any] = {
     "weights_dir": "results/.weights",
     "sensitivity_images": 2,
     "sensitivity_crop": 64,
+    "sensitivity_sites": None,  # measure every site; N: N evenly spaced ones (scale runs)
 }
 
 
@@ -203,7 +206,12 @@ class QuantFaceMP:
         perceptual = perceptual_distance(
             opts["perceptual"], Path(opts["weights_dir"]), module_device(model)
         )
-        e_q, e_p = layer_sensitivity(model, images, candidates, perceptual, int(opts["batch_size"]))
+        every = list(activation_sites(model))
+        only = spaced_subset(every, opts["sensitivity_sites"])
+        e_q, e_p = layer_sensitivity(
+            model, images, candidates, perceptual, int(opts["batch_size"]), only
+        )
+        e_q, e_p = fill_unmeasured(e_q, every), fill_unmeasured(e_p, every)
         weight = activation_elements(model, list(e_q))
         problem = AllocationProblem(combine_costs(e_q, e_p, float(opts["lam"])), weight, budget)
         alloc = solve_allocation(problem)
@@ -221,6 +229,7 @@ class QuantFaceMP:
                     "candidates": candidates,
                     "lam": float(opts["lam"]),
                     "perceptual": opts["perceptual"],
+                    "sensitivity_sites": f"{len(only or every)} of {len(every)}",
                     "weighting": "activation elements per image",
                     "ilp_variables": alloc.n_variables,
                     "ilp_constraints": alloc.n_constraints,

@@ -47,8 +47,9 @@ def save_bundle(
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The file's payload, its tensors memory-mapped (see `load_bundle`)."""
     path = Path(path)
-    payload = load_tensors(path, "model file")
+    payload = load_tensors(path, "model file", mmap=True)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a QuantFace Bench model file (no '{FORMAT}' header)")
     if payload.get("version") != VERSION:
@@ -107,6 +108,11 @@ def load_bundle(
 
     Built and filled on the CPU, then moved as a whole: quantizer buffers take their saved shapes
     while loading, so moving afterwards is what puts every last tensor on the device.
+
+    The saved tensors are memory-mapped and *assigned* to the module (not copied into the freshly
+    initialised ones, which are then freed): at SD-2.1 size a copy would hold the 4 GB model twice
+    per job. The mapping is private (copy-on-write), so a method that edits weights in place
+    never writes to the file; the values are the file's either way.
     """
     payload = read_checkpoint(path)
     bundle: RestorerBundle = MODELS.get(payload["model"])(payload["config"])
@@ -126,6 +132,6 @@ def load_bundle(
     bad = _bad_values(bundle.state_dict(), payload["state_dict"])
     if bad:
         raise CheckpointError(f"{path}: {bad}; the model would restore blank images")
-    bundle.load_state_dict(payload["state_dict"], strict=True)
+    bundle.load_state_dict(payload["state_dict"], strict=True, assign=True)
     bundle.to(device).eval()
     return bundle, layout, payload["meta"]

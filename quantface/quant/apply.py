@@ -22,6 +22,7 @@ from quantface.quant.layers import (
 from quantface.quant.observers import MinMaxObserver, make_observer
 from quantface.quant.plan import BitPlan, LayerBits
 from quantface.quant.quantizer import QuantSpec
+from quantface.timing import timed
 
 
 def standard_layout(
@@ -79,6 +80,11 @@ def plan_of(model: nn.Module, notes: Mapping[str, str] | None = None) -> BitPlan
 
 def calibrate_weights(model: nn.Module, observer: str = "minmax", **kwargs) -> None:
     """Set every weight quantizer's range from its own weight tensor (split: from its half)."""
+    with timed(f"weight_ranges_{observer}"):
+        _calibrate_weights(model, observer, **kwargs)
+
+
+def _calibrate_weights(model: nn.Module, observer: str, **kwargs) -> None:
     for mod in model.modules():
         if isinstance(mod, QuantLayerMixin):
             parts = [(mod.weight_quantizer, mod.weight)]
@@ -179,10 +185,12 @@ def observe_activation_ranges(
                 if observer == "minmax"
                 else make_observer(observer, q.spec, **kwargs)
             )
-        for start in range(0, len(images), batch_size):
-            model.restore(images[start : start + batch_size])
-        for q in static.values():
-            q.set_range(*q.observer.compute())
+        with timed("observe_ranges_image", len(images)):
+            for start in range(0, len(images), batch_size):
+                model.restore(images[start : start + batch_size])
+        with timed("observe_ranges_search"):
+            for q in static.values():
+                q.set_range(*q.observer.compute())
     finally:
         for n, q in qs.items():
             q.mode, q.observer = modes[n], None

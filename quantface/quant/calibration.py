@@ -35,6 +35,7 @@ from quantface.io import atomic_torch_save, file_sha256, load_tensors
 from quantface.models.base import RestorerBundle
 from quantface.quant.layers import LayerQuant, quantizers, unwrap_model, wrap_model
 from quantface.quant.quantizer import QuantSpec
+from quantface.timing import log_timing
 
 log = logging.getLogger(__name__)
 FORMAT = "quantface-calibration"
@@ -167,6 +168,7 @@ def collect_calibration(
         log.info(
             "calibration forward over %d images: %.1f s", len(images), time.perf_counter() - t0
         )
+        log_timing("calibration_image", len(images), time.perf_counter() - t0)
     finally:
         unwrap_model(bundle)
     stats = {name: obs.result() for name, obs in observers.items()}

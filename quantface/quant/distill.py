@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,7 @@ from tqdm import tqdm
 
 from quantface.errors import NumericsError
 from quantface.models.base import RestorerBundle
+from quantface.timing import log_timing, timed
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,30 @@ LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "l2": lambda a, b: (a - b).pow(2).mean(),
     "l1": lambda a, b: (a - b).abs().mean(),
 }
+
+
+# Above this input side, distillation recomputes each UNet/VAE block in the backward pass.
+CHECKPOINT_ABOVE_PX = 128
+
+
+@contextmanager
+def block_checkpointing(model: RestorerBundle, side: int) -> Iterator[None]:
+    """Gradient checkpointing of the UNet and VAE blocks while distilling inputs of `side` px.
+
+    Why: one full-size step keeps every block's activations for the backward pass, attention
+    maps at 4,096 tokens and 512 x 512 VAE feature maps among them, many GB beside the 3.5 GB
+    model. Recomputing each block in the backward costs about one more forward and bounds the
+    kept graph to the block inputs. The recomputation is the same computation, so gradients are
+    unchanged; at <= CHECKPOINT_ABOVE_PX (the tiny model's 128 px) nothing changes at all.
+    """
+    parts = [m for m in (model.unet, model.vae) if side > CHECKPOINT_ABOVE_PX]
+    for m in parts:
+        m.enable_gradient_checkpointing()
+    try:
+        yield
+    finally:
+        for m in parts:
+            m.disable_gradient_checkpointing()
 
 
 @dataclass(frozen=True)
@@ -60,7 +86,8 @@ def random_crops(images: Tensor, size: int, per_image: int, seed: int) -> Tensor
 @torch.no_grad()
 def fp_targets(fp: RestorerBundle, images: Tensor, batch_size: int) -> Tensor:
     """The FP model's restored images: the distillation targets, computed once."""
-    return torch.cat([fp.restore(b, clamp=False) for b in images.split(batch_size)])
+    with timed("fp_targets", len(images)):
+        return torch.cat([fp.restore(b, clamp=False) for b in images.split(batch_size)])
 
 
 def distill(
@@ -70,11 +97,13 @@ def distill(
     groups: list[dict],
     cfg: DistillConfig,
     after_step: Callable[[], None] | None = None,
+    stage: str = "distill_step",
 ) -> list[float]:
     """Adam on `groups` (torch param groups) minimising d(model(lq), fp(lq)); cosine lr decay.
 
     Returns the loss curve. A non-finite loss stops with a NumericsError instead of leaving a NaN
-    model behind. `after_step` runs after each optimiser step (e.g. to keep step sizes positive).
+    model behind. `after_step` runs after each optimiser step (e.g. to keep step sizes
+    positive); `stage` names the timing line (quantface/timing.py) of the whole loop.
     """
     if cfg.loss not in LOSSES:
         raise ValueError(f"unknown distillation loss {cfg.loss!r}; known: {', '.join(LOSSES)}")
@@ -90,29 +119,31 @@ def distill(
     curve: list[float] = []
     t0 = time.perf_counter()
     model.train(False)  # no dropout/batch statistics: only the chosen parameters change
-    for step in tqdm(range(cfg.steps), desc="distill", disable=None):
-        idx = torch.randperm(len(images), generator=gen)[: cfg.batch_size].to(images.device)
-        loss = loss_fn(model.restore(images[idx], clamp=False), targets[idx])
-        if not torch.isfinite(loss):
-            raise NumericsError(
-                f"distillation diverged at step {step} (loss {loss.item()}): lower the learning "
-                "rate in method_options; nothing was written"
-            )
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.clip_grad_norm is not None:
-            nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
-        optim.step()
-        sched.step()
-        if after_step is not None:
-            after_step()
-        curve.append(loss.item())
-        if step % 25 == 0 or step == cfg.steps - 1:
-            log.info(
-                "distill step %d/%d loss %.3e (%.1f s)",
-                step + 1,
-                cfg.steps,
-                curve[-1],
-                time.perf_counter() - t0,
-            )
+    with block_checkpointing(model, images.shape[-1]):
+        for step in tqdm(range(cfg.steps), desc="distill", disable=None):
+            idx = torch.randperm(len(images), generator=gen)[: cfg.batch_size].to(images.device)
+            loss = loss_fn(model.restore(images[idx], clamp=False), targets[idx])
+            if not torch.isfinite(loss):
+                raise NumericsError(
+                    f"distillation diverged at step {step} (loss {loss.item()}): lower the "
+                    "learning rate in method_options; nothing was written"
+                )
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip_grad_norm is not None:
+                nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
+            optim.step()
+            sched.step()
+            if after_step is not None:
+                after_step()
+            curve.append(loss.item())
+            if step % 25 == 0 or step == cfg.steps - 1:
+                log.info(
+                    "distill step %d/%d loss %.3e (%.1f s)",
+                    step + 1,
+                    cfg.steps,
+                    curve[-1],
+                    time.perf_counter() - t0,
+                )
+    log_timing(stage, cfg.steps, time.perf_counter() - t0)
     return curve

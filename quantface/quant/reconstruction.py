@@ -33,6 +33,7 @@ from tqdm import tqdm
 from quantface.errors import NumericsError
 from quantface.models.base import RestorerBundle
 from quantface.quant.layers import QuantLayerMixin, QuantMatMul
+from quantface.timing import log_timing, timed
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +129,12 @@ def capture(
         else mod.register_forward_hook(post, with_kwargs=True)
     )
     try:
-        for batch in images.split(batch_size):
-            try:
-                model.restore(batch)
-            except _Stop:
-                pass
+        with timed(f"capture_{what}", len(images)):
+            for batch in images.split(batch_size):
+                try:
+                    model.restore(batch)
+                except _Stop:
+                    pass
     finally:
         h.remove()
     return got
@@ -162,10 +164,12 @@ def reconstruct(
     regularizer: Callable[[int], Tensor | None] | None = None,
     after_step: Callable[[], None] | None = None,
     desc: str = "reconstruct",
+    stage: str = "recon_iter",
 ) -> list[float]:
     """Adam on `groups` minimising lp(block(x_q), y_fp) (+ regularizer(step)); returns the curve.
 
-    One step = one recorded calibration batch, drawn at random (seeded).
+    One step = one recorded calibration batch, drawn at random (seeded). `stage` names the
+    timing line (quantface/timing.py) of the loop.
     """
     params = [p for g in groups for p in g["params"]]
     if cfg.iters <= 0 or not params or not inputs:
@@ -210,6 +214,7 @@ def reconstruct(
         curve[-1],
         time.perf_counter() - t0,
     )
+    log_timing(stage, cfg.iters, time.perf_counter() - t0)
     return curve
 
 
