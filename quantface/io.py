@@ -15,6 +15,7 @@ import os
 import pickle
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -268,6 +269,8 @@ def load_tensors(
     if path.stat().st_size == 0:
         raise CheckpointError(f"cannot read {what} {path}: the file is empty")
     try:
+        # only zip archives can be mapped; a legacy or plain pickle is read (and refused) whole
+        mmap = mmap and zipfile.is_zipfile(path)
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
