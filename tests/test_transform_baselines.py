@@ -143,7 +143,7 @@ def test_method_options_are_checked_by_the_schema():
 
     config = load_config(Path(__file__).parents[1] / "config" / "config.yaml")
     assert {"smoothquant", "quarot", "svdquant"} <= set(config["methods"])
-    config["method_options"] = {"svdquant": {"rank": 8, "alpha": 0.7}, "quarot": {"seed": 1}}
+    config["method_options"] = {"svdquant": {"rank": 8, "num_grids": 20}, "quarot": {"seed": 1}}
     validate_config(config)
     config["method_options"] = {"quarot": {"clip": 0.9}}
     with pytest.raises(ConfigError, match="method_options.quarot"):
