@@ -263,12 +263,12 @@ class SVDQuant:
             layout[name] = LayerQuant(kind, a, w, transform)
         return layout
 
-    def quantize(
-        self, fp: RestorerBundle, calib: CalibrationSet, plan: BitPlan, cfg: dict[str, Any]
-    ) -> RestorerBundle:
-        opts = check_options(cfg, DEFAULTS, self.name)
+    def prepare(
+        self, fp: RestorerBundle, plan: BitPlan, opts: dict[str, Any]
+    ) -> tuple[RestorerBundle, list[SmoothGroup], list[str]]:
+        """A wrapped copy of fp with identity transforms; its smoothing groups and branch layers."""
         model = copy.deepcopy(fp)
-        branch = set(branch_layers(model, smoothable(model, plan)))
+        branch = branch_layers(model, smoothable(model, plan))
         groups = smoothing_groups(model, branch)
         if not opts["online"]:
             groups = [g for g in groups if g.fold != "online"]
@@ -279,18 +279,36 @@ class SVDQuant:
             w = model.get_submodule(name).weight
             ranks[name] = capped_rank(opts["rank"], w.shape[0], w[0].numel(), frac)
         wrap_model(model, self.layout(model, plan, ranks, online, int(opts["group_size"])))
+        return model, groups, branch
+
+    def smooth(
+        self,
+        model: RestorerBundle,
+        groups: list[SmoothGroup],
+        calib: CalibrationSet,
+        num_grids: int,
+    ) -> dict[str, tuple[Tensor, tuple[float, float]]]:
+        """Search and apply each group's s in `fold_order`; layer -> (s, chosen (alpha, beta))."""
         absmax = {n: calib_absmax(calib.input_stats(n)) for g in groups for n in g.layers}
-        pairs = smoothing_candidates(int(opts["num_grids"]))
-        scales: dict[str, Tensor] = {}
+        pairs = smoothing_candidates(num_grids)
+        chosen = {}
         for g in fold_order(groups):
-            s, _, _ = search_group_scale(model, g, calib, absmax, pairs)
-            scales.update(dict.fromkeys(g.layers, smooth_group(model, g, s)))
-        for name in sorted(branch):
+            s, pair, _ = search_group_scale(model, g, calib, absmax, pairs)
+            chosen.update(dict.fromkeys(g.layers, (smooth_group(model, g, s), pair)))
+        return chosen
+
+    def quantize(
+        self, fp: RestorerBundle, calib: CalibrationSet, plan: BitPlan, cfg: dict[str, Any]
+    ) -> RestorerBundle:
+        opts = check_options(cfg, DEFAULTS, self.name)
+        model, groups, branch = self.prepare(fp, plan, opts)
+        chosen = self.smooth(model, groups, calib, int(opts["num_grids"]))
+        for name in branch:
             mod = model.get_submodule(name)
             assert isinstance(mod, QuantLayerMixin)
             if mod.transform_spec().lowrank == 0:
                 continue
-            s = scales.get(name, torch.ones(mod.weight.shape[1]))
+            s = chosen[name][0] if name in chosen else torch.ones(mod.weight.shape[1])
             rows = calib.input_stats(name)["rows"]
             fit_branch(mod, rows, s, int(opts["lowrank_iters"]), bool(opts["early_stop"]))
         calibrate_weights(model, "minmax")
