@@ -1,6 +1,6 @@
 """SVDQuant (Li et al., ICLR 2025): smoothing plus a 16-bit low-rank branch absorbing outliers.
 
-What the paper/code does (methods.md §8): smooth `X^ = X diag(s)^-1`, `W^ = W diag(s)`, then split
+What the paper/code does: smooth `X^ = X diag(s)^-1`, `W^ = W diag(s)`, then split
 `W^ = L1 L2 + R` with L1 L2 the rank-r SVD (r = 32) kept in 16 bit and only the residual R
 quantized: `Y = X^ L1 L2 + Q(X^) Q(R)`. deepcompressor (`examples/diffusion/configs/svdquant/
 __default__.yaml`, `int4.yaml`): INT4 symmetric weights in groups of 64 input channels, INT4
