@@ -1,65 +1,116 @@
 """SVDQuant (Li et al., ICLR 2025): smoothing plus a 16-bit low-rank branch absorbing outliers.
 
-What the paper/code does (methods.md §8): smooth `X^ = X diag(l)^-1`, `W^ = W diag(l)`, then split
+What the paper/code does: smooth `X^ = X diag(s)^-1`, `W^ = W diag(s)`, then split
 `W^ = L1 L2 + R` with L1 L2 the rank-r SVD (r = 32) kept in 16 bit and only the residual R
-quantized: `Y = X^ L1 L2 + Q(X^) Q(R)`. deepcompressor: INT4 symmetric weights in groups of 64
-input channels, INT4 *dynamic* activations in groups of 64 channels per token, smoothing applied
-online (`fuse_when_possible: false`), alpha searched per layer on a 20-point grid by output
-error, the low-rank branch refined iteratively (refit to W - Q(R), up to 100 iterations).
+quantized: `Y = X^ L1 L2 + Q(X^) Q(R)`. deepcompressor (`examples/diffusion/configs/svdquant/
+__default__.yaml`, `int4.yaml`): INT4 symmetric weights in groups of 64 input channels, INT4
+*dynamic* activations in groups of 64 channels per token, smoothing applied online
+(`fuse_when_possible: false`), and two searches, both scored by the layer's output error
+(`objective: OutputsError`, `degree: 2`, i.e. the summed squared output error):
+
+- smoothing (`calib/smooth.py`, `strategy: GridSearch`, `alpha: 0.5`, `beta: -2`,
+  `num_grids: 20`, `allow_low_rank: true`): `s_j = max|X_j|^a / max|W_j|^b` over the candidates
+  (a, b) = (0, 0) (no smoothing), (a, 0) and (a, 1 - a) for a in {1/20, ..., 19/20} (39 in all;
+  `SmoothCalibConfig.get_alpha_beta_pairs`), each candidate scored with the low-rank branch in
+  the loop: the SVD of the smoothed weight, the quantized residual, quantized activations;
+- the branch (`calib/lowrank.py`, `num_iters: 100`, `early_stop: true`): iteration i refits
+  L = SVD_r(W^ - Q(R_{i-1})), R_i = W^ - L; the best iterate by output error is kept and the
+  loop stops at the first iterate worse than the best so far.
+
+Layers (the config's `skips` for both `smooth.proj` and `wgts.low_rank`): embed, resblock,
+transformer_proj_in/out, transformer norms, down_sample, up_sample are quantized but get neither
+smoothing nor a branch. On this suite's diffusers UNet and VAE that is (`branch_layers`):
+
+  embed        -> UNet conv_in, conv_out, time_embedding; VAE encoder/decoder conv_in,
+                  conv_out, quant_conv, post_quant_conv (the latent's in/out projections)
+  resblock     -> every layer in a ResnetBlock2D (conv1, conv2, conv_shortcut, time_emb_proj)
+  proj_in/out  -> Transformer2DModel.proj_in / proj_out
+  down/up_sample -> Downsample2D / Upsample2D convs
+  the rest     -> smoothing + branch: attention to_q/to_k/to_v/to_out.0 (UNet attn1/attn2 and
+                  the VAE mid-block attention) and the feed-forward ff.net.0.proj / ff.net.2
 
 Adaptation and choices here:
-- layers: every quantized Linear and ungrouped Conv2d gets smoothing + branch (deepcompressor
-  skips resblocks, proj_in/out and samplers on SDXL; methods.md §8 proposes all layers for the
-  OSDFace UNet). A conv [O, I, kh, kw] is split as [O, I*kh*kw]; its branch is a kh x kw conv
-  I -> r (the host's stride/padding) then a 1x1 conv r -> O;
-- rank: `rank` (32), capped at floor(max_rank_fraction * min(O, I*kh*kw)) (fraction 0.1) so a
-  tiny layer is not mostly branch. The micro and tiny models have 8..64-channel layers, where the
+- the objective is each layer's own output error on the calibration rows the suite caches
+  (`CalibrationSet.input_stats(site)["rows"]`, FP activations); deepcompressor scores Q/K/V (a
+  shared s and, by default, one shared branch for the concatenated [q; k; v]) by the attention
+  block's output, which needs the block replayed. Readers of one activation share one s here
+  too (`smoothing_groups`), scored by the sum of their output errors; each keeps its own branch;
+- all candidates of a group are scored together in batched matmuls and a batched FP32 SVD
+  (the final branch uses an FP64 SVD); ties go to the first candidate;
+- the search and branch need a layer's whole input in one row, so only Linear and unpadded 1x1
+  convs qualify; after the skips above no other layer is left in these models;
+- smoothing is folded where the fold is exact (SmoothQuant's rules, quant/smoothing.py) and
+  applied online otherwise (counted in cost.json; `online: false` drops the online groups); the
+  official code applies all of it online. Folding into to_v also rescales the AV matmul's V,
+  whose quantization error is not in the search's objective;
+- defaults keep the micro tests fast: `num_grids` 10 (the official `fast.yaml` grid, 19
+  candidates) and `lowrank_iters` 10 with the early stop; config/paper.yaml sets the official 20
+  and 100;
+- rank: `rank` (32), capped at floor(max_rank_fraction * min(O, I)) (fraction 0.1) so a tiny
+  layer is not mostly branch. The micro and tiny models have 8..64-channel layers, where the
   cap decides the rank; 0.1 keeps the branch as large relative to the layer as rank 32 is on
   SD's 320-channel layers (32 / 320), so the tiny study does not hand SVDQuant (or QuantFace,
   whose two branches share the same total budget) a far larger FP16 branch than the paper's;
-- smoothing reuses quant/smoothing.py with SmoothQuant's fold rules (folding is exact and free;
-  the rest runs online and is counted); alpha is one value for all layers (`alpha`, 0.5) instead
-  of the per-layer search, which needs a quantized forward per candidate and layer;
 - the branch is rounded to FP16 and R formed from the rounded factors (exact in FP);
-  `lowrank_iters` (1) > 1 enables the iterative refit, scored by weight error ||W - L - Q(R)||;
 - groups of 64 along input channels for weights and activations where the channel count allows;
   otherwise the largest divisor of C <= 64 (so a 48-channel input uses one group of 48, i.e.
   per token / per output channel). Activations asymmetric dynamic (stand-in for the code's
   unsigned INT4 for non-negative inputs plus `shift_activations`);
-- attention matmuls quantized at the activation bits, per-token dynamic, like every method here
-  (nunchaku runs attention in 16 bit; DESIGN §5 keeps them at the activation bits for all).
+- attention matmuls: deepcompressor's diffusion configs do not quantize them (nunchaku runs
+  attention in 16 bit); the suite quantizes them at the activation bits for every method,
+  per-token dynamic as deepcompressor quantizes every activation (one token's channels share a
+  scale): Q, V and the softmax output per row, K^T [B*h, d, M] per key token (a column).
 
-Options (config `method_options.svdquant`): rank (32), alpha (0.5), group_size (64),
-lowrank_iters (1), online (true), max_rank_fraction (0.1).
+Options (config `method_options.svdquant`): rank (32), num_grids (10), group_size (64),
+lowrank_iters (10), early_stop (true), online (true), max_rank_fraction (0.1).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
+from dataclasses import replace
 from typing import Any
 
 import torch
+from diffusers.models.downsampling import Downsample2D
+from diffusers.models.embeddings import TimestepEmbedding
+from diffusers.models.resnet import ResnetBlock2D
+from diffusers.models.transformers.transformer_2d import Transformer2DModel
+from diffusers.models.upsampling import Upsample2D
+from torch import Tensor, nn
 
 from quantface.methods.base import check_options, smoothable
 from quantface.models.base import RestorerBundle
 from quantface.quant.apply import calibrate_weights
 from quantface.quant.calibration import CalibrationSet
 from quantface.quant.layers import InputTransform, LayerQuant, QuantLayerMixin, wrap_model
-from quantface.quant.lowrank import capped_rank, lowrank_split
-from quantface.quant.observers import MinMaxObserver
+from quantface.quant.lowrank import capped_rank, refit_lowrank, svd_factors
 from quantface.quant.plan import BitPlan
-from quantface.quant.quantizer import QuantSpec, qparams_from_range, quantize_tensor
-from quantface.quant.smoothing import apply_smoothing, calib_absmax, smoothing_groups
+from quantface.quant.quantizer import QuantSpec, UniformQuantizer
+from quantface.quant.smoothing import (
+    SmoothGroup,
+    calib_absmax,
+    fold_order,
+    group_absmax,
+    smooth_group,
+    smoothing_groups,
+    smoothing_scales,
+)
 from quantface.registry import METHODS
 
 DEFAULTS: dict[str, Any] = {
     "rank": 32,
-    "alpha": 0.5,
+    "num_grids": 10,
     "group_size": 64,
-    "lowrank_iters": 1,
+    "lowrank_iters": 10,
+    "early_stop": True,
     "online": True,
     "max_rank_fraction": 0.1,
 }
+SKIPPED_BLOCKS = (ResnetBlock2D, Downsample2D, Upsample2D, TimestepEmbedding)
+EMBED_NAMES = ("conv_in", "conv_out", "quant_conv", "post_quant_conv")
+SEARCH_CHUNK = 1 << 25  # floats per batched candidate chunk (~128 MB of FP32 per operand set)
 
 
 def group_spec(bits: int, channels: int, group: int, **kw: Any) -> QuantSpec:
@@ -70,65 +121,195 @@ def group_spec(bits: int, channels: int, group: int, **kw: Any) -> QuantSpec:
     return QuantSpec(bits, granularity="group", group_size=g, **kw)
 
 
-def _rtn(spec: QuantSpec):
-    def q(w: torch.Tensor) -> torch.Tensor:
-        obs = MinMaxObserver(spec)
-        obs.update(w)
-        scale, zero = qparams_from_range(*obs.compute(), spec)
-        return quantize_tensor(w, scale, zero, spec)
+def smoothing_candidates(num_grids: int) -> list[tuple[float, float]]:
+    """deepcompressor's (alpha, beta) grid for `alpha > 0, beta = -2`: no smoothing, then
+    (a, 0) and (a, 1 - a) for a = i / num_grids, i = 1 .. num_grids - 1."""
+    grid = [i / num_grids for i in range(1, num_grids)]
+    return [(0.0, 0.0)] + [(a, 0.0) for a in grid] + [(a, 1.0 - a) for a in grid]
 
-    return q
+
+def _single_row_input(mod: nn.Module) -> bool:
+    """A Linear, or a conv whose output pixel depends on one input pixel (1x1, unpadded)."""
+    if isinstance(mod, nn.Conv2d):
+        return mod.kernel_size == (1, 1) and tuple(mod.padding) == (0, 0)
+    return isinstance(mod, nn.Linear)
+
+
+def branch_layers(model: nn.Module, layers: Collection[str]) -> list[str]:
+    """The layers deepcompressor smooths and gives a branch: `layers` minus its skip list
+    (embed, resblock, transformer_proj_in/out, down/up_sample), mapped in the module docstring."""
+    skipped: set[str] = set()
+    for name, mod in model.named_modules():
+        pre = f"{name}." if name else ""
+        if isinstance(mod, SKIPPED_BLOCKS):
+            skipped |= {pre + n for n, _ in mod.named_modules() if n}
+        elif isinstance(mod, Transformer2DModel):
+            skipped |= {f"{pre}proj_in", f"{pre}proj_out"}
+    return [
+        n
+        for n in layers
+        if n not in skipped
+        and n.rpartition(".")[2] not in EMBED_NAMES
+        and _single_row_input(model.get_submodule(n))
+    ]
+
+
+def _row_quantizer(spec: QuantSpec, act: bool) -> UniformQuantizer:
+    """The layer's quantizer on 2-D rows [..., fan_in]: a dynamic range equals the weights'
+    min-max calibration; activations move their channel dim last."""
+    return UniformQuantizer(
+        replace(spec, dynamic=True, channel_dim=-1 if act else spec.channel_dim)
+    )
+
+
+def branch_output_errors(
+    x: Tensor, w: Tensor, s: Tensor, rank: int, qa: UniformQuantizer, qw: UniformQuantizer
+) -> Tensor:
+    """Per candidate s_k (rows of s [K, I]): ||X W^T - (Q(X^) Q(R)^T + X^ L^T)||^2 with
+    X^ = X / s_k, W^ = W s_k, L = SVD_r(W^) (FP16 factors), R = W^ - L. x [N, I], w [O, I]."""
+    n, i = x.shape
+    o = w.shape[0]
+    y = x @ w.T
+    xs = x[None] / s[:, None, :]
+    ws = w[None] * s[:, None, :]
+    if rank > 0:
+        l1, l2 = svd_factors(ws, rank, torch.float32)
+        lw = l1 @ l2
+    else:
+        lw = torch.zeros_like(ws)
+    qr = qw((ws - lw).reshape(-1, i)).reshape(-1, o, i)
+    qx = qa(xs.reshape(-1, i)).reshape(-1, n, i)
+    y_hat = qx @ qr.transpose(1, 2) + xs @ lw.transpose(1, 2)
+    return (y_hat - y).pow(2).sum((1, 2))
+
+
+def search_group_scale(
+    model: nn.Module,
+    group: SmoothGroup,
+    calib: CalibrationSet,
+    absmax: dict[str, Tensor],
+    pairs: list[tuple[float, float]],
+) -> tuple[Tensor, tuple[float, float], Tensor]:
+    """The candidate s with the least summed output error of the group's readers, branch in the
+    loop. Returns (s, its (alpha, beta), every candidate's error)."""
+    a, w_abs = group_absmax(model, group, absmax)
+    scales = torch.stack([smoothing_scales(a, w_abs, al, be) for al, be in pairs])
+    errors = torch.zeros(len(pairs), dtype=torch.float64, device=scales.device)
+    for name in group.layers:
+        mod = model.get_submodule(name)
+        assert isinstance(mod, QuantLayerMixin)
+        w = mod.weight.detach().reshape(mod.weight.shape[0], -1).float()
+        x = calib.input_stats(name)["rows"].to(w.device).float()
+        s = scales.to(w.device)
+        qa = _row_quantizer(mod.act_quantizer.spec, act=True)
+        qw = _row_quantizer(mod.weight_quantizer.spec, act=False)
+        rank = mod.transform_spec().lowrank
+        chunk = max(1, SEARCH_CHUNK // (w.numel() + x.numel() + x.shape[0] * w.shape[0]))
+        for k in range(0, len(pairs), chunk):
+            err = branch_output_errors(x, w, s[k : k + chunk], rank, qa, qw)
+            errors[k : k + chunk] += err.double().to(errors.device)
+    best = int(errors.argmin())
+    return scales[best], pairs[best], errors
+
+
+def fit_branch(
+    mod: QuantLayerMixin, rows: Tensor, s: Tensor, iters: int, early_stop: bool
+) -> list[float]:
+    """Refit the layer's branch by output error on its smoothed rows X / s; returns the errors."""
+    w = mod.weight.detach().reshape(mod.weight.shape[0], -1).float()
+    x = rows.to(w.device).float() / s.to(w.device)
+    y = x @ w.T
+    qx = _row_quantizer(mod.act_quantizer.spec, act=True)(x)
+    qw = _row_quantizer(mod.weight_quantizer.spec, act=False)
+
+    def output_error(l1: Tensor, l2: Tensor, qr: Tensor) -> float:
+        return float((qx @ qr.T + (x @ l2.T) @ l1.T - y).pow(2).sum())
+
+    rank = mod.transform_spec().lowrank
+    l1, l2, r, errors = refit_lowrank(w, rank, qw, output_error, iters, early_stop)
+    mod.lowrank.set_factors(l1, l2)
+    with torch.no_grad():
+        mod.weight.copy_(r.reshape(mod.weight.shape))
+    return errors
 
 
 @METHODS.register("svdquant")
 class SVDQuant:
-    """SVDQuant: smoothing, a 16-bit rank-32 SVD branch, and the quantized residual."""
+    """SVDQuant: searched smoothing, a 16-bit rank-32 SVD branch, and the quantized residual."""
 
     name = "svdquant"
 
-    def quantize(
-        self, fp: RestorerBundle, calib: CalibrationSet, plan: BitPlan, cfg: dict[str, Any]
-    ) -> RestorerBundle:
-        opts = check_options(cfg, DEFAULTS, self.name)
-        model = copy.deepcopy(fp)
+    def layout(
+        self, model: RestorerBundle, plan: BitPlan, ranks: dict[str, int], online: set[str], gs: int
+    ) -> dict[str, LayerQuant]:
+        """Per-group INT weights/activations, run-time scales and branches where they apply."""
         sites = model.quant_targets()
-        layers = smoothable(model, plan)
-        groups = smoothing_groups(model, layers)
-        if not opts["online"]:
-            groups = [g for g in groups if g.fold != "online"]
-        online = {n for g in groups if g.fold == "online" for n in g.layers}
-        gs = int(opts["group_size"])
         layout = {}
         for name, bits in plan.items():
             kind = sites[name]
-            if kind == "matmul":
+            if kind == "matmul":  # K^T [B*h, d, M]: per key token = reduce over d (dim -2)
                 a = QuantSpec(bits.a_bits, False, "token", dynamic=True, channel_dim=-1)
-                layout[name] = LayerQuant(kind, a, a)
+                b_dim = -2 if name.endswith("qk_matmul") else -1
+                layout[name] = LayerQuant(kind, a, replace(a, channel_dim=b_dim))
                 continue
             mod = model.get_submodule(name)
-            o, fan_in = mod.weight.shape[0], mod.weight[0].numel()
             c_in = mod.weight.shape[1]
             a_dim = 1 if kind == "conv2d" else -1
             a = group_spec(bits.a_bits, c_in, gs, dynamic=True, channel_dim=a_dim)
             w = group_spec(bits.w_bits, c_in, gs, symmetric=True, channel_dim=1)
             if w.granularity == "token":  # one group spans all inputs: per output channel
                 w = QuantSpec(bits.w_bits, True, "channel", channel_dim=0)
-            rank = capped_rank(opts["rank"], o, fan_in, float(opts["max_rank_fraction"]))
-            rank = rank if name in layers else 0
-            layout[name] = LayerQuant(kind, a, w, InputTransform(name in online, False, rank))
-        wrap_model(model, layout)
+            transform = InputTransform(name in online, False, ranks.get(name, 0))
+            layout[name] = LayerQuant(kind, a, w, transform)
+        return layout
+
+    def prepare(
+        self, fp: RestorerBundle, plan: BitPlan, opts: dict[str, Any]
+    ) -> tuple[RestorerBundle, list[SmoothGroup], list[str]]:
+        """A wrapped copy of fp with identity transforms; its smoothing groups and branch layers."""
+        model = copy.deepcopy(fp)
+        branch = branch_layers(model, smoothable(model, plan))
+        groups = smoothing_groups(model, branch)
+        if not opts["online"]:
+            groups = [g for g in groups if g.fold != "online"]
+        online = {n for g in groups if g.fold == "online" for n in g.layers}
+        frac = float(opts["max_rank_fraction"])
+        ranks = {}
+        for name in branch:
+            w = model.get_submodule(name).weight
+            ranks[name] = capped_rank(opts["rank"], w.shape[0], w[0].numel(), frac)
+        wrap_model(model, self.layout(model, plan, ranks, online, int(opts["group_size"])))
+        return model, groups, branch
+
+    def smooth(
+        self,
+        model: RestorerBundle,
+        groups: list[SmoothGroup],
+        calib: CalibrationSet,
+        num_grids: int,
+    ) -> dict[str, tuple[Tensor, tuple[float, float]]]:
+        """Search and apply each group's s in `fold_order`; layer -> (s, chosen (alpha, beta))."""
         absmax = {n: calib_absmax(calib.input_stats(n)) for g in groups for n in g.layers}
-        apply_smoothing(model, groups, absmax, float(opts["alpha"]))
-        for name in layers:
+        pairs = smoothing_candidates(num_grids)
+        chosen = {}
+        for g in fold_order(groups):
+            s, pair, _ = search_group_scale(model, g, calib, absmax, pairs)
+            chosen.update(dict.fromkeys(g.layers, (smooth_group(model, g, s), pair)))
+        return chosen
+
+    def quantize(
+        self, fp: RestorerBundle, calib: CalibrationSet, plan: BitPlan, cfg: dict[str, Any]
+    ) -> RestorerBundle:
+        opts = check_options(cfg, DEFAULTS, self.name)
+        model, groups, branch = self.prepare(fp, plan, opts)
+        chosen = self.smooth(model, groups, calib, int(opts["num_grids"]))
+        for name in branch:
             mod = model.get_submodule(name)
             assert isinstance(mod, QuantLayerMixin)
-            rank = mod.transform_spec().lowrank
-            if rank == 0:
+            if mod.transform_spec().lowrank == 0:
                 continue
-            quant = _rtn(mod.weight_quantizer.spec)
-            l1, l2, r = lowrank_split(mod.weight, rank, quant, int(opts["lowrank_iters"]))
-            mod.lowrank.set_factors(l1, l2)
-            with torch.no_grad():
-                mod.weight.copy_(r)
+            s = chosen[name][0] if name in chosen else torch.ones(mod.weight.shape[1])
+            rows = calib.input_stats(name)["rows"]
+            fit_branch(mod, rows, s, int(opts["lowrank_iters"]), bool(opts["early_stop"]))
         calibrate_weights(model, "minmax")
         return model.eval()

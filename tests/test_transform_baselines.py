@@ -143,8 +143,136 @@ def test_method_options_are_checked_by_the_schema():
 
     config = load_config(Path(__file__).parents[1] / "config" / "config.yaml")
     assert {"smoothquant", "quarot", "svdquant"} <= set(config["methods"])
-    config["method_options"] = {"svdquant": {"rank": 8, "alpha": 0.7}, "quarot": {"seed": 1}}
+    config["method_options"] = {"svdquant": {"rank": 8, "num_grids": 20}, "quarot": {"seed": 1}}
     validate_config(config)
     config["method_options"] = {"quarot": {"clip": 0.9}}
     with pytest.raises(ConfigError, match="method_options.quarot"):
         validate_config(config)
+
+
+class TwoInputBundle(RestorerBundle):
+    """Two quantized Linears: unet.0 reads an input with one huge channel, unet.1 a flat input
+    through a weight with one huge input column (the outlier is on the other side)."""
+
+    name = "two_inputs"
+
+    def __init__(self):
+        super().__init__({"image_size": 8})
+        g = torch.Generator().manual_seed(0)
+        self.embedder = nn.ModuleList([nn.Linear(3, 32), nn.Linear(3, 32)])
+        self.unet = nn.Sequential(nn.Linear(32, 32), nn.Linear(32, 32))
+        self.vae = nn.Identity()
+        with torch.no_grad():
+            for e in self.embedder:
+                e.weight.copy_(torch.randn(32, 3, generator=g))
+            self.embedder[0].weight[5] *= 60.0
+            for lin in self.unet:
+                lin.weight.copy_(torch.randn(32, 32, generator=g) * 0.2)
+            self.unet[1].weight[:, 9] *= 40.0
+
+    def restore(self, lq, clamp=True):
+        x = lq.flatten(2).transpose(1, 2) - 0.5
+        return self.unet[0](self.embedder[0](x)) + self.unet[1](self.embedder[1](x))
+
+
+def _svdquant_search():
+    """SVDQuant's prepared (wrapped, unsmoothed) TwoInputBundle at W4A4 and its calibration."""
+    from baselines.svdquant import DEFAULTS, SVDQuant
+
+    fp = TwoInputBundle().eval()
+    imgs = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    calib = collect_calibration(copy.deepcopy(fp), imgs, 2, 64)
+    plan = BitPlan.uniform(fp.quant_targets(), 4, 4)
+    method = SVDQuant()
+    model, groups, _ = method.prepare(fp, plan, dict(DEFAULTS))
+    return method, model, groups, calib
+
+
+@torch.no_grad()
+def test_svdquant_searches_the_smoothing_per_layer():
+    from baselines.svdquant import search_group_scale, smoothing_candidates
+    from quantface.quant.smoothing import calib_absmax
+
+    _, model, groups, calib = _svdquant_search()
+    pairs = smoothing_candidates(20)
+    assert len(pairs) == 39 and pairs[0] == (0.0, 0.0)  # deepcompressor's beta = -2 grid
+    assert (0.05, 0.0) in pairs and (0.95, pytest.approx(0.05)) in pairs
+    assert (1.0, 0.0) not in pairs and (0.0, 1.0) not in pairs
+    absmax = {n: calib_absmax(calib.input_stats(n)) for g in groups for n in g.layers}
+    found = {}
+    for g in groups:
+        _, pair, errors = search_group_scale(model, g, calib, absmax, pairs)
+        found[g.layers[0]] = (pair, errors)
+    (pair0, err0), (pair1, err1) = found["unet.0"], found["unet.1"]
+    assert pair0 != pair1, found  # one alpha for all layers would fail here
+    assert pair0[0] > 0 and err0.min() < 0.5 * err0[0]  # the activation outlier is smoothed
+    assert err1.min() < err1[0]  # the weight outlier moves into the activations
+
+
+@torch.no_grad()
+def test_svdquant_search_scores_each_candidate_by_the_real_layer_with_its_branch():
+    """The batched score of each candidate equals the quantized layer's output error with the
+    SVD branch of that candidate's smoothed weight: the chosen s minimises it."""
+    from baselines.svdquant import search_group_scale, smoothing_candidates
+    from quantface.quant.apply import calibrate_weights
+    from quantface.quant.lowrank import lowrank_split
+    from quantface.quant.smoothing import calib_absmax, group_absmax, smooth_group, smoothing_scales
+
+    _, model, groups, calib = _svdquant_search()
+    g = next(x for x in groups if x.layers == ("unet.0",))
+    absmax = {n: calib_absmax(calib.input_stats(n)) for n in g.layers}
+    pairs = smoothing_candidates(10)
+    _, pair, errors = search_group_scale(model, g, calib, absmax, pairs)
+    x = calib.input_stats("unet.0")["rows"]
+    y = nn.functional.linear(x, model.unet[0].weight, model.unet[0].bias)
+    brute = []
+    for al, be in pairs:
+        m = copy.deepcopy(model)
+        layer = m.unet[0]
+        smooth_group(m, g, smoothing_scales(*group_absmax(m, g, absmax), al, be))
+        l1, l2, r = lowrank_split(layer.weight, layer.transform_spec().lowrank)
+        layer.lowrank.set_factors(l1, l2)
+        layer.weight.copy_(r)
+        calibrate_weights(m, "minmax")
+        brute.append(((layer(x) - y) ** 2).sum().item())
+    brute = torch.tensor(brute, dtype=torch.float64)
+    assert torch.allclose(errors, brute, rtol=1e-3), (errors, brute)
+    assert pair == pairs[int(brute.argmin())]
+
+
+@torch.no_grad()
+def test_svdquant_branch_refit_lowers_the_output_error_and_stops_early():
+    from baselines.svdquant import fit_branch
+    from quantface.quant.apply import calibrate_weights
+
+    method, model, groups, calib = _svdquant_search()
+    chosen = method.smooth(model, groups, calib, 10)
+    layer, rows = model.unet[0], calib.input_stats("unet.0")["rows"]
+    s = chosen["unet.0"][0]
+    fixed = copy.deepcopy(layer)
+    assert len(fit_branch(fixed, rows, s, 6, early_stop=False)) == 6
+    errors = fit_branch(layer, rows, s, 100, early_stop=True)
+    assert min(errors) < 0.95 * errors[0]  # errors[0] is the one-pass branch
+    assert len(errors) < 100 and errors[-1] > min(errors)  # stopped at the first worse iterate
+    ref = nn.functional.linear(rows, layer.effective_weight(), layer.bias)  # FP: branch + R, 1/s
+    calibrate_weights(layer, "minmax")
+    err = ((layer(rows) - ref) ** 2).sum().item()
+    assert err == pytest.approx(min(errors), rel=1e-3)  # the best iterate is the one kept
+
+
+def test_svdquant_branch_layers_follow_the_official_skip_list(micro_model, micro_calib):
+    from baselines.svdquant import branch_layers
+    from quantface.methods.base import smoothable
+
+    plan = BitPlan.uniform(micro_model.quant_targets(), 4, 4)
+    chosen = set(branch_layers(micro_model, smoothable(micro_model, plan)))
+    leaves = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
+    expected = {n for n in plan if n.endswith(leaves)}
+    assert chosen == expected  # no resblock, embedding, proj_in/out, sampler or VAE conv
+    q = METHODS.get("svdquant")().quantize(micro_model, micro_calib, plan, {})
+    res = q.get_submodule("unet.down_blocks.1.resnets.0.conv1")
+    assert not res.transform_spec().active
+    ff = q.get_submodule("unet.mid_block.attentions.0.transformer_blocks.0.ff.net.2")
+    assert ff.transform_spec().lowrank == 3
+    qk = q.get_submodule("unet.mid_block.attentions.0.transformer_blocks.0.attn1.qk_matmul")
+    assert qk.weight_quantizer.spec.channel_dim == -2  # K^T [B*h, d, M]: per key token

@@ -44,6 +44,8 @@ def test_method_through_the_cli(method, cli_dir):
     argv[-2:-2] = ["--threads", "1"]
     if method == "quarot":
         argv[-1] = '{"a_clip_ratio": 0.9}'
+    if method == "svdquant":
+        argv[-1] = '{"num_grids": 4, "lowrank_iters": 3}'
     assert main(argv) == 0
     cost = json.loads((out / "cost.json").read_text())["total"]
     assert cost["extra_fp_params"] > 0

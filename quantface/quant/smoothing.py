@@ -50,19 +50,24 @@ def channel_absmax(t: Tensor, dim: int = 1) -> Tensor:
     return t.reshape(t.shape[0], -1).amax(dim=1)
 
 
-def smoothing_scales(act_absmax: Tensor, weight_absmax: Tensor, alpha: float) -> Tensor:
-    """s_j = a_j^alpha / w_j^(1-alpha); channels dead in X or W get s = 1 (no NaN/Inf, no blow-up).
+def smoothing_scales(
+    act_absmax: Tensor, weight_absmax: Tensor, alpha: float, beta: float | None = None
+) -> Tensor:
+    """s_j = a_j^alpha / w_j^beta (beta = 1 - alpha: SmoothQuant's migration); channels dead in X
+    or W get s = 1 (no NaN/Inf, no blow-up).
 
-    A channel never active in calibration (a_j = 0) or with an all-zero weight column gives no
-    information about its balance, so it is left alone; the rest is clamped to [1e-5, 1e5] as
-    SmoothQuant clamps both statistics.
+    An independent beta is there for SVDQuant's search, which also tries beta = 0 (activation
+    statistics only) and alpha = beta = 0 (no smoothing). A channel never active in calibration
+    (a_j = 0) or with an all-zero weight column gives no information about its balance, so it is
+    left alone; the rest is clamped to [1e-5, 1e5] as SmoothQuant clamps both statistics.
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"smoothing alpha must be in [0, 1], got {alpha}")
+    beta = 1.0 - alpha if beta is None else beta
+    if not (0.0 <= alpha <= 1.0 and 0.0 <= beta <= 1.0):
+        raise ValueError(f"smoothing alpha and beta must be in [0, 1], got {alpha}, {beta}")
     a = torch.nan_to_num(act_absmax.detach().double(), nan=0.0, posinf=0.0)
     w = torch.nan_to_num(weight_absmax.detach().double(), nan=0.0, posinf=0.0)
     live = (a > 0) & (w > 0)
-    s = a.clamp(min=S_MIN).pow(alpha) / w.clamp(min=S_MIN).pow(1.0 - alpha)
+    s = a.clamp(min=S_MIN).pow(alpha) / w.clamp(min=S_MIN).pow(beta)
     s = torch.where(live, s, torch.ones_like(s)).clamp(S_MIN, S_MAX)
     return s.float()
 
@@ -169,6 +174,40 @@ def calib_absmax(stats: dict[str, Tensor]) -> Tensor:
     return torch.maximum(stats["ch_min"].abs(), stats["ch_max"].abs())
 
 
+def fold_order(groups: list[SmoothGroup]) -> list[SmoothGroup]:
+    """Output-side folds (`rows`, `geglu`) first: they rescale their producer's rows, and the
+    producer (to_v, ff.net.0.proj) must be smoothed afterwards from its updated weight."""
+    return sorted(groups, key=lambda g: g.fold not in ("rows", "geglu"))
+
+
+def group_absmax(
+    model: nn.Module, group: SmoothGroup, act_absmax: dict[str, Tensor]
+) -> tuple[Tensor, Tensor]:
+    """(max |X_j|, max |W_j|) over all readers of the group: one s serves every reader."""
+    readers = [model.get_submodule(n) for n in group.layers]
+    a = torch.stack([act_absmax[n] for n in group.layers]).amax(0)
+    w = torch.stack([channel_absmax(r.weight) for r in readers]).amax(0)
+    return a, w
+
+
+@torch.no_grad()
+def smooth_group(model: nn.Module, group: SmoothGroup, s: Tensor) -> Tensor:
+    """Scale the readers' weight columns by s and fold 1/s into the producer, or (online) set
+    the readers' `input_scale` buffer (InputTransform(scale=True)). Returns s on their device."""
+    readers = [model.get_submodule(n) for n in group.layers]
+    s = s.to(readers[0].weight.device)
+    for r in readers:
+        scale_weight_columns(r, s)
+    if group.fold != "online":
+        fold_inverse_scale(model, group, s)
+        return s
+    for n, r in zip(group.layers, readers):
+        if "input_scale" not in r._buffers:
+            raise ValueError(f"{n} needs an input_scale buffer for run-time smoothing")
+        r.input_scale.copy_(s)
+    return s
+
+
 @torch.no_grad()
 def apply_smoothing(
     model: nn.Module,
@@ -176,29 +215,14 @@ def apply_smoothing(
     act_absmax: dict[str, Tensor],
     alpha: float | dict[str, float],
 ) -> dict[str, Tensor]:
-    """Smooth every group: scale readers' weight columns by s, fold 1/s or set `input_scale`.
+    """Smooth every group (in `fold_order`) with s = a^alpha / w^(1-alpha).
 
-    Output-side folds (`rows`, `geglu`) go first: they rescale the producer's rows, and the
-    producer (to_v, ff.net.0.proj) is itself smoothed afterwards from its updated weight. Online
-    groups need their reader wrapped with an `input_scale` buffer (InputTransform(scale=True)).
-    `alpha` may be a number or a per-first-reader mapping. Returns layer -> s.
+    Online groups need their reader wrapped with an `input_scale` buffer. `alpha` may be a
+    number or a per-first-reader mapping. Returns layer -> s.
     """
-    order = sorted(groups, key=lambda g: g.fold not in ("rows", "geglu"))
     scales: dict[str, Tensor] = {}
-    for g in order:
-        readers = [model.get_submodule(n) for n in g.layers]
-        a = torch.stack([act_absmax[n] for n in g.layers]).amax(0)
-        w = torch.stack([channel_absmax(r.weight) for r in readers]).amax(0)
+    for g in fold_order(groups):
         al = alpha if isinstance(alpha, float | int) else alpha[g.layers[0]]
-        s = smoothing_scales(a, w, float(al)).to(readers[0].weight.device)
-        for r in readers:
-            scale_weight_columns(r, s)
-        if g.fold == "online":
-            for n, r in zip(g.layers, readers):
-                if "input_scale" not in r._buffers:
-                    raise ValueError(f"{n} needs an input_scale buffer for run-time smoothing")
-                r.input_scale.copy_(s)
-        else:
-            fold_inverse_scale(model, g, s)
-        scales.update(dict.fromkeys(g.layers, s))
+        s = smoothing_scales(*group_absmax(model, g, act_absmax), float(al))
+        scales.update(dict.fromkeys(g.layers, smooth_group(model, g, s)))
     return scales
