@@ -22,7 +22,7 @@ so the LLM's global fused Q is not exact here; methods.md §5 "On the SD UNet/VA
   and V per head fused into to_v rows with the inverse in to_out.0's columns (QuaRot's
   rotate_ov_proj). No cross-head Hadamard (5/10/20 heads have none);
 - QuaRot keeps queries and the softmax output in 16 bit; here both attention matmuls are
-  quantized at the activation bits like every method (DESIGN §5), per token (K per token too);
+  quantized at the activation bits like every method here, per token (K per token too);
 - the online Hadamards' n*log2(n) adds per position and their sign vectors are in cost.json;
 - RTN only (no GPTQ), with the MSE weight clip (`w_clip`, on by default as in the README command).
 

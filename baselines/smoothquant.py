@@ -5,7 +5,7 @@ What the paper/code does (methods.md §4): per input channel j,
 share one s), `X <- X diag(s)^-1`, `W <- W diag(s)`, the division folded into the preceding
 LayerNorm; no training. alpha = 0.5 by default (the paper tunes it per model: an option here).
 Quantizers: weights per-output-channel symmetric absmax, activations symmetric absmax; level O3
-= per-tensor *static* activations (the DESIGN §5 default) with `act_granularity: token` giving
+= per-tensor *static* activations (the suite's default) with `act_granularity: token` giving
 O1 (per-token dynamic). Attention QK^T/AV operands are quantized at the activation bits
 (`quantize_output=True` on q/k/v in the repo simulates the BMM inputs the same way).
 

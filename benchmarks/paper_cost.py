@@ -185,18 +185,16 @@ def quantize_hours(
 
 
 def restore_seconds_per_image(
-    results: Path, model: str, parts: str, datasets: list[str], devices: set[str]
+    results: Path, model: str, parts: str, devices: set[str]
 ) -> tuple[float | None, float]:
-    """Mean restoration seconds per image over the datasets' restore jobs, and their max RSS."""
-    n = s = rss = 0.0
-    for d in datasets:
-        job = load_job(results, "restore", f"{model}/{parts}/{d}")  # restore_fp logs there too
-        if job is None or "restore_image" not in job.stages:
-            continue
-        k, t = job.stages["restore_image"]
-        n, s, rss = n + k, s + t, max(rss, job.max_rss_mib)
-        devices.add(job.device)
-    return (s / n if n else None), rss
+    """Mean restoration seconds per image of the model's restore_evaluate job (one timing line
+    per test set; the FP model's job is restore_evaluate/<model>/fp), and the job's max RSS."""
+    job = load_job(results, "restore_evaluate", f"{model}/{parts}")
+    if job is None or "restore_image" not in job.stages:
+        return None, 0.0
+    n, s = job.stages["restore_image"]
+    devices.add(job.device)
+    return (s / n if n else None), job.max_rss_mib
 
 
 def fmt(x: float | None, digits: int = 1) -> str:
@@ -214,7 +212,6 @@ def main() -> None:
     scale = merge_configs([base, yaml.safe_load(Path(args.scale).read_text())])
     paper = merge_configs([base, yaml.safe_load(Path(args.paper).read_text())])
     results, model = Path(args.results), scale["model"]["name"]
-    datasets = list(scale["data"]["datasets"])
     n_test = sum(PAPER_IMAGES.values())
     measured = dict(quantized_cells(scale["methods"], scale["bits"]))
     cells: dict[str, int] = defaultdict(int)
@@ -223,7 +220,7 @@ def main() -> None:
 
     rows, devices, total_h = [], set(), 0.0
     calib = load_job(results, "calibrate", model)
-    fp_s, fp_rss = restore_seconds_per_image(results, model, "fp", datasets, devices)
+    fp_s, fp_rss = restore_seconds_per_image(results, model, "fp", devices)
     if calib is not None and "calibration_image" in calib.stages:
         devices.add(calib.device)
         h = per_unit(calib, "calibration_image") * paper["calibration"]["n_images"] / 3600
@@ -248,7 +245,7 @@ def main() -> None:
             continue
         sites = sensitivity_sites(results, model, m, bits)
         q_h, complete = quantize_hours(m, job, scale, paper, sites)
-        r_s, r_rss = restore_seconds_per_image(results, model, f"{m}/{bits}", datasets, devices)
+        r_s, r_rss = restore_seconds_per_image(results, model, f"{m}/{bits}", devices)
         r_h = r_s * n_test / 3600 if r_s is not None else None
         cell_h = q_h + (r_h or 0.0)
         label = fmt(q_h) if complete else f">= {fmt(q_h)} (partial)"

@@ -144,11 +144,11 @@ def cmd_prepare_data(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from quantface.models.checkpoint import save_bundle
-    from quantface.models.train import train_restorer
+    from quantface.models.shipped import fp_restorer
 
     opts = _json(args.options)
     enter_stage("train")
-    model = train_restorer(
+    model = fp_restorer(
         args.model,
         opts.get("arch", {}),
         opts.get("train", {}),
@@ -409,6 +409,25 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_restore_evaluate(args: argparse.Namespace) -> None:
+    from quantface.cell import parse_sets, restore_and_evaluate
+
+    restore_and_evaluate(
+        Path(args.model) if args.model else None,
+        parse_sets(args.sets),
+        labels={
+            "model": args.model_name,
+            "method": args.method,
+            "bits": args.bits,
+            "seed": args.seed,
+        },
+        weights_dir=Path(args.weights_dir),
+        restore_batch=args.batch_size,
+        metric_batch=args.metric_batch_size,
+        device=args.device,
+    )
+
+
 def cmd_aggregate(args: argparse.Namespace) -> None:
     from quantface.report.aggregate import aggregate_costs, aggregate_exports, aggregate_metrics
 
@@ -593,6 +612,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dataset", default="")
     common(sp)
 
+    sp = add(
+        "restore-evaluate",
+        cmd_restore_evaluate,
+        "restore and score several test sets with one model in one process (the workflow's job)",
+    )
+    sp.add_argument("--model", help="model file; without it the inputs themselves are scored")
+    sp.add_argument(
+        "--sets",
+        required=True,
+        help="JSON list of {dataset, lq, manifest, metrics_out, metrics, images, hq, fp}",
+    )
+    sp.add_argument("--weights-dir", default=os.path.join("results", ".weights"))
+    sp.add_argument("--batch-size", type=int, default=8, help="restoration batch")
+    sp.add_argument("--metric-batch-size", type=int, default=8)
+    sp.add_argument("--model-name", default="")
+    sp.add_argument("--method", default="")
+    sp.add_argument("--bits", default="")
+    common(sp)
+
     sp = add("aggregate", cmd_aggregate, "merge per-job metrics CSVs / cost.json files")
     sp.add_argument("--metrics", nargs="*", default=[])
     sp.add_argument("--out")
@@ -659,6 +697,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Banners of libraries imported on the way, printed by every command that imports them:
+    # bitsandbytes (through diffusers) warns that an optional CPU kernel package is absent, mip
+    # announces its version. Neither says anything about the run; real warnings still show.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    logging.getLogger("mip").setLevel(logging.WARNING)
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if in_main_thread else None
     t0 = time.perf_counter()

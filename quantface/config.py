@@ -6,6 +6,7 @@ and every failure is one `ConfigError` line naming the key and what is allowed.
 
 from __future__ import annotations
 
+import zlib
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,24 @@ def _check_perceptual(config: dict[str, Any]) -> None:
             check_perceptual(opts["perceptual"], Path(opts["weights_dir"]))
         except QuantFaceError as e:
             raise ConfigError(f"config key '{key}.perceptual': {e}") from None
+
+
+def job_seed(seed: int, *parts: object) -> int:
+    """Per-job seed from the global seed and the job's wildcards (crc32: the same on every
+    Python, unlike `hash`), so each job's randomness is fixed by the config alone."""
+    key = "/".join([str(seed), *map(str, parts)])
+    return zlib.crc32(key.encode()) % 2**31
+
+
+def model_options(config: dict[str, Any]) -> dict[str, Any]:
+    """What `prepare-model` gets: the architecture at the data's image size, the training
+    schedule, the local weight files and the training degradation."""
+    return {
+        "arch": {**config["model"].get("arch", {}), "image_size": config["data"]["image_size"]},
+        "train": config["model"].get("train", {}),
+        "assets": config["model"].get("assets", {}),
+        "degradation": config["data"].get("degradation", {}),
+    }
 
 
 def _is_mixed(method: str) -> bool:

@@ -1,4 +1,4 @@
-"""Score a folder of restored images and write long-format rows (DESIGN §3 columns).
+"""Score a folder of restored images and write long-format rows (`COLUMNS`).
 
 Full-reference metrics pair each prediction with the HQ image of the same file stem; fidelity
 metrics pair it with the FP model's output. A metric whose weight files are absent gets a row

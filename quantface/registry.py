@@ -1,13 +1,28 @@
-"""One tiny registry class shared by models, methods, metrics and datasets.
+"""One registry class shared by models, methods, metrics and datasets, found without a list.
 
-A new model/method/metric/dataset is one file and one decorator; the CLI, the config schema and
-the Snakemake wildcard constraints all read the names from here, so nothing is listed twice.
+A new model, method, metric or dataset is one file with one registration: a decorator
+(`@METHODS.register("name")`) or a call (`METRICS.register("name")(Metric(..., doc="..."))`),
+with the name written out as a string. Nothing lists the files: each registry scans its
+packages' source files for those registrations (Python's `ast`, no import), so `quantface
+methods`, the config check and the workflow know every name and its one-line description without
+importing torch, diffusers or pyiqa; the module that registers a name is imported only when the
+object itself is asked for. Another installed package adds entries through an entry point in the
+group `quantface.<kind>s` (e.g. `quantface.methods`), whose name is the registered name and whose
+value is the module that registers it:
+
+    [project.entry-points."quantface.methods"]
+    mymethod = "mypackage.mymethod"
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Generic, TypeVar
 
 from quantface.errors import ConfigError
@@ -15,14 +30,64 @@ from quantface.errors import ConfigError
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class Entry:
+    """Where a name is registered, and its description (first docstring or `doc=` line)."""
+
+    module: str
+    doc: str | None  # None: only the imported object knows it (an entry point's)
+
+
+def _first_line(text: str | None) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def _registrations(tree: ast.Module, var: str) -> dict[str, str]:
+    """name -> description of every `<var>.register("name")` in a module's source."""
+    found: dict[str, str] = {}
+
+    def name_of(node: ast.AST) -> str | None:
+        ok = (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "register"
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == var
+            and len(node.args) == 1
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        )
+        return node.args[0].value if ok else None
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef | ast.FunctionDef):
+            for dec in node.decorator_list:
+                if (name := name_of(dec)) is not None:
+                    found[name] = _first_line(ast.get_docstring(node))
+        elif isinstance(node, ast.Call) and (name := name_of(node.func)) is not None:
+            target = node.args[0] if node.args else None
+            doc = next(
+                (
+                    k.value.value
+                    for k in getattr(target, "keywords", [])
+                    if k.arg == "doc" and isinstance(k.value, ast.Constant)
+                ),
+                "",
+            )
+            found[name] = _first_line(doc)
+    return found
+
+
 class Registry(Generic[T]):
     """Name -> object table with a decorator for registration and helpful lookup errors."""
 
-    def __init__(self, kind: str, modules: tuple[str, ...] = ()) -> None:
+    def __init__(self, kind: str, var: str, packages: tuple[str, ...]) -> None:
         self.kind = kind
+        self._var = var  # the module-level name registrations are written with, e.g. METHODS
+        self._packages = packages
         self._items: dict[str, T] = {}
-        self._modules = modules  # imported lazily so registration happens on first lookup
-        self._loaded = False
+        self._index: dict[str, Entry] | None = None
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
@@ -33,60 +98,53 @@ class Registry(Generic[T]):
 
         return decorator
 
-    def _load(self) -> None:
-        if not self._loaded:
-            self._loaded = True
-            for module in self._modules:
-                importlib.import_module(module)
+    def index(self) -> dict[str, Entry]:
+        """Every name this registry can give: from its packages' sources and entry points."""
+        if self._index is None:
+            index: dict[str, Entry] = {}
+            for package in self._packages:
+                spec = importlib.util.find_spec(package)
+                for folder in (spec.submodule_search_locations if spec else None) or []:
+                    for path in sorted(Path(folder).glob("*.py")):
+                        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+                        module = f"{package}.{path.stem}"
+                        for name, doc in _registrations(tree, self._var).items():
+                            index[name] = Entry(module, doc)
+            for ep in entry_points(group=f"quantface.{self.kind}s"):
+                index.setdefault(ep.name, Entry(ep.value.split(":")[0], None))
+            self._index = index
+        return self._index
 
     def get(self, name: str) -> T:
-        self._load()
+        if name not in self._items and name in self.index():
+            importlib.import_module(self.index()[name].module)
         if name not in self._items:
-            known = ", ".join(sorted(self._items))
-            raise ConfigError(f"unknown {self.kind} '{name}'; known: {known}")
+            raise ConfigError(f"unknown {self.kind} '{name}'; known: {', '.join(self.names())}")
         return self._items[name]
 
     def names(self) -> list[str]:
-        self._load()
-        return sorted(self._items)
+        return sorted(set(self.index()) | set(self._items))
 
     def __contains__(self, name: object) -> bool:
-        self._load()
-        return name in self._items
+        return name in self._items or name in self.index()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def describe(self) -> dict[str, str]:
-        """Name -> first docstring line, for `quantface methods|metrics|datasets|models`."""
-        self._load()
+        """Name -> one-line description, for `quantface methods|metrics|datasets|models`."""
         out = {}
-        for name, obj in sorted(self._items.items()):
-            text = getattr(obj, "doc", None) or getattr(obj, "__doc__", None) or ""
-            doc = text.strip().splitlines()
-            out[name] = doc[0] if doc else ""
+        for name in self.names():
+            entry = self.index().get(name)
+            if entry is not None and entry.doc is not None and name not in self._items:
+                out[name] = entry.doc
+                continue
+            obj = self.get(name)
+            out[name] = _first_line(getattr(obj, "doc", None) or getattr(obj, "__doc__", None))
         return out
 
 
-MODELS: Registry = Registry(
-    "model",
-    ("quantface.models.tiny", "quantface.models.osdface", "quantface.models.random_osdface"),
-)
-METHODS: Registry = Registry(
-    "method",
-    (
-        "quantface.methods.reference",
-        "baselines.maxmin",
-        "baselines.smoothquant",
-        "baselines.quarot",
-        "baselines.svdquant",
-        "quantface.methods.quantface",
-        "baselines.qdiffusion",
-        "baselines.passionsr",
-        "baselines.efficientdm",
-    ),
-)
-METRICS: Registry = Registry(
-    "metric", ("quantface.metrics.iqa", "quantface.metrics.identity", "quantface.metrics.fid")
-)
-DATASETS: Registry = Registry("dataset", ("quantface.data.datasets", "quantface.data.folders"))
+MODELS: Registry = Registry("model", "MODELS", ("quantface.models",))
+METHODS: Registry = Registry("method", "METHODS", ("quantface.methods", "baselines"))
+METRICS: Registry = Registry("metric", "METRICS", ("quantface.metrics",))
+DATASETS: Registry = Registry("dataset", "DATASETS", ("quantface.data",))

@@ -145,9 +145,11 @@ def restore_folder(
     keep_size: bool = False,
     overwrite: bool = False,
     device: str | torch.device = "cpu",
+    loaded: tuple[RestorerBundle, dict[str, Any], dict[str, Any]] | None = None,
 ) -> int:
     """Restore every image of `input_dir` into `output_dir` on `device` (images are decoded and
-    written on the CPU); returns how many images the folder holds."""
+    written on the CPU); returns how many images the folder holds. `loaded` is what
+    `load_bundle(model_path)` returned, for a caller that restores several folders."""
     model_path, input_dir, output_dir = Path(model_path), Path(input_dir), Path(output_dir)
     if not model_path.is_file():  # named before the folders: the first thing a user mistypes
         raise CheckpointError(f"model file not found: {model_path}")
@@ -159,7 +161,7 @@ def restore_folder(
     sizes = input_sizes(files)
     out = OutputFolder(output_dir, names.values(), overwrite=overwrite, records=[RECORD])
     try:
-        bundle, _, meta = load_bundle(model_path, device=device)
+        bundle, _, meta = loaded or load_bundle(model_path, device=device)
         key = _run_key(model_path, input_dir, keep_size)
         return _restore_into(out, bundle, meta, key, files, names, sizes, batch_size)
     except BaseException:

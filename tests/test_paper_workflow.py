@@ -19,7 +19,7 @@ from tests.paper_assets import TINY_ARCH, write_face_folders, write_osdface_asse
 from tests.test_workflow import ROOT, snakemake
 
 PAPER = ROOT / "config" / "paper.yaml"
-DESIGN_METHODS = {
+STUDY_METHODS = {
     "maxmin",
     "qdiffusion",
     "smoothquant",
@@ -73,7 +73,7 @@ def paper_config(tmp_path: Path, **changes) -> tuple[Path, list[str]]:
 
 def test_paper_config_names_every_design_method_and_the_paper_sets():
     config = yaml.safe_load(PAPER.read_text())
-    assert set(config["methods"]) == DESIGN_METHODS
+    assert set(config["methods"]) == STUDY_METHODS
     assert config["bits"] == ["w6a6", "w4a6", "w4a4", "mp4"]
     assert set(config["data"]["datasets"]) == set(COUNTS)
     m = config["metrics"]

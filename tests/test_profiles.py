@@ -11,17 +11,17 @@ LOCAL = {"aggregate", "tables", "figures"}
 GPU_RULES = {
     "calibrate",
     "quantize",
-    "restore_fp",
-    "restore",
     "evaluate_input",
-    "evaluate_fp",
-    "evaluate",
+    "restore_evaluate_fp",
+    "restore_evaluate",
+    "restore_evaluate_ablation",
 }
 
 
 def _rules() -> tuple[set[str], set[str]]:
     text = "\n".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
     rules = set(re.findall(r"^rule (\w+):", text, re.MULTILINE))
+    rules |= set(re.findall(r"^\s*use rule \w+ as (\w+)", text, re.MULTILINE))
     block = re.search(r"^localrules:\n((?:\s+\w+,?\n)+)", text, re.MULTILINE)
     return rules, set(re.findall(r"\w+", block.group(1))) if block else set()
 

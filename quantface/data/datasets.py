@@ -63,20 +63,26 @@ class SyntheticFaces:
 
     paired: bool = True
 
+    @staticmethod
+    def pairs(
+        n: int, size: int, deg: DegradationConfig, seed: int
+    ) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """(file name, LQ, HQ) of the first `n` faces, in memory (what `prepare` writes)."""
+        out = []
+        for i in range(n):
+            ss = sample_seed(seed, i)
+            hq = generate_face(int(np.random.SeedSequence(ss).generate_state(1)[0]), size)
+            out.append((f"{i:05d}.png", degrade(hq, np.random.default_rng(ss), deg), hq))
+        return out
+
     def prepare(
         self, out_dir: Path, options: dict[str, Any], seed: int, device: str = "cpu"
     ) -> dict[str, Any]:
         n, size = int(options["n_images"]), int(options["image_size"])
         deg = DegradationConfig.from_dict(options.get("degradation", {}))
-        pairs = []
-        for i in range(n):
-            ss = sample_seed(seed, i)
-            hq = generate_face(int(np.random.SeedSequence(ss).generate_state(1)[0]), size)
-            lq = degrade(hq, np.random.default_rng(ss), deg)
-            pairs.append((f"{i:05d}.png", lq, hq))
         return _write_set(
             out_dir,
-            pairs,
+            self.pairs(n, size, deg, seed),
             {
                 "dataset": "synthetic_faces",
                 "paired": True,

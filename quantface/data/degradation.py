@@ -1,6 +1,6 @@
 """GFPGAN/CodeFormer synthetic degradation: blur -> downsample -> noise -> JPEG -> resize back.
 
-Ranges are the papers' (GFPGAN v1 training options; DESIGN §7) and are expressed at 512 px. For
+Ranges are the papers' (GFPGAN v1 training options) and are expressed at 512 px. For
 other image sizes the blur sigma and kernel size scale with the image, so a 128-px face is degraded
 like a 512-px face seen at a quarter of the resolution; down-scale factors, noise levels (0-255
 scale) and JPEG qualities are size-free. Every draw comes from one seeded generator per sample.

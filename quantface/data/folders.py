@@ -1,4 +1,4 @@
-"""The paper's test sets as user-provided folders with expected counts (DESIGN §7, paper.md §8).
+"""The paper's test sets as user-provided folders with expected counts.
 
 | name            | images | pairs | source (none can be downloaded here)                         |
 |-----------------|--------|-------|--------------------------------------------------------------|
@@ -172,8 +172,9 @@ class FolderDataset:
         )
 
 
-def _register(name: str, expected: int, paired: bool, source: str, doc: str) -> None:
-    cls = type(
+def folder_dataset(name: str, expected: int, paired: bool, source: str, doc: str) -> type:
+    """A `FolderDataset` subclass for one published test set (its size, pairing and source)."""
+    return type(
         name,
         (FolderDataset,),
         {
@@ -181,34 +182,41 @@ def _register(name: str, expected: int, paired: bool, source: str, doc: str) -> 
             "__init__": lambda self: FolderDataset.__init__(self, name, expected, paired, source),
         },
     )
-    DATASETS.register(name)(cls)
 
 
-_register(
-    "celeba_test",
-    3000,
-    True,
-    "CelebA-Test LQ/HQ pairs: https://github.com/LIAGM/DAEFR (README, test data)",
-    "CelebA-Test: 3000 synthetic LQ/HQ pairs from user folders (Table 1)",
+DATASETS.register("celeba_test")(
+    folder_dataset(
+        "celeba_test",
+        3000,
+        True,
+        "CelebA-Test LQ/HQ pairs: https://github.com/LIAGM/DAEFR (README, test data)",
+        doc="CelebA-Test: 3000 synthetic LQ/HQ pairs from user folders (Table 1)",
+    )
 )
-_register(
-    "lfw_test",
-    1711,
-    False,
-    "LFW-Test: https://github.com/TencentARC/VQFR or GFPGAN (README, test data)",
-    "LFW-Test: 1711 real-world LQ faces from a user folder (Table 3)",
+DATASETS.register("lfw_test")(
+    folder_dataset(
+        "lfw_test",
+        1711,
+        False,
+        "LFW-Test: https://github.com/TencentARC/VQFR or GFPGAN (README, test data)",
+        doc="LFW-Test: 1711 real-world LQ faces from a user folder (Table 3)",
+    )
 )
-_register(
-    "webphoto_test",
-    407,
-    False,
-    "WebPhoto-Test: https://github.com/TencentARC/VQFR or GFPGAN (README, test data)",
-    "WebPhoto-Test: 407 real-world LQ faces from a user folder (Table 3)",
+DATASETS.register("webphoto_test")(
+    folder_dataset(
+        "webphoto_test",
+        407,
+        False,
+        "WebPhoto-Test: https://github.com/TencentARC/VQFR or GFPGAN (README, test data)",
+        doc="WebPhoto-Test: 407 real-world LQ faces from a user folder (Table 3)",
+    )
 )
-_register(
-    "wider_test",
-    970,
-    False,
-    "WIDER-Test: https://github.com/sczhou/CodeFormer or LIAGM/DAEFR (README, test data)",
-    "WIDER-Test: 970 real-world LQ faces from a user folder (Table 3)",
+DATASETS.register("wider_test")(
+    folder_dataset(
+        "wider_test",
+        970,
+        False,
+        "WIDER-Test: https://github.com/sczhou/CodeFormer or LIAGM/DAEFR (README, test data)",
+        doc="WIDER-Test: 970 real-world LQ faces from a user folder (Table 3)",
+    )
 )

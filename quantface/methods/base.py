@@ -1,4 +1,4 @@
-"""The Method protocol every quantization method implements (DESIGN §4)."""
+"""The Method protocol every quantization method implements."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ all step sizes are trained by distillation from the FP model on the calibration 
 Quantizers (the paper does not say; PassionSR's, the same lab's, conventions): weights
 per-output-channel asymmetric, initial range by the Lp-2.4 MSE search; activations per-tensor
 asymmetric static, initial range min-max over the calibration set measured on the balanced model;
-attention QK^T and AV at the activation bits (DESIGN §5), with Q/K/V rotated per head by a
+attention QK^T and AV at the activation bits (as every method here), with Q/K/V rotated per head by a
 Hadamard (`rotate_attention`, the RHT applied to the attention operands). The visual prompt
 embedder stays FP. Ablations are options (see config/README.md): balancing both|scale|rht|none,
 branches both|svd|lora|none ("none" = no QD-LoRA: no branches and no distillation), lam (1.0 =

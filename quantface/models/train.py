@@ -43,6 +43,8 @@ DEFAULT_TRAIN: dict[str, Any] = {
     "tune_decoder": False,  # stage 3 tunes UNet + embedder; OSDFace keeps the VAE decoder frozen
     "pool_size": 256,
     "face_seed_offset": 1_000_000,  # training faces never overlap test/calibration faces
+    # train even when the shipped restorer was made from this very recipe (models/shipped.py)
+    "from_scratch": False,
 }
 
 

@@ -1,6 +1,6 @@
 """OSDFace's visual representation embedder (VRE): LQ image -> (B, 77, 1024) UNet context.
 
-Architecture as released with OSDFace (`lq_embed/`, paper.md §7.1), re-implemented here with the
+Architecture as released with OSDFace (`lq_embed/`), re-implemented here with the
 same parameter names so the released `associate_2.ckpt` (`vqvae_LQ.*`) and
 `embedding_change_weights.pth` load strictly:
 

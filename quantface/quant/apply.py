@@ -34,7 +34,7 @@ def standard_layout(
     act_dynamic: bool = False,
     act_granularity: str = "tensor",
 ) -> dict[str, LayerQuant]:
-    """DESIGN §5 defaults: weights per output channel, activations per tensor (static).
+    """The suite's defaults: weights per output channel, activations per tensor (static).
 
     Sites missing from the plan stay full precision. Matmul operands are both activations.
     """

@@ -1,6 +1,6 @@
 """Merge per-job outputs into the two long tables everything else reads.
 
-`results/metrics.csv` (DESIGN §3 columns) is the single source of truth for tables and figures;
+`results/metrics.csv` (columns: evaluate.COLUMNS) is the single source of truth for tables and figures;
 `results/cost.csv` holds one row of totals per (model, method, bits). Merging is also how a user
 combines shards from several runs or a cluster: rows are de-duplicated on their key, later files
 winning, and sorted so the output does not depend on input order.

@@ -4,7 +4,6 @@ import os
 import re
 import shlex
 import sys
-import zlib
 
 import quantface.config as qf_config
 from quantface.config import check_model_assets, validate_config
@@ -34,8 +33,8 @@ ABLATION_DATASETS = list(
 BITS = list(config["bits"])
 DATASET_NAMES = list(config["data"]["datasets"])
 # torch threads per job are fixed, not taken from --cores, so results do not depend on the
-# scheduler: 2 for training/calibration/quantization, 1 for restoration and scoring (many small
-# jobs that run side by side).
+# scheduler: 2 for calibration/quantization, 1 for training (the shipped restorer's count) and
+# for restoration and scoring (jobs that run side by side).
 TORCH_THREADS = 2
 # Where computing jobs run: the config's `device` (validated above against this machine). It is
 # a resource, not a param, so a profile can move single rules to a GPU (slurm-gpu sets
@@ -69,9 +68,7 @@ def shell_json(value):
 
 
 def job_seed(*parts):
-    """Per-job seed derived from the global seed and the job's wildcards."""
-    key = "/".join([str(config["seed"]), *map(str, parts)])
-    return zlib.crc32(key.encode()) % 2**31
+    return qf_config.job_seed(config["seed"], *parts)
 
 
 def is_paired(dataset):
@@ -85,7 +82,39 @@ def metric_names(dataset, quantized):
         names = list(m["full_reference"]) + names
     if quantized:
         names += list(m.get("fidelity", []))
-    return ",".join(names)
+    return names
+
+
+def manifests(datasets):
+    return [f"results/data/{d}/manifest.json" for d in datasets]
+
+
+def cell_files(cell, datasets, name):
+    """Per-set outputs of one model's job: results/<model>/<cell>/<dataset>/<name>."""
+    return [f"results/{{model}}/{cell}/{d}/{name}" for d in datasets]
+
+
+def test_sets(model, cell, datasets):
+    """The --sets JSON of `quantface restore-evaluate` for one model's job (quantface/cell.py);
+    cell is "input", "fp" or "<method>/<bits>"."""
+    quantized = cell not in ("input", "fp")
+    sets = []
+    for d in datasets:
+        paired = is_paired(d)
+        entry = {
+            "dataset": d,
+            "lq": f"results/data/{d}/lq",
+            "manifest": f"results/data/{d}/manifest.json",
+            "metrics_out": f"results/{model}/{cell}/{d}/metrics.csv",
+            "metrics": metric_names(d, quantized),
+            "hq": f"results/data/{d}/hq" if paired else None,
+        }
+        if cell != "input":
+            entry["images"] = f"results/{model}/{cell}/{d}/images"
+        if quantized:
+            entry["fp"] = f"results/{model}/fp/{d}/images"
+        sets.append(entry)
+    return shell_json(sets)
 
 
 def dataset_options(wildcards):
@@ -96,14 +125,7 @@ def dataset_options(wildcards):
 
 
 def train_options(wildcards):
-    arch = dict(config["model"].get("arch", {}))
-    arch["image_size"] = config["data"]["image_size"]
-    return shell_json({
-        "arch": arch,
-        "train": config["model"].get("train", {}),
-        "assets": config["model"].get("assets", {}),
-        "degradation": config["data"].get("degradation", {}),
-    })
+    return shell_json(qf_config.model_options(config))
 
 
 def method_options(wildcards):

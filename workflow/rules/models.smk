@@ -8,15 +8,16 @@ rule prepare_model:
         "results/logs/prepare_model/{model}.log",
     benchmark:
         "results/benchmarks/prepare_model/{model}.tsv"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=6000,
         runtime=60,
         device=DEVICE,
+    # One torch thread: the thread count the shipped trained restorer was made with
+    # (quantface/models/shipped.py), so `model.train.from_scratch: true` retrains the same tensors.
     shell:
         "quantface prepare-model --model {wildcards.model} --out {output} --options {params.options}"
-        " --seed {params.seed} --device {resources.device} --threads " + str(TORCH_THREADS)
-        + " 2> {log}"
+        " --seed {params.seed} --device {resources.device} --threads 1 2> {log}"
 
 
 rule fp_cost:

@@ -1,0 +1,85 @@
+"""Registries find every entry from the sources (no module list, no import) and from entry points."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from quantface.registry import DATASETS, METHODS, METRICS, MODELS, Registry
+
+ALL = (MODELS, METHODS, METRICS, DATASETS)
+
+
+@pytest.mark.parametrize("registry", ALL, ids=lambda r: r.kind)
+def test_the_source_index_agrees_with_what_importing_registers(registry):
+    """Every name found in the sources is registered by importing its module, with the same
+    description, and importing every module registers nothing the index missed."""
+    index = registry.index()
+    assert index, registry.kind
+    for entry in {e.module for e in index.values()}:
+        importlib.import_module(entry)
+    assert set(registry._items) >= set(index)
+    for name, entry in index.items():
+        obj = registry.get(name)
+        runtime = (getattr(obj, "doc", None) or obj.__doc__ or "").strip().splitlines()[0]
+        assert entry.doc == runtime, name
+
+
+def test_listings_import_no_heavy_library():
+    code = textwrap.dedent(
+        """
+        import sys
+        from quantface.cli import main
+        for command in ("methods", "metrics", "models", "datasets"):
+            assert main([command]) == 0
+        heavy = [m for m in ("torch", "diffusers", "pyiqa", "mip") if m in sys.modules]
+        assert not heavy, heavy
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "maxmin" in r.stdout and "psnr" in r.stdout and "celeba_test" in r.stdout
+
+
+def test_an_installed_package_adds_a_method_through_an_entry_point(tmp_path, monkeypatch):
+    """A third-party package, installed as pip lays it out (code + .dist-info with
+    entry_points.txt), is found by name without being imported, and loads on first use."""
+    pkg = tmp_path / "qf_thirdparty"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "mine.py").write_text(
+        textwrap.dedent(
+            '''
+            from quantface.registry import METHODS
+
+            @METHODS.register("thirdparty_rtn")
+            class ThirdPartyRTN:
+                """A method from another package."""
+            '''
+        )
+    )
+    info = tmp_path / "qf_thirdparty-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: qf-thirdparty\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[quantface.methods]\nthirdparty_rtn = qf_thirdparty.mine\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "qf_thirdparty.mine", raising=False)
+    fresh = Registry("method", "METHODS", ("quantface.methods", "baselines"))
+    assert "thirdparty_rtn" in fresh.names() and "maxmin" in fresh.names()
+    assert "qf_thirdparty.mine" not in sys.modules  # listed without importing it
+    monkeypatch.setattr("quantface.registry.METHODS", fresh)
+    assert fresh.get("thirdparty_rtn").__name__ == "ThirdPartyRTN"
+    assert fresh.describe()["thirdparty_rtn"] == "A method from another package."
+
+
+def test_an_unknown_name_lists_the_known_ones():
+    from quantface.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown method 'nope'; known: .*maxmin"):
+        METHODS.get("nope")
