@@ -35,6 +35,7 @@ from quantface.timing import log_timing
 
 log = logging.getLogger(__name__)
 
+PER_IMAGE_COLUMNS = ["model", "method", "bits", "dataset", "metric", "image", "value"]
 COLUMNS = [
     "model",
     "method",
@@ -107,7 +108,12 @@ def evaluate_folder(
     batch_size: int = 8,
     manifest: Path | None = None,
     device: str | torch.device = "cpu",
+    per_image_out: Path | None = None,
 ) -> pd.DataFrame:
+    """Score `pred` and write one row per metric to `out`, and every image's score to
+    `per_image_out` (default: `<out stem>_per_image.csv` beside it), which the tables bootstrap
+    (quantface/report/stats.py). Set-level metrics (FID) have no per-image rows."""
+    per_image_out = per_image_out or out.with_name(f"{out.stem}_per_image.csv")
     pred_files = list_images(pred)
     if manifest is not None:
         _check_against_manifest(pred_files, pred, manifest)
@@ -117,7 +123,7 @@ def evaluate_folder(
     resized = {"pred": resizing_note(pred_files, side, "restored")}
     if resized["pred"]:
         log.info("evaluate: %s", resized["pred"])
-    rows = []
+    rows, per_image = [], []
     for name in metrics:
         enter_stage(f"metric {name}")
         metric = METRICS.get(name)
@@ -171,11 +177,18 @@ def evaluate_folder(
                 else None
             )
             scores.append(metric.score(x.to(device), y.to(device) if y is not None else None))
-        value = torch.cat(scores).mean().item()
+        values = torch.cat(scores).double().cpu()
+        value = values.mean().item()
         log.info("%s = %.4f over %d images (%.1f s)", name, value, n, time.perf_counter() - t0)
         log_timing(f"metric_{name}", n, time.perf_counter() - t0)
         rows.append({**base, "value": value, "note": note})
+        keys = {k: base[k] for k in PER_IMAGE_COLUMNS[:5] if k in base}
+        per_image += [
+            {**keys, "image": f.name, "value": v} for f, v in zip(pred_files, values.tolist())
+        ]
     df = pd.DataFrame(rows, columns=COLUMNS)
+    with atomic_path(per_image_out) as tmp:
+        pd.DataFrame(per_image, columns=PER_IMAGE_COLUMNS).to_csv(tmp, index=False)
     with atomic_path(out) as tmp:
         df.to_csv(tmp, index=False)
     return df

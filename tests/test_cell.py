@@ -65,6 +65,10 @@ def test_every_set_gets_its_images_and_metrics_from_one_model_load(study, monkey
         df = pd.read_csv(study / "fp" / name / "metrics.csv")
         assert set(df["metric"]) == metrics and set(df["dataset"]) == {name}
         assert set(df["method"]) == {"fp"} and (df["n_images"] == n).all()
+        scores = pd.read_csv(study / "fp" / name / "metrics_per_image.csv")
+        assert scores.groupby("metric")["image"].count().to_dict() == dict.fromkeys(metrics, n)
+        means = scores.groupby("metric")["value"].mean()
+        assert means.to_dict() == pytest.approx(df.set_index("metric")["value"].to_dict())
     # the fidelity metric of a quantized model reads the FP restorations of the same set
     argv[argv.index("fp") :] = ["q", "--bits", "w8a8"]
     assert main([*argv, "--sets", _sets(study, "q", fp=True), *common]) == 0

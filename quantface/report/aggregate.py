@@ -1,7 +1,8 @@
 """Merge per-job outputs into the two long tables everything else reads.
 
 `results/metrics.csv` (columns: evaluate.COLUMNS) is the single source of truth for tables and figures;
-`results/cost.csv` holds one row of totals per (model, method, bits). Merging is also how a user
+`results/metrics_per_image.csv` keeps every image's score behind those means (for the tables'
+bootstrap intervals); `results/cost.csv` holds one row of totals per (model, method, bits). Merging is also how a user
 combines shards from several runs or a cluster: rows are de-duplicated on their key, later files
 winning, and sorted so the output does not depend on input order.
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from quantface.errors import DataError
-from quantface.evaluate import COLUMNS
+from quantface.evaluate import COLUMNS, PER_IMAGE_COLUMNS
 from quantface.io import atomic_path
 
 KEY = ["model", "method", "bits", "dataset", "metric"]
@@ -62,6 +63,32 @@ def read_metrics(paths: list[Path]) -> pd.DataFrame:
 
 def aggregate_metrics(paths: list[Path], out: Path) -> pd.DataFrame:
     df = read_metrics(paths)
+    _write(df, out)
+    return df
+
+
+def read_per_image(paths: list[Path]) -> pd.DataFrame:
+    """Per-image scores of several files, de-duplicated on (KEY, image) like `read_metrics`."""
+    frames = []
+    for p in paths:
+        try:
+            df = pd.read_csv(p, dtype={"bits": str, "image": str})
+        except pd.errors.EmptyDataError:
+            continue  # a set scored with no per-image metric
+        except (OSError, pd.errors.ParserError) as e:
+            raise DataError(f"cannot read per-image scores {p}: {e}") from e
+        missing = [c for c in PER_IMAGE_COLUMNS if c not in df.columns]
+        if missing:
+            raise DataError(f"per-image scores {p} lack columns {missing}")
+        frames.append(df[PER_IMAGE_COLUMNS])
+    if not frames:
+        return pd.DataFrame(columns=PER_IMAGE_COLUMNS)
+    df = pd.concat(frames, ignore_index=True).drop_duplicates(subset=[*KEY, "image"], keep="last")
+    return df.sort_values([*KEY, "image"], kind="stable").reset_index(drop=True)
+
+
+def aggregate_per_image(paths: list[Path], out: Path) -> pd.DataFrame:
+    df = read_per_image(paths)
     _write(df, out)
     return df
 

@@ -30,7 +30,8 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from quantface.io import atomic_path, list_images, read_image
 from quantface.quant.plan import BitPlan
-from quantface.report.aggregate import read_metrics
+from quantface.report.aggregate import read_metrics, read_per_image
+from quantface.report.stats import mean_interval
 from quantface.report.tables import METRIC_LABELS, REFERENCE_ROWS, _bits_key
 
 # Zoom window of the qualitative grid, as fractions of (top, bottom, left, right): the eye and nose
@@ -54,7 +55,41 @@ def _method_colors(methods: list[str]) -> dict[str, Any]:
     return {m: cmap(i % 10) for i, m in enumerate(sorted(methods))}
 
 
-def quality_vs_bits(df: pd.DataFrame, dataset: str, out: Path) -> Path | None:
+def _error_bars(
+    per_image: pd.DataFrame | None,
+    dataset: str,
+    metric: str,
+    method: str,
+    bits: list[str],
+    values: pd.Series,
+    seed: int,
+) -> np.ndarray | None:
+    """(2, len(bits)) distances from each mean to its 95% bootstrap bounds, or None."""
+    if per_image is None or per_image.empty:
+        return None
+    sub = per_image[
+        (per_image["dataset"] == dataset)
+        & (per_image["metric"] == metric)
+        & (per_image["method"] == method)
+    ]
+    bars = np.zeros((2, len(bits)))
+    for i, b in enumerate(bits):
+        v = sub[sub["bits"] == b]["value"].to_numpy(dtype=float)
+        if len(v) > 1 and not math.isnan(values.iloc[i]):
+            lo, hi = mean_interval(v, seed)
+            bars[:, i] = values.iloc[i] - lo, hi - values.iloc[i]
+    return bars
+
+
+def quality_vs_bits(
+    df: pd.DataFrame,
+    dataset: str,
+    out: Path,
+    per_image: pd.DataFrame | None = None,
+    seed: int = 0,
+) -> Path | None:
+    """Each metric against the bit setting, a line per method; with per-image scores each point
+    carries its 95% bootstrap interval as an error bar."""
     sub = df[(df["dataset"] == dataset) & df["value"].notna()]
     quant = sub[~sub["method"].isin(REFERENCE_ROWS)]
     if quant.empty:
@@ -68,7 +103,15 @@ def quality_vs_bits(df: pd.DataFrame, dataset: str, out: Path) -> Path | None:
         m = sub[sub["metric"] == metric]
         for method, g in m[~m["method"].isin(REFERENCE_ROWS)].groupby("method"):
             g = g.set_index("bits").reindex(bits)
-            ax.plot([b.upper() for b in bits], g["value"], marker="o", label=method)
+            yerr = _error_bars(per_image, dataset, metric, method, bits, g["value"], seed)
+            ax.errorbar(
+                [b.upper() for b in bits],
+                g["value"],
+                yerr=yerr,
+                marker="o",
+                capsize=2,
+                label=method,
+            )
         for ref, style in (("fp", "--"), ("input", ":")):
             v = m[m["method"] == ref]["value"]
             if not v.empty:
@@ -88,7 +131,8 @@ def quality_vs_bits(df: pd.DataFrame, dataset: str, out: Path) -> Path | None:
     fig.legend(
         handles, labels, loc="upper center", ncol=min(6, len(labels)), bbox_to_anchor=(0.5, 0.0)
     )
-    fig.suptitle(f"Quality vs bit setting on {dataset} (simulated quantization)")
+    bars = ", 95% bootstrap intervals" if per_image is not None and not per_image.empty else ""
+    fig.suptitle(f"Quality vs bit setting on {dataset} (simulated quantization{bars})")
     fig.tight_layout()
     return _save(fig, out / f"quality_vs_bits_{dataset}.png")
 
@@ -347,12 +391,15 @@ def write_figures(
     calib: Path | None = None,
     calib_after: Path | None = None,
     plans: Mapping[str, Path] | None = None,
+    per_image: list[Path] | None = None,
+    seed: int = 0,
 ) -> list[Path]:
     """Every figure the inputs allow; returns the paths written."""
     df = read_metrics(list(metrics))
+    scores = read_per_image(per_image) if per_image else None
     out.mkdir(parents=True, exist_ok=True)
     datasets = sorted(df["dataset"].unique())
-    made = [quality_vs_bits(df, d, out) for d in datasets]
+    made = [quality_vs_bits(df, d, out, scores, seed) for d in datasets]
     if cost:
         costs = pd.concat([pd.read_csv(p, dtype={"bits": str}) for p in cost], ignore_index=True)
         costs = costs.drop_duplicates(subset=["model", "method", "bits"], keep="last")

@@ -3,7 +3,8 @@
 Layout follows QuantFace's Tables 1 and 3: the degraded input and the FP model on top, then one
 block per bit setting (W8A8, W6A6, W4A6, W4A4, mixed precision) with a row per method; columns
 are metrics with an arrow saying which direction is better. Within each bit block the best value
-of each column is bold and the second best underlined. Every table ends with footnotes stating
+of each column is bold and the second best underlined; with per-image scores every cell carries
+its 95% bootstrap interval and a lead that is within noise is marked as a tie instead. Every table ends with footnotes stating
 model, data, seed, bit conventions and that quantization is simulated.
 """
 
@@ -16,7 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from quantface.io import atomic_write_text
-from quantface.report.aggregate import read_metrics
+from quantface.report.aggregate import read_metrics, read_per_image
+from quantface.report.stats import N_BOOT, lead_is_significant, mean_interval
 
 REFERENCE_ROWS = ("input", "fp")
 MISSING = "—"  # a cell with no value (metric not run for that row)
@@ -82,8 +84,43 @@ def _fmt(value: float, metric: str) -> str:
     return f"{value:.{DECIMALS.get(metric, 4)}f}"
 
 
-def build_table(df: pd.DataFrame, datasets: list[str]) -> tuple[pd.DataFrame, dict]:
-    """Wide table: index (bits, method), one column per (dataset, metric); plus ranking marks."""
+def _per_image_series(per_image: pd.DataFrame | None, datasets: list[str]) -> dict:
+    """(bits, method, dataset, metric) -> per-image scores indexed by image name."""
+    if per_image is None or per_image.empty:
+        return {}
+    sub = per_image[per_image["dataset"].isin(datasets)]
+    return {
+        key: g.set_index("image")["value"].astype(float)
+        for key, g in sub.groupby(["bits", "method", "dataset", "metric"], sort=False)
+    }
+
+
+def _significant(best: list, second: list, scores: dict, hib: bool, seed: int) -> bool:
+    """Every best cell leads every runner-up outside the paired 95% interval (same images)."""
+    for b in best:
+        for r in second:
+            a, c = scores.get(b), scores.get(r)
+            if a is None or c is None:
+                return False
+            common = a.index.intersection(c.index)
+            if len(common) < 2 or not lead_is_significant(
+                a[common].to_numpy(), c[common].to_numpy(), hib, seed
+            ):
+                return False
+    return True
+
+
+def build_table(
+    df: pd.DataFrame,
+    datasets: list[str],
+    per_image: pd.DataFrame | None = None,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, dict]:
+    """Wide table: index (bits, method), one column per (dataset, metric); plus ranking marks.
+
+    With per-image scores every cell gets its 95% bootstrap interval (`marks["ci"]`), and the
+    best of a bit block is marked as a tie (`marks["tie"]`) unless its paired lead over the
+    runner-up is significant (quantface/report/stats.py)."""
     sub = df[df["dataset"].isin(datasets)]
     if sub.empty:
         return pd.DataFrame(), {}
@@ -106,9 +143,16 @@ def build_table(df: pd.DataFrame, datasets: list[str]) -> tuple[pd.DataFrame, di
 
     wide = wide.loc[sorted(wide.index, key=row_key)]
     skipped = sub[sub["note"].str.startswith("skipped", na=False)]
+    scores = _per_image_series(per_image, datasets)
     marks: dict = {
         "hib": hib,
         "rank": {},
+        "tie": set(),
+        "ci": {
+            ((k[0], k[1]), (k[2], k[3])): mean_interval(v.to_numpy(), seed)
+            for k, v in scores.items()
+            if len(v) > 1
+        },
         "skipped": dict(
             zip(
                 zip(skipped["bits"], skipped["method"], skipped["dataset"], skipped["metric"]),
@@ -128,6 +172,13 @@ def build_table(df: pd.DataFrame, datasets: list[str]) -> tuple[pd.DataFrame, di
                 rank = levels.index(float(text)) + 1
                 if rank <= 2:
                     marks["rank"][(idx, col)] = rank
+            if scores and len(levels) > 1:
+                by_rank = {
+                    r: [(*idx, *col) for idx, t in shown.items() if float(t) == levels[r - 1]]
+                    for r in (1, 2)
+                }
+                if not _significant(by_rank[1], by_rank[2], scores, hib[col[1]], seed):
+                    marks["tie"] |= {((k[0], k[1]), col) for k in by_rank[1] + by_rank[2]}
     return wide, marks
 
 
@@ -143,11 +194,16 @@ def _cell(wide: pd.DataFrame, idx, col, marks: dict, style: str) -> str:
     if key in marks["skipped"]:
         return "skipped"
     text = _fmt(wide.loc[idx, col], col[1])
+    if text != MISSING and (idx, col) in marks.get("ci", {}):
+        lo, hi = marks["ci"][(idx, col)]
+        text = f"{text} ±{_fmt((hi - lo) / 2, col[1])}"
+    if (idx, col) in marks.get("tie", ()):
+        return f"{text} ≈"  # (LaTeX: escaped by to_latex like any plain cell)
     rank = marks["rank"].get((idx, col))
     if rank == 1:
-        return f"**{text}**" if style == "md" else rf"\textbf{{{text}}}"
+        return f"**{text}**" if style == "md" else rf"\textbf{{{_tex_escape(text)}}}"
     if rank == 2:
-        return f"<u>{text}</u>" if style == "md" else rf"\underline{{{text}}}"
+        return f"<u>{text}</u>" if style == "md" else rf"\underline{{{_tex_escape(text)}}}"
     return text
 
 
@@ -186,6 +242,8 @@ def _tex_escape(s: str) -> str:
         .replace("#", r"\#")
         .replace("↑", r"$\uparrow$")
         .replace("↓", r"$\downarrow$")
+        .replace("±", r"$\pm$")
+        .replace("≈", r"$\approx$")
         .replace("—", "---")
         .replace("–", "--")
     )
@@ -226,9 +284,16 @@ def to_latex(wide: pd.DataFrame, marks: dict, title: str, notes: list[str]) -> s
 
 
 def to_csv(wide: pd.DataFrame, marks: dict) -> str:
+    """Values as computed; with per-image scores each column gets its interval's bounds."""
     multi = len({c[0] for c in wide.columns}) > 1
-    flat = wide.copy()
-    flat.columns = [_header(c, marks, multi) for c in wide.columns]
+    flat = pd.DataFrame(index=wide.index)
+    for col in wide.columns:
+        head = _header(col, marks, multi)
+        flat[head] = wide[col]
+        if marks.get("ci"):
+            bounds = [marks["ci"].get((idx, col), (math.nan, math.nan)) for idx in wide.index]
+            flat[f"{head} ci95_lo"] = [b[0] for b in bounds]
+            flat[f"{head} ci95_hi"] = [b[1] for b in bounds]
     return flat.reset_index().to_csv(index=False)
 
 
@@ -240,10 +305,32 @@ def _metric_notes(df: pd.DataFrame) -> list[str]:
     return notes + skipped
 
 
+def _ranking_note(marks: dict, seed: int) -> str:
+    if not marks["ci"]:
+        return (
+            "Best per bit setting in bold, second underlined (no per-image scores: no intervals, "
+            "leads not tested)."
+        )
+    return (
+        f"± half the width of the 95% bootstrap interval of the mean over images ({N_BOOT} "
+        f"resamples, seed {seed}). Best per bit setting in bold, second underlined, when the "
+        "best's lead over the second is significant (95% paired bootstrap of the difference "
+        "over the same images); ≈ marks a best and a second whose difference is within that "
+        "interval (a tie)."
+    )
+
+
 def _write_table(
-    df: pd.DataFrame, datasets: list[str], out: Path, stem: str, title: str, footnote: list[str]
+    df: pd.DataFrame,
+    datasets: list[str],
+    out: Path,
+    stem: str,
+    title: str,
+    footnote: list[str],
+    per_image: pd.DataFrame | None = None,
+    seed: int = 0,
 ) -> None:
-    wide, marks = build_table(df, datasets)
+    wide, marks = build_table(df, datasets, per_image, seed)
     if wide.empty:
         return
     sub = df[df["dataset"].isin(datasets)]
@@ -258,7 +345,7 @@ def _write_table(
         f"Data: {counts}; seed {seeds}.",
         *CONVENTIONS,
         *_metric_notes(sub),
-        "Best per bit setting in bold, second underlined.",
+        _ranking_note(marks, seed),
     ]
     atomic_write_text(out / f"{stem}.md", to_markdown(wide, marks, title, notes))
     atomic_write_text(out / f"{stem}.tex", to_latex(wide, marks, title, notes))
@@ -326,6 +413,8 @@ def write_tables(
     footnote: list[str] | None = None,
     ablation: list[str] | None = None,
     ablation_reference: list[str] | None = None,
+    per_image: list[Path] | None = None,
+    seed: int = 0,
 ) -> None:
     """Every table from metrics (and cost) CSVs; several files are merged like shards.
 
@@ -335,13 +424,21 @@ def write_tables(
     """
     footnote = footnote or []
     everything = read_metrics(list(metrics) if isinstance(metrics, list) else [metrics])
+    scores = read_per_image(per_image) if per_image else None
     df = everything[~everything["method"].isin(ablation or [])]
     paired, unpaired = split_datasets(df)
     synthetic = paired if synthetic is None else synthetic
     realworld = unpaired if realworld is None else realworld
     out.mkdir(parents=True, exist_ok=True)
+    stats = {"per_image": scores, "seed": seed}
     _write_table(
-        df, synthetic, out, "table1_synthetic", "Table 1: synthetic test set (paired)", footnote
+        df,
+        synthetic,
+        out,
+        "table1_synthetic",
+        "Table 1: synthetic test set (paired)",
+        footnote,
+        **stats,
     )
     _write_table(
         df,
@@ -350,11 +447,13 @@ def write_tables(
         "table3_realworld",
         "Table 3: real-world test sets (no reference)",
         footnote,
+        **stats,
     )
     if ablation:
         keep = ["fp", *(ablation_reference or []), *ablation]
         rows = everything[everything["method"].isin(keep)]
-        _write_table(rows, synthetic, out, "ablation", "Ablation (synthetic test set)", footnote)
+        title = "Ablation (synthetic test set)"
+        _write_table(rows, synthetic, out, "ablation", title, footnote, **stats)
     paths = [] if cost is None else (cost if isinstance(cost, list) else [cost])
     if paths:
         frames = [pd.read_csv(p, dtype={"bits": str}) for p in paths]

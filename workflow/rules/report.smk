@@ -7,9 +7,11 @@ localrules:
 rule aggregate:
     input:
         metrics=all_metric_files(),
+        per_image=[f.replace("metrics.csv", "metrics_per_image.csv") for f in all_metric_files()],
         costs=all_cost_files(),
     output:
         metrics="results/metrics.csv",
+        per_image="results/metrics_per_image.csv",
         cost="results/cost.csv",
     log:
         "results/logs/aggregate.log",
@@ -21,12 +23,14 @@ rule aggregate:
         runtime=5,
     shell:
         "quantface aggregate --metrics {input.metrics} --out {output.metrics}"
+        " --per-image {input.per_image} --per-image-out {output.per_image}"
         " --costs {input.costs} --cost-out {output.cost} 2> {log}"
 
 
 rule tables:
     input:
         metrics="results/metrics.csv",
+        per_image="results/metrics_per_image.csv",
         cost="results/cost.csv",
     output:
         [
@@ -52,7 +56,8 @@ rule tables:
         mem_mb=1000,
         runtime=5,
     shell:
-        "quantface tables --metrics {input.metrics} --cost {input.cost} --out results/tables"
+        "quantface tables --metrics {input.metrics} --per-image {input.per_image}"
+        " --cost {input.cost} --out results/tables --seed " + str(config["seed"]) +
         " --synthetic '{params.synthetic}' --realworld '{params.realworld}'"
         " {params.footnotes} {params.ablation} 2> {log}"
 
@@ -60,6 +65,7 @@ rule tables:
 rule figures:
     input:
         metrics="results/metrics.csv",
+        per_image="results/metrics_per_image.csv",
         cost="results/cost.csv",
         calib=f"results/{MODEL}/calib/activations.pt",
         plans=[f"results/{MODEL}/{m}/{b}/plan.json" for m, b in mixed_cells()],
@@ -81,5 +87,6 @@ rule figures:
         mem_mb=2000,
         runtime=10,
     shell:
-        "quantface figures --metrics {input.metrics} --cost {input.cost} --calib {input.calib}"
+        "quantface figures --metrics {input.metrics} --per-image {input.per_image}"
+        " --seed " + str(config["seed"]) + " --cost {input.cost} --calib {input.calib}"
         " {params.plans} --out results/figures --qualitative {params.qualitative} 2> {log}"

@@ -16,6 +16,7 @@ rule evaluate_input:
         data=manifests(DATASET_NAMES),
     output:
         metrics=cell_files("input", DATASET_NAMES, "metrics.csv"),
+        per_image=cell_files("input", DATASET_NAMES, "metrics_per_image.csv"),
     params:
         sets=lambda w: test_sets(w.model, "input", DATASET_NAMES),
     log:
@@ -38,6 +39,7 @@ rule restore_evaluate_fp:
     output:
         images=[directory(p) for p in cell_files("fp", DATASET_NAMES, "images")],
         metrics=cell_files("fp", DATASET_NAMES, "metrics.csv"),
+        per_image=cell_files("fp", DATASET_NAMES, "metrics_per_image.csv"),
     params:
         sets=lambda w: test_sets(w.model, "fp", DATASET_NAMES),
     log:
@@ -61,6 +63,7 @@ rule restore_evaluate:
     output:
         images=[directory(p) for p in cell_files("{method}/{bits}", DATASET_NAMES, "images")],
         metrics=cell_files("{method}/{bits}", DATASET_NAMES, "metrics.csv"),
+        per_image=cell_files("{method}/{bits}", DATASET_NAMES, "metrics_per_image.csv"),
     wildcard_constraints:
         method=_alternatives(METHOD_NAMES),
     params:
@@ -89,6 +92,7 @@ if ABLATION_CELLS:  # ablation variants are restored on their own test sets only
         output:
             images=[directory(p) for p in cell_files("{method}/{bits}", ABLATION_DATASETS, "images")],
             metrics=cell_files("{method}/{bits}", ABLATION_DATASETS, "metrics.csv"),
+            per_image=cell_files("{method}/{bits}", ABLATION_DATASETS, "metrics_per_image.csv"),
         wildcard_constraints:
             method=_alternatives(ABLATION_NAMES),
         params:
