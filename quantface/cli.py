@@ -23,9 +23,8 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may wait on a network
 
-from quantface.errors import ConfigError, NumericsError, OutputError, QuantFaceError
+from quantface.errors import ConfigError, OutputError, QuantFaceError
 from quantface.memory import current_stage, enter_stage, is_out_of_memory, peak_memory
-from quantface.timing import log_timing
 
 log = logging.getLogger("quantface")
 LISTINGS = ("methods", "metrics", "datasets", "models", "check-config")  # no run log for these
@@ -62,9 +61,12 @@ IO_FLAGS = {
     "cost": (("model",), ("out",)),
     "export": (("model",), ("out", "report")),
     "evaluate": (("pred", "ref", "fp", "manifest"), ("out",)),
-    "aggregate": (("metrics", "costs", "exports"), ("out", "cost_out", "export_out")),
-    "tables": (("metrics", "cost"), ("out",)),
-    "figures": (("metrics", "cost", "calib", "calib_after"), ("out",)),
+    "aggregate": (
+        ("metrics", "per_image", "costs", "exports"),
+        ("out", "per_image_out", "cost_out", "export_out"),
+    ),
+    "tables": (("metrics", "per_image", "cost"), ("out",)),
+    "figures": (("metrics", "per_image", "cost", "calib", "calib_after"), ("out",)),
 }
 
 
@@ -198,99 +200,37 @@ def cmd_pretrain_vae(args: argparse.Namespace) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
-    import numpy as np
-    import torch
+    from quantface.api import calibrate
 
-    from quantface.data.degradation import DegradationConfig, degrade
-    from quantface.data.synthetic_faces import generate_face
-    from quantface.io import list_images, to_tensor
-    from quantface.models.checkpoint import load_bundle
-    from quantface.quant.calibration import collect_calibration
-    from quantface.restore import fit_to_model, load_for_model
-
-    enter_stage("load model")
-    bundle, layout, _ = load_bundle(args.model, device=args.device)
-    if layout:
-        raise QuantFaceError(f"{args.model} is already quantized; calibrate the FP model")
-    if args.images:
-        files = list_images(args.images)[: args.n_images]
-        images = torch.stack([load_for_model(p, bundle.image_size) for p in files])
-    else:  # LQ inputs made from faces the model never saw in training nor in the test sets
-        base = np.random.SeedSequence([args.seed, 7_777]).generate_state(1)[0] % 100_000_000
-        deg = DegradationConfig.from_dict(_json(args.degradation))
-        arrays = [
-            degrade(generate_face(int(base) + i, bundle.image_size), rng, deg)
-            for i, rng in enumerate(
-                np.random.default_rng(s)
-                for s in np.random.SeedSequence(args.seed).spawn(args.n_images)
-            )
-        ]
-        images = torch.stack([fit_to_model(to_tensor(a), bundle.image_size) for a in arrays])
-    enter_stage("calibration forward")
-    calib = collect_calibration(bundle, images, args.batch_size, args.sample_rows, args.seed)
-    calib.record_model(args.model)  # quantize refuses another model's statistics
+    calib = calibrate(
+        args.model,
+        args.images,
+        n_images=args.n_images,
+        batch_size=args.batch_size,
+        sample_rows=args.sample_rows,
+        seed=args.seed,
+        degradation=_json(args.degradation),
+        device=args.device,
+    )
     enter_stage("write calibration")
     calib.save(args.out)
-    log.info(
-        "calibration statistics for %d sites from %d images", len(calib.meta["sites"]), len(images)
-    )
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:
-    import torch
+    from quantface.api import quantize
 
-    from quantface.io import atomic_paths
-    from quantface.models.checkpoint import load_bundle, save_bundle
-    from quantface.quant.apply import current_layout, plan_of
-    from quantface.quant.calibration import CalibrationSet
-    from quantface.quant.cost import cost_table
-    from quantface.quant.plan import BitPlan, parse_bits
-    from quantface.registry import METHODS
-
-    setting = parse_bits(args.bits)
-    method = METHODS.get(args.method)()
-    enter_stage("load model")
-    fp, layout, _ = load_bundle(args.model, device=args.device)
-    if layout:
-        raise QuantFaceError(f"{args.model} is already quantized; quantize the FP model")
-    calib = CalibrationSet.load(args.calib, device=args.device)
-    calib.check_model(args.model, args.calib)
-    mixed_method = getattr(method, "mixed_precision", False)
-    if setting.mixed and not mixed_method:
-        raise QuantFaceError(
-            f"method '{args.method}' has no mixed-precision mode for '{args.bits}'"
-        )
-    if mixed_method and not setting.mixed:
-        raise QuantFaceError(
-            f"method '{args.method}' allocates bits itself: use an mpX bit setting, not '{args.bits}'"
-        )
-    plan = BitPlan.uniform(fp.quant_targets(), setting.w_bits, setting.a_bits)
-    torch.manual_seed(args.seed)
-    t0 = time.perf_counter()
-    enter_stage(f"quantize {args.method} {args.bits}")
-    try:
-        model = method.quantize(fp, calib, plan, _json(args.options))
-    except NumericsError as e:
-        raise NumericsError(f"{args.method} {args.bits}: {e}") from e
-    seconds = time.perf_counter() - t0
-    log.info("%s %s quantization took %.1f s", args.method, args.bits, seconds)
-    log_timing("quantize_total", 1, seconds)
-    _check_finite(model)
-    enter_stage("cost and write")
-    out = Path(args.out)
-    final_plan = plan_of(model, getattr(model, "plan_notes", None))
-    cost = cost_table(model, final_plan)
-    cost.update(model=fp.name, method=args.method, bits=args.bits, calibration_seconds=seconds)
-    with atomic_paths(out / "plan.json", out / "cost.json", out / "model.pt") as (p, c, m):
-        final_plan.save(p)
-        c.write_text(json.dumps(cost, indent=1))
-        save_bundle(
-            model,
-            m,
-            layout=current_layout(model),
-            meta={"method": args.method, "bits": args.bits, "seed": args.seed, "simulated": True},
-        )
-    t = cost["total"]
+    result = quantize(
+        args.model,
+        args.method,
+        args.bits,
+        args.calib,
+        _json(args.options),
+        seed=args.seed,
+        device=args.device,
+    )
+    enter_stage("write")
+    result.save(args.out)
+    t = result.cost["total"]
     log.info(
         "param bits %.3g (%.2f%% fewer than FP32), BOPs %.3g (%.2f%% fewer)",
         t["param_bits"],
@@ -298,16 +238,6 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         t["bops"],
         100 * t["bops_reduction"],
     )
-
-
-def _check_finite(model) -> None:
-    import torch
-
-    for name, t in model.state_dict().items():
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise NumericsError(
-                f"quantization produced non-finite values in {name}; nothing was written"
-            )
 
 
 def cmd_cost(args: argparse.Namespace) -> None:
@@ -429,10 +359,17 @@ def cmd_restore_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
-    from quantface.report.aggregate import aggregate_costs, aggregate_exports, aggregate_metrics
+    from quantface.report.aggregate import (
+        aggregate_costs,
+        aggregate_exports,
+        aggregate_metrics,
+        aggregate_per_image,
+    )
 
     if args.metrics:
         aggregate_metrics([Path(p) for p in args.metrics], Path(args.out))
+    if args.per_image:
+        aggregate_per_image([Path(p) for p in args.per_image], Path(args.per_image_out))
     if args.costs:
         aggregate_costs([Path(p) for p in args.costs], Path(args.cost_out))
     if args.exports:
@@ -446,6 +383,8 @@ def cmd_tables(args: argparse.Namespace) -> None:
         [Path(p) for p in args.metrics],
         [Path(p) for p in args.cost],
         Path(args.out),
+        per_image=[Path(p) for p in args.per_image],
+        seed=args.seed,
         synthetic=args.synthetic.split(",") if args.synthetic is not None else None,
         realworld=args.realworld.split(",") if args.realworld is not None else None,
         footnote=args.footnote or [],
@@ -471,6 +410,8 @@ def cmd_figures(args: argparse.Namespace) -> None:
         calib=Path(args.calib) if args.calib else None,
         calib_after=Path(args.calib_after) if args.calib_after else None,
         plans=plans,
+        per_image=[Path(p) for p in args.per_image],
+        seed=args.seed,
     )
 
 
@@ -634,6 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("aggregate", cmd_aggregate, "merge per-job metrics CSVs / cost.json files")
     sp.add_argument("--metrics", nargs="*", default=[])
     sp.add_argument("--out")
+    sp.add_argument("--per-image", nargs="*", default=[], help="per-image score CSVs")
+    sp.add_argument("--per-image-out")
     sp.add_argument("--costs", nargs="*", default=[])
     sp.add_argument("--cost-out")
     sp.add_argument("--exports", nargs="*", default=[], help="size.json files of `export`")
@@ -644,6 +587,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics", required=True, nargs="+", help="metrics CSVs (several = merged shards)"
     )
     sp.add_argument("--cost", nargs="*", default=[], help="cost CSVs (several = merged shards)")
+    sp.add_argument(
+        "--per-image",
+        nargs="*",
+        default=[],
+        help="per-image scores (metrics_per_image.csv): 95%% bootstrap intervals and ties",
+    )
+    sp.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
     sp.add_argument("--out", default=os.path.join("results", "tables"))
     sp.add_argument(
         "--synthetic", help="comma-separated datasets for Table 1 (default: paired ones)"
@@ -661,6 +611,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("figures", cmd_figures, "figures from results/metrics.csv (and restored images)")
     sp.add_argument("--metrics", required=True, nargs="+", help="metrics CSVs (merged)")
+    sp.add_argument(
+        "--per-image", nargs="*", default=[], help="per-image scores: 95%% intervals as error bars"
+    )
+    sp.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
     sp.add_argument("--out", default=os.path.join("results", "figures"))
     sp.add_argument("--cost", nargs="*", default=[], help="cost CSVs: quality-vs-cost plots")
     sp.add_argument("--calib", help="calibration statistics: activation-distribution plot")

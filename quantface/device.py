@@ -46,6 +46,11 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return device
 
 
+def as_device(spec: str | torch.device) -> torch.device:
+    """A device given as such stays; a spec string is resolved (the API takes either)."""
+    return resolve_device(spec) if isinstance(spec, str) else spec
+
+
 def cuda_found() -> str:
     """What torch reports about CUDA, so the error says whether the build or the machine lacks it."""
     import torch
