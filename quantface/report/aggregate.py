@@ -42,17 +42,23 @@ def _write(df: pd.DataFrame, out: Path) -> None:
         df.to_csv(tmp, index=False)
 
 
-def read_metrics(paths: list[Path]) -> pd.DataFrame:
+def _read_frames(paths: list[Path], columns: list[str], what: str, dtype: dict) -> list:
+    """Each CSV's `columns`, or one DataError line naming the file and what is wrong."""
     frames = []
     for p in paths:
         try:
-            df = pd.read_csv(p, keep_default_na=True, dtype={"bits": str, "note": str})
+            df = pd.read_csv(p, keep_default_na=True, dtype=dtype)
         except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-            raise DataError(f"cannot read metrics file {p}: {e}") from e
-        missing = [c for c in COLUMNS if c not in df.columns]
+            raise DataError(f"cannot read {what} {p}: {e}") from e
+        missing = [c for c in columns if c not in df.columns]
         if missing:
-            raise DataError(f"metrics file {p} lacks columns {missing}")
-        frames.append(df[COLUMNS])
+            raise DataError(f"{what} {p} lacks columns {missing}")
+        frames.append(df[columns])
+    return frames
+
+
+def read_metrics(paths: list[Path]) -> pd.DataFrame:
+    frames = _read_frames(paths, COLUMNS, "metrics file", {"bits": str, "note": str})
     if not frames:
         raise DataError("no metrics files given")
     df = pd.concat(frames, ignore_index=True)
@@ -69,18 +75,8 @@ def aggregate_metrics(paths: list[Path], out: Path) -> pd.DataFrame:
 
 def read_per_image(paths: list[Path]) -> pd.DataFrame:
     """Per-image scores of several files, de-duplicated on (KEY, image) like `read_metrics`."""
-    frames = []
-    for p in paths:
-        try:
-            df = pd.read_csv(p, dtype={"bits": str, "image": str})
-        except pd.errors.EmptyDataError:
-            continue  # a set scored with no per-image metric
-        except (OSError, pd.errors.ParserError) as e:
-            raise DataError(f"cannot read per-image scores {p}: {e}") from e
-        missing = [c for c in PER_IMAGE_COLUMNS if c not in df.columns]
-        if missing:
-            raise DataError(f"per-image scores {p} lack columns {missing}")
-        frames.append(df[PER_IMAGE_COLUMNS])
+    dtype = {"bits": str, "image": str}
+    frames = _read_frames(paths, PER_IMAGE_COLUMNS, "per-image scores", dtype)
     if not frames:
         return pd.DataFrame(columns=PER_IMAGE_COLUMNS)
     df = pd.concat(frames, ignore_index=True).drop_duplicates(subset=[*KEY, "image"], keep="last")
