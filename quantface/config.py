@@ -184,6 +184,21 @@ def model_options(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def model_footnote(config: dict[str, Any]) -> str:
+    """The tables' model line, readable in a footnote (architecture overrides as key=value)."""
+    arch = config["model"].get("arch", {})
+    overrides = (
+        "architecture overrides: " + ", ".join(f"{k}={v}" for k, v in sorted(arch.items()))
+        if arch
+        else "default architecture"
+    )
+    size = config["data"]["image_size"]
+    return (
+        f"Model: {config['model']['name']} ({overrides}), images {size}x{size}, "
+        f"global seed {config['seed']}."
+    )
+
+
 def _is_mixed(method: str) -> bool:
     return bool(getattr(METHODS.get(method), "mixed_precision", False))
 

@@ -233,29 +233,42 @@ def to_markdown(wide: pd.DataFrame, marks: dict, title: str, notes: list[str]) -
     return "\n".join(lines) + "\n"
 
 
+TEX_ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "_": r"\_",
+    "%": r"\%",
+    "&": r"\&",
+    "#": r"\#",
+    "$": r"\$",
+    "{": r"\{",
+    "}": r"\}",
+    "^": r"\textasciicircum{}",
+    "~": r"\textasciitilde{}",
+    "↑": r"$\uparrow$",
+    "↓": r"$\downarrow$",
+    "±": r"$\pm$",
+    "≈": r"$\approx$",
+    "×": r"$\times$",
+    "≥": r"$\geq$",
+    "≤": r"$\leq$",
+    "—": "---",
+    "–": "--",
+}
+
+
 def _tex_escape(s: str) -> str:
-    return (
-        s.replace("\\", r"\textbackslash{}")
-        .replace("_", r"\_")
-        .replace("%", r"\%")
-        .replace("&", r"\&")
-        .replace("#", r"\#")
-        .replace("↑", r"$\uparrow$")
-        .replace("↓", r"$\downarrow$")
-        .replace("±", r"$\pm$")
-        .replace("≈", r"$\approx$")
-        .replace("—", "---")
-        .replace("–", "--")
-    )
+    """Text as LaTeX typesets it literally: every special character escaped, one at a time."""
+    return "".join(TEX_ESCAPES.get(c, c) for c in s)
 
 
 def to_latex(wide: pd.DataFrame, marks: dict, title: str, notes: list[str]) -> str:
+    caption = re.sub(r"^Table \d+: ", "", title)  # LaTeX numbers the table itself
     multi = len({c[0] for c in wide.columns}) > 1
     head = ["Bits", "Method"] + [_header(c, marks, multi) for c in wide.columns]
     lines = [
         r"\begin{table}[t]",
         r"\centering",
-        rf"\caption{{{_tex_escape(title)}}}",
+        rf"\caption{{{_tex_escape(caption)}}}",
         r"\resizebox{\linewidth}{!}{%",
         r"\begin{tabular}{ll" + "r" * len(wide.columns) + "}",
         r"\toprule",
@@ -277,8 +290,8 @@ def to_latex(wide: pd.DataFrame, marks: dict, title: str, notes: list[str]) -> s
             )
             + r" \\"
         )
-    lines += [r"\bottomrule", r"\end{tabular}}", r"\par\footnotesize"]
-    lines += [_tex_escape(n) + r"\\" for n in notes]
+    lines += [r"\bottomrule", r"\end{tabular}}", r"\par\smallskip\footnotesize"]
+    lines += [_tex_escape(n) + r"\par" for n in notes]  # one paragraph per note
     lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
 

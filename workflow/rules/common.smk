@@ -218,13 +218,7 @@ def figure_outputs():
 
 
 def footnotes():
-    arch = config["model"].get("arch", {})
-    lines = [
-        f"Model: {MODEL} ({json.dumps(arch, sort_keys=True) if arch else 'default architecture'}), "
-        f"images {config['data']['image_size']}x{config['data']['image_size']}, global seed "
-        f"{config['seed']}."
-    ]
-    return " ".join(f"--footnote {shlex.quote(line)}" for line in lines)
+    return f"--footnote {shlex.quote(qf_config.model_footnote(config))}"
 
 
 def final_outputs():
