@@ -42,6 +42,12 @@ def _json(text: str | None) -> dict[str, Any]:
     return value
 
 
+def _package_version() -> str:
+    import quantface
+
+    return quantface.__version__
+
+
 def _versions() -> str:
     import diffusers
     import torch
@@ -430,6 +436,7 @@ def cmd_list(registry_name: str):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quantface", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"quantface {_package_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(name: str, func, help_: str) -> argparse.ArgumentParser:

@@ -83,3 +83,12 @@ def test_an_unknown_name_lists_the_known_ones():
 
     with pytest.raises(ConfigError, match=r"unknown method 'nope'; known: .*maxmin"):
         METHODS.get("nope")
+
+
+def test_version_flag(capsys):
+    from quantface import __version__
+    from quantface.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"quantface {__version__}"
