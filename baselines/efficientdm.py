@@ -82,6 +82,8 @@ EIGHT_BIT_NOTE = "kept at W8A8 as in EfficientDM (set_first_last_layer_to_8bit)"
 class EfficientDM:
     """EfficientDM: QALoRA + learned step sizes, distilled from the FP model, LoRA merged."""
 
+    label = "EfficientDM"  # how tables and figures name it
+
     name = "efficientdm"
 
     def quantize(

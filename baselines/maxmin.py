@@ -29,6 +29,8 @@ from quantface.registry import METHODS
 class MaxMin:
     """Round-to-nearest, per-channel min-max weights, per-tensor static min-max activations."""
 
+    label = "MaxMin"  # how tables and figures name it
+
     name = "maxmin"
 
     def quantize(

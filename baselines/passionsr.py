@@ -142,6 +142,8 @@ def attention_let(
 class PassionSR:
     """PassionSR: LET (scale + shift, init (max|X|/max|W|)^0.3) then LBQ, distilled from FP."""
 
+    label = "PassionSR"  # how tables and figures name it
+
     name = "passionsr"
 
     def quantize(

@@ -166,6 +166,8 @@ def running_stat(unit: nn.Module, inputs: list[Any], momentum: float = 0.95) -> 
 class QDiffusion:
     """Q-Diffusion: BRECQ + AdaRound weights, LSQ activations, split shortcuts, 16-bit softmax."""
 
+    label = "Q-Diffusion"  # how tables and figures name it
+
     name = "qdiffusion"
 
     def quantize(

@@ -60,6 +60,8 @@ DEFAULTS: dict[str, Any] = {
 class QuaRot:
     """QuaRot: online randomized Hadamard per layer, fused weights, per-token dynamic activations."""
 
+    label = "QuaRot"  # how tables and figures name it
+
     name = "quarot"
 
     def quantize(

@@ -53,6 +53,8 @@ DEFAULTS: dict[str, Any] = {
 class SmoothQuant:
     """SmoothQuant: per-channel smoothing s = max|X|^a / max|W|^(1-a), folded where possible."""
 
+    label = "SmoothQuant"  # how tables and figures name it
+
     name = "smoothquant"
 
     def quantize(

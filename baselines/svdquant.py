@@ -237,6 +237,8 @@ def fit_branch(
 class SVDQuant:
     """SVDQuant: searched smoothing, a 16-bit rank-32 SVD branch, and the quantized residual."""
 
+    label = "SVDQuant"  # how tables and figures name it
+
     name = "svdquant"
 
     def layout(

@@ -36,6 +36,7 @@ class Entry:
 
     module: str
     doc: str | None  # None: only the imported object knows it (an entry point's)
+    label: str | None = None  # the class's `label = "..."`: how tables and figures name it
 
 
 def _first_line(text: str | None) -> str:
@@ -43,9 +44,22 @@ def _first_line(text: str | None) -> str:
     return lines[0] if lines else ""
 
 
-def _registrations(tree: ast.Module, var: str) -> dict[str, str]:
-    """name -> description of every `<var>.register("name")` in a module's source."""
-    found: dict[str, str] = {}
+def _class_label(node: ast.AST) -> str | None:
+    """The string a class body assigns to `label`, if it does."""
+    for stmt in getattr(node, "body", []) if isinstance(node, ast.ClassDef) else []:
+        if (
+            isinstance(stmt, ast.Assign)
+            and [getattr(t, "id", None) for t in stmt.targets] == ["label"]
+            and isinstance(stmt.value, ast.Constant)
+            and isinstance(stmt.value.value, str)
+        ):
+            return stmt.value.value
+    return None
+
+
+def _registrations(tree: ast.Module, var: str) -> dict[str, tuple[str, str | None]]:
+    """name -> (description, label) of every `<var>.register("name")` in a module's source."""
+    found: dict[str, tuple[str, str | None]] = {}
 
     def name_of(node: ast.AST) -> str | None:
         ok = (
@@ -64,7 +78,7 @@ def _registrations(tree: ast.Module, var: str) -> dict[str, str]:
         if isinstance(node, ast.ClassDef | ast.FunctionDef):
             for dec in node.decorator_list:
                 if (name := name_of(dec)) is not None:
-                    found[name] = _first_line(ast.get_docstring(node))
+                    found[name] = (_first_line(ast.get_docstring(node)), _class_label(node))
         elif isinstance(node, ast.Call) and (name := name_of(node.func)) is not None:
             target = node.args[0] if node.args else None
             doc = next(
@@ -75,7 +89,7 @@ def _registrations(tree: ast.Module, var: str) -> dict[str, str]:
                 ),
                 "",
             )
-            found[name] = _first_line(doc)
+            found[name] = (_first_line(doc), None)
     return found
 
 
@@ -108,8 +122,8 @@ class Registry(Generic[T]):
                     for path in sorted(Path(folder).glob("*.py")):
                         tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
                         module = f"{package}.{path.stem}"
-                        for name, doc in _registrations(tree, self._var).items():
-                            index[name] = Entry(module, doc)
+                        for name, (doc, label) in _registrations(tree, self._var).items():
+                            index[name] = Entry(module, doc, label)
             for ep in entry_points(group=f"quantface.{self.kind}s"):
                 index.setdefault(ep.name, Entry(ep.value.split(":")[0], None))
             self._index = index
@@ -130,6 +144,12 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+    def label(self, name: str) -> str:
+        """How tables and figures name an entry: its class's `label`, else its registry name
+        (also for names no registry knows, such as ablation variants)."""
+        entry = self.index().get(name)
+        return entry.label if entry is not None and entry.label else name
 
     def describe(self) -> dict[str, str]:
         """Name -> one-line description, for `quantface methods|metrics|datasets|models`."""

@@ -92,3 +92,13 @@ def test_version_flag(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"quantface {__version__}"
+
+
+def test_methods_carry_the_labels_tables_print():
+    """Read from the sources (no import), and what the imported class says."""
+    expected = {"maxmin": "MaxMin", "qdiffusion": "Q-Diffusion", "quantface_mp": "QuantFace-MP"}
+    for name, label in expected.items():
+        assert METHODS.label(name) == label == METHODS.get(name).label
+    assert METHODS.label("my_ablation_variant") == "my_ablation_variant"
+    for name in METHODS.names():
+        assert METHODS.label(name) == getattr(METHODS.get(name), "label", name), name

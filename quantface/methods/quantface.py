@@ -170,6 +170,8 @@ def train_qdlora(
 class QuantFace:
     """QuantFace: rotation-scaling balancing + QD-LoRA distillation, uniform bits."""
 
+    label = "QuantFace"  # how tables and figures name it
+
     name = "quantface"
     mixed_precision = False
 
@@ -186,6 +188,8 @@ class QuantFace:
 @METHODS.register("quantface_mp")
 class QuantFaceMP:
     """QuantFace-MP: QuantFace with per-layer activation bits from an integer program."""
+
+    label = "QuantFace-MP"  # how tables and figures name it
 
     name = "quantface_mp"
     mixed_precision = True

@@ -15,6 +15,8 @@ from quantface.registry import METHODS
 class FullPrecision:
     """Full-precision (FP32) reference: the model as trained, nothing quantized."""
 
+    label = "FP"  # how tables and figures name it
+
     name = "fp"
 
     def quantize(

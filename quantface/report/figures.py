@@ -30,6 +30,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from quantface.io import atomic_path, list_images, read_image
 from quantface.quant.plan import BitPlan
+from quantface.registry import METHODS
 from quantface.report.aggregate import read_metrics, read_per_image
 from quantface.report.stats import mean_interval
 from quantface.report.tables import METRIC_LABELS, REFERENCE_ROWS, _bits_key
@@ -110,7 +111,7 @@ def quality_vs_bits(
                 yerr=yerr,
                 marker="o",
                 capsize=2,
-                label=method,
+                label=METHODS.label(method),
             )
         for ref, style in (("fp", "--"), ("input", ":")):
             v = m[m["method"] == ref]["value"]
@@ -181,7 +182,9 @@ def quality_vs_cost(df: pd.DataFrame, cost: pd.DataFrame, dataset: str, out: Pat
                 if method == "fp":
                     ax.scatter(g[xcol], g["value"], marker="*", s=120, color="k", label="FP")
                     continue
-                ax.scatter(g[xcol], g["value"], color=colors[method], label=method, zorder=3)
+                ax.scatter(
+                    g[xcol], g["value"], color=colors[method], label=METHODS.label(method), zorder=3
+                )
                 for _, r in g.iterrows():
                     ax.annotate(
                         r["bits"].upper(),

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from quantface.io import atomic_write_text
+from quantface.registry import METHODS
 from quantface.report.aggregate import read_metrics, read_per_image
 from quantface.report.stats import N_BOOT, lead_is_significant, mean_interval
 
@@ -213,7 +214,7 @@ def _row_label(idx) -> tuple[str, str]:
         return MISSING, "Input (LQ)"
     if method == "fp":
         return "W32A32", "FP"
-    return bits.upper(), method
+    return bits.upper(), METHODS.label(method)
 
 
 def to_markdown(wide: pd.DataFrame, marks: dict, title: str, notes: list[str]) -> str:
