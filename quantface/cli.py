@@ -658,11 +658,6 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # Banners of libraries imported on the way, printed by every command that imports them:
-    # bitsandbytes (through diffusers) warns that an optional CPU kernel package is absent, mip
-    # announces its version. Neither says anything about the run; real warnings still show.
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    logging.getLogger("mip").setLevel(logging.WARNING)
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if in_main_thread else None
     t0 = time.perf_counter()
