@@ -102,3 +102,10 @@ def test_methods_carry_the_labels_tables_print():
     assert METHODS.label("my_ablation_variant") == "my_ablation_variant"
     for name in METHODS.names():
         assert METHODS.label(name) == getattr(METHODS.get(name), "label", name), name
+
+
+def test_no_third_party_banner_once_quantface_is_imported():
+    code = "import quantface, diffusers, mip  # noqa: F401"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "gemm_4bit" not in r.stderr and "Using Python-MIP" not in r.stderr, r.stderr
