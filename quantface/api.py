@@ -162,9 +162,10 @@ def quantize(
     import torch
 
     from quantface.device import as_device
-    from quantface.quant.apply import plan_of
+    from quantface.quant.apply import current_layout, plan_of
     from quantface.quant.calibration import CalibrationSet
     from quantface.quant.cost import cost_table
+    from quantface.quant.describe import quantizer_summary
     from quantface.quant.plan import BitPlan, parse_bits
     from quantface.registry import METHODS
 
@@ -201,6 +202,7 @@ def quantize(
     final_plan = plan_of(quantized, notes or None)
     cost = cost_table(quantized, final_plan)
     cost.update(model=fp.name, method=method, bits=bits, calibration_seconds=seconds)
+    cost["quantizer"] = quantizer_summary(current_layout(quantized))
     return QuantizeResult(quantized, final_plan, cost, seconds, method, bits, seed, dict(notes))
 
 

@@ -249,14 +249,16 @@ def cmd_quantize(args: argparse.Namespace) -> None:
 def cmd_cost(args: argparse.Namespace) -> None:
     from quantface.io import atomic_write_text
     from quantface.models.checkpoint import load_bundle
-    from quantface.quant.apply import plan_of
+    from quantface.quant.apply import current_layout, plan_of
     from quantface.quant.cost import cost_table
+    from quantface.quant.describe import quantizer_summary
 
     enter_stage("load model")
     model, _, meta = load_bundle(args.model, device=args.device)
     enter_stage("cost count")
     cost = cost_table(model, plan_of(model))
     cost.update(model=model.name, method=meta.get("method", "fp"), bits=meta.get("bits", "fp32"))
+    cost["quantizer"] = quantizer_summary(current_layout(model))
     atomic_write_text(args.out, json.dumps(cost, indent=1))
 
 

@@ -6,9 +6,13 @@ all step sizes are trained by distillation from the FP model on the calibration 
 `quantface_mp`: the same, with activation bit-widths chosen per layer by the integer program
 (methods/allocation.py) before the distillation, so QD-LoRA trains under the final plan.
 
-Quantizers (the paper does not say; PassionSR's, the same lab's, conventions): weights
-per-output-channel asymmetric, initial range by the Lp-2.4 MSE search; activations per-tensor
-asymmetric static, initial range min-max over the calibration set measured on the balanced model;
+Quantizers (the paper does not say; weights follow PassionSR's, the same lab's, conventions):
+weights per-output-channel asymmetric, initial range by the Lp-2.4 MSE search; activations
+per-token *dynamic* asymmetric by default (`act_granularity: token`: each token's range at run
+time, learned step sizes then scale it), or per-tensor static asymmetric with `act_granularity:
+tensor` (initial range min-max over the calibration set measured on the balanced model), the
+paper family's usual convention and the other baselines' (MaxMin, Q-Diffusion, PassionSR,
+EfficientDM). The quantizer alone moves PSNR-FP at A4 by several dB, so tables state it per row;
 attention QK^T and AV at the activation bits (as every method here), with Q/K/V rotated per head by a
 Hadamard (`rotate_attention`, the RHT applied to the attention operands). The visual prompt
 embedder stays FP. Ablations are options (see config/README.md): balancing both|scale|rht|none,

@@ -34,6 +34,7 @@ COST_COLUMNS = [
     "fp32_bops",
     "bops_reduction",
     "calibration_seconds",
+    "quantizer",
 ]
 
 
@@ -103,6 +104,7 @@ def aggregate_costs(paths: list[Path], out: Path) -> pd.DataFrame:
                 "bits": cost["bits"],
                 **cost["total"],
                 "calibration_seconds": cost.get("calibration_seconds", 0.0),
+                "quantizer": cost.get("quantizer", "not recorded"),
             }
         )
     df = pd.DataFrame(rows, columns=COST_COLUMNS)

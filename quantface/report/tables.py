@@ -58,10 +58,8 @@ DECIMALS = {
 FULL_REFERENCE = {"psnr", "ssim", "ms_ssim", "fsim", "gmsd", "vif", "lpips", "dists", "deg", "lmd"}
 CONVENTIONS = (
     (
-        "Quantization is simulated (fake-quant in FP32): uniform integer grids, weights per "
-        "output channel, activations per tensor (static) unless a method's paper says otherwise; "
-        "attention QK^T and AV quantized at the activation bit-width; the visual prompt embedder "
-        "stays FP."
+        "Quantization is simulated (fake-quant in FP32): uniform integer grids; attention QK^T "
+        "and AV quantized at the activation bit-width; the visual prompt embedder stays FP."
     ),
     (
         "input = the degraded LQ image itself; PSNR-FP = PSNR of a quantized model's output "
@@ -334,6 +332,27 @@ def _ranking_note(marks: dict, seed: int) -> str:
     )
 
 
+def _quantizer_note(quantizers: dict[tuple[str, str], str], rows: pd.DataFrame) -> list[str]:
+    """One footnote naming each row's quantizers as its saved layout records them (cost.csv),
+    a method once when all its bit settings share them."""
+    by_method: dict[str, dict[str, str]] = {}
+    for method, bits in sorted(set(zip(rows["method"], rows["bits"]))):
+        if method not in REFERENCE_ROWS and (method, bits) in quantizers:
+            by_method.setdefault(method, {})[bits] = quantizers[(method, bits)]
+    parts = []
+    for method, per_bits in by_method.items():
+        label = METHODS.label(method)
+        if len(set(per_bits.values())) == 1:
+            parts.append(f"{label}: {next(iter(per_bits.values()))}")
+        else:
+            parts += [f"{label} {b.upper()}: {q}" for b, q in per_bits.items()]
+    return (
+        ["Quantizers per row (read from each saved model): " + " | ".join(parts) + "."]
+        if parts
+        else []
+    )
+
+
 def _write_table(
     df: pd.DataFrame,
     datasets: list[str],
@@ -343,6 +362,7 @@ def _write_table(
     footnote: list[str],
     per_image: pd.DataFrame | None = None,
     seed: int = 0,
+    quantizers: dict[tuple[str, str], str] | None = None,
 ) -> None:
     wide, marks = build_table(df, datasets, per_image, seed)
     if wide.empty:
@@ -358,6 +378,7 @@ def _write_table(
         *footnote,
         f"Data: {counts}; seed {seeds}.",
         *CONVENTIONS,
+        *_quantizer_note(quantizers or {}, sub),
         *_metric_notes(sub),
         _ranking_note(marks, seed),
     ]
@@ -444,7 +465,19 @@ def write_tables(
     synthetic = paired if synthetic is None else synthetic
     realworld = unpaired if realworld is None else realworld
     out.mkdir(parents=True, exist_ok=True)
-    stats = {"per_image": scores, "seed": seed}
+    paths = [] if cost is None else (cost if isinstance(cost, list) else [cost])
+    costs = None
+    if paths:
+        frames = [pd.read_csv(p, dtype={"bits": str}) for p in paths]
+        costs = pd.concat(frames, ignore_index=True).drop_duplicates(
+            subset=["model", "method", "bits"], keep="last"
+        )
+    quantizers = (
+        dict(zip(zip(costs["method"], costs["bits"]), costs["quantizer"]))
+        if costs is not None and "quantizer" in costs
+        else {}
+    )
+    stats = {"per_image": scores, "seed": seed, "quantizers": quantizers}
     _write_table(
         df,
         synthetic,
@@ -468,10 +501,5 @@ def write_tables(
         rows = everything[everything["method"].isin(keep)]
         title = "Ablation (synthetic test set)"
         _write_table(rows, synthetic, out, "ablation", title, footnote, **stats)
-    paths = [] if cost is None else (cost if isinstance(cost, list) else [cost])
-    if paths:
-        frames = [pd.read_csv(p, dtype={"bits": str}) for p in paths]
-        merged = pd.concat(frames, ignore_index=True).drop_duplicates(
-            subset=["model", "method", "bits"], keep="last"
-        )
-        write_cost_table(merged, out, footnote)
+    if costs is not None:
+        write_cost_table(costs, out, footnote)
