@@ -324,6 +324,11 @@ def cmd_restore(args: argparse.Namespace) -> None:
     )
 
 
+def _labels(args: argparse.Namespace) -> dict[str, Any]:
+    """The metrics rows' labels, from the flags `evaluate` and `restore-evaluate` share."""
+    return {"model": args.model_name, "method": args.method, "bits": args.bits, "seed": args.seed}
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from quantface.evaluate import evaluate_folder
 
@@ -333,13 +338,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         fp=Path(args.fp) if args.fp else None,
         metrics=[m for m in args.metrics.split(",") if m],
         out=Path(args.out),
-        labels={
-            "model": args.model_name,
-            "method": args.method,
-            "bits": args.bits,
-            "dataset": args.dataset,
-            "seed": args.seed,
-        },
+        labels={**_labels(args), "dataset": args.dataset},
         weights_dir=Path(args.weights_dir),
         batch_size=args.batch_size,
         manifest=Path(args.manifest) if args.manifest else None,
@@ -353,12 +352,7 @@ def cmd_restore_evaluate(args: argparse.Namespace) -> None:
     restore_and_evaluate(
         Path(args.model) if args.model else None,
         parse_sets(args.sets),
-        labels={
-            "model": args.model_name,
-            "method": args.method,
-            "bits": args.bits,
-            "seed": args.seed,
-        },
+        labels=_labels(args),
         weights_dir=Path(args.weights_dir),
         restore_batch=args.batch_size,
         metric_batch=args.metric_batch_size,
