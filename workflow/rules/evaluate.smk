@@ -1,5 +1,5 @@
 EVAL_COMMON = (
-    " --metrics {params.metrics} --out {output} --weights-dir {params.weights}"
+    " --metrics={params.metrics} --out {output} --weights-dir {params.weights}"
     " --manifest {input.data}"
     " --model-name {wildcards.model} --dataset {wildcards.dataset} --seed {params.seed}"
     " --batch-size {params.batch} --device {resources.device} --threads 1 2> {log}"
