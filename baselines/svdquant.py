@@ -35,8 +35,13 @@ Adaptation and choices here:
   shared s and, by default, one shared branch for the concatenated [q; k; v]) by the attention
   block's output, which needs the block replayed. Readers of one activation share one s here
   too (`smoothing_groups`), scored by the sum of their output errors; each keeps its own branch;
-- all candidates of a group are scored together in batched matmuls and a batched FP32 SVD
-  (the final branch uses an FP64 SVD); ties go to the first candidate;
+- all candidates of a group are scored together in batched matmuls; every SVD (each candidate's,
+  each refit iterate's, the final branch's) is the float64 top-r of deepcompressor's
+  `LowRankBranch`, formed from the Gram matrix of the smaller side instead of a full SVD
+  (quant/lowrank.py: same factors to float64 rounding), and a tall layer's candidates share one
+  W^T W. The chosen candidate's factors are kept and are the branch refit's first iterate (the
+  same SVD_r(W^)), so that SVD is not taken twice (unless a later fold rescaled the weight, which
+  the weight's row/column norms reveal); ties go to the first candidate;
 - the search and branch need a layer's whole input in one row, so only Linear and unpadded 1x1
   convs qualify; after the skips above no other layer is left in these models;
 - smoothing is folded where the fold is exact (SmoothQuant's rules, quant/smoothing.py) and
@@ -68,8 +73,9 @@ lowrank_iters (10), early_stop (true), online (true), max_rank_fraction (0.1).
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Collection
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -85,7 +91,7 @@ from quantface.models.base import RestorerBundle
 from quantface.quant.apply import calibrate_weights
 from quantface.quant.calibration import CalibrationSet
 from quantface.quant.layers import InputTransform, LayerQuant, QuantLayerMixin, wrap_model
-from quantface.quant.lowrank import capped_rank, refit_lowrank, svd_factors
+from quantface.quant.lowrank import capped_rank, refit_lowrank, scaled_svd_factors
 from quantface.quant.plan import BitPlan
 from quantface.quant.quantizer import QuantSpec, UniformQuantizer
 from quantface.quant.smoothing import (
@@ -98,6 +104,7 @@ from quantface.quant.smoothing import (
     smoothing_scales,
 )
 from quantface.registry import METHODS
+from quantface.timing import log_timing
 
 DEFAULTS: dict[str, Any] = {
     "rank": 32,
@@ -163,24 +170,52 @@ def _row_quantizer(spec: QuantSpec, act: bool) -> UniformQuantizer:
 
 
 def branch_output_errors(
-    x: Tensor, w: Tensor, s: Tensor, rank: int, qa: UniformQuantizer, qw: UniformQuantizer
-) -> Tensor:
+    x: Tensor,
+    w: Tensor,
+    s: Tensor,
+    rank: int,
+    qa: UniformQuantizer,
+    qw: UniformQuantizer,
+    gram: Tensor | None = None,
+) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
     """Per candidate s_k (rows of s [K, I]): ||X W^T - (Q(X^) Q(R)^T + X^ L^T)||^2 with
-    X^ = X / s_k, W^ = W s_k, L = SVD_r(W^) (FP16 factors), R = W^ - L. x [N, I], w [O, I]."""
+    X^ = X / s_k, W^ = W s_k, L = SVD_r(W^) (FP16 factors, float64 top-r as deepcompressor:
+    quant/lowrank.py), R = W^ - L. x [N, I], w [O, I]; `gram`: W^T W in float64, shared by the
+    candidates of a tall W. Returns (errors [K], the candidates' factors (L1, L2) or None)."""
     n, i = x.shape
     o = w.shape[0]
     y = x @ w.T
     xs = x[None] / s[:, None, :]
     ws = w[None] * s[:, None, :]
+    factors = None
     if rank > 0:
-        l1, l2 = svd_factors(ws, rank, torch.float32)
-        lw = l1 @ l2
+        factors = scaled_svd_factors(w, s, rank, gram)
+        lw = factors[0] @ factors[1]
     else:
         lw = torch.zeros_like(ws)
     qr = qw((ws - lw).reshape(-1, i)).reshape(-1, o, i)
     qx = qa(xs.reshape(-1, i)).reshape(-1, n, i)
     y_hat = qx @ qr.transpose(1, 2) + xs @ lw.transpose(1, 2)
-    return (y_hat - y).pow(2).sum((1, 2))
+    return (y_hat - y).pow(2).sum((1, 2)), factors
+
+
+@dataclass
+class KnownBranch:
+    """The smoothing search's factors of the chosen candidate for one layer, with the smoothed
+    weight's row and column norms they were computed from (the branch fit reuses the factors as
+    its first iterate only if the layer's weight still has those norms)."""
+
+    l1: Tensor
+    l2: Tensor
+    norms: Tensor
+
+    @staticmethod
+    def fingerprint(w2: Tensor) -> Tensor:
+        w = w2.detach().double()
+        return torch.cat([w.norm(dim=1), w.norm(dim=0)])
+
+    def matches(self, w2: Tensor) -> bool:
+        return torch.allclose(self.fingerprint(w2), self.norms, rtol=1e-5, atol=0.0)
 
 
 def search_group_scale(
@@ -189,12 +224,15 @@ def search_group_scale(
     calib: CalibrationSet,
     absmax: dict[str, Tensor],
     pairs: list[tuple[float, float]],
+    known: dict[str, KnownBranch] | None = None,
 ) -> tuple[Tensor, tuple[float, float], Tensor]:
     """The candidate s with the least summed output error of the group's readers, branch in the
-    loop. Returns (s, its (alpha, beta), every candidate's error)."""
+    loop. Returns (s, its (alpha, beta), every candidate's error). With `known`, each reader's
+    factors of the chosen candidate are stored there (layer -> KnownBranch) for the branch fit."""
     a, w_abs = group_absmax(model, group, absmax)
     scales = torch.stack([smoothing_scales(a, w_abs, al, be) for al, be in pairs])
     errors = torch.zeros(len(pairs), dtype=torch.float64, device=scales.device)
+    factors: dict[str, list[tuple[Tensor, Tensor]]] = {}
     for name in group.layers:
         mod = model.get_submodule(name)
         assert isinstance(mod, QuantLayerMixin)
@@ -204,19 +242,38 @@ def search_group_scale(
         qa = _row_quantizer(mod.act_quantizer.spec, act=True)
         qw = _row_quantizer(mod.weight_quantizer.spec, act=False)
         rank = mod.transform_spec().lowrank
+        # one W^T W for every candidate of a tall layer (their Gram matrices are its rescalings)
+        gram = w.double().T @ w.double() if 0 < rank and w.shape[0] >= w.shape[1] else None
         chunk = max(1, SEARCH_CHUNK // (w.numel() + x.numel() + x.shape[0] * w.shape[0]))
         for k in range(0, len(pairs), chunk):
-            err = branch_output_errors(x, w, s[k : k + chunk], rank, qa, qw)
+            err, fk = branch_output_errors(x, w, s[k : k + chunk], rank, qa, qw, gram)
             errors[k : k + chunk] += err.double().to(errors.device)
+            if fk is not None and known is not None:
+                factors.setdefault(name, []).extend(zip(fk[0], fk[1], strict=True))
     best = int(errors.argmin())
+    if known is not None:
+        for name, fs in factors.items():
+            mod = model.get_submodule(name)
+            w = mod.weight.detach().reshape(mod.weight.shape[0], -1).float()
+            ws = w * scales[best].to(w.device)
+            l1, l2 = fs[best]
+            known[name] = KnownBranch(l1.clone(), l2.clone(), KnownBranch.fingerprint(ws))
     return scales[best], pairs[best], errors
 
 
 def fit_branch(
-    mod: QuantLayerMixin, rows: Tensor, s: Tensor, iters: int, early_stop: bool
+    mod: QuantLayerMixin,
+    rows: Tensor,
+    s: Tensor,
+    iters: int,
+    early_stop: bool,
+    known: KnownBranch | None = None,
 ) -> list[float]:
-    """Refit the layer's branch by output error on its smoothed rows X / s; returns the errors."""
+    """Refit the layer's branch by output error on its smoothed rows X / s; returns the errors.
+    `known`: the search's factors of this smoothed weight, reused as the first iterate when the
+    weight is still the one they were computed from (not rescaled by a later fold)."""
     w = mod.weight.detach().reshape(mod.weight.shape[0], -1).float()
+    first = (known.l1, known.l2) if known is not None and known.matches(w) else None
     x = rows.to(w.device).float() / s.to(w.device)
     y = x @ w.T
     qx = _row_quantizer(mod.act_quantizer.spec, act=True)(x)
@@ -226,7 +283,7 @@ def fit_branch(
         return float((qx @ qr.T + (x @ l2.T) @ l1.T - y).pow(2).sum())
 
     rank = mod.transform_spec().lowrank
-    l1, l2, r, errors = refit_lowrank(w, rank, qw, output_error, iters, early_stop)
+    l1, l2, r, errors = refit_lowrank(w, rank, qw, output_error, iters, early_stop, first)
     mod.lowrank.set_factors(l1, l2)
     with torch.no_grad():
         mod.weight.copy_(r.reshape(mod.weight.shape))
@@ -289,13 +346,17 @@ class SVDQuant:
         groups: list[SmoothGroup],
         calib: CalibrationSet,
         num_grids: int,
+        known: dict[str, KnownBranch] | None = None,
     ) -> dict[str, tuple[Tensor, tuple[float, float]]]:
-        """Search and apply each group's s in `fold_order`; layer -> (s, chosen (alpha, beta))."""
+        """Search and apply each group's s in `fold_order`; layer -> (s, chosen (alpha, beta)).
+        `known` collects the chosen candidates' branch factors (`search_group_scale`)."""
         absmax = {n: calib_absmax(calib.input_stats(n)) for g in groups for n in g.layers}
         pairs = smoothing_candidates(num_grids)
         chosen = {}
         for g in fold_order(groups):
-            s, pair, _ = search_group_scale(model, g, calib, absmax, pairs)
+            t0 = time.perf_counter()
+            s, pair, _ = search_group_scale(model, g, calib, absmax, pairs, known)
+            log_timing("smooth_candidate", len(pairs) * len(g.layers), time.perf_counter() - t0)
             chosen.update(dict.fromkeys(g.layers, (smooth_group(model, g, s), pair)))
         return chosen
 
@@ -304,7 +365,8 @@ class SVDQuant:
     ) -> RestorerBundle:
         opts = check_options(cfg, DEFAULTS, self.name)
         model, groups, branch = self.prepare(fp, plan, opts)
-        chosen = self.smooth(model, groups, calib, int(opts["num_grids"]))
+        known: dict[str, KnownBranch] = {}
+        chosen = self.smooth(model, groups, calib, int(opts["num_grids"]), known)
         for name in branch:
             mod = model.get_submodule(name)
             assert isinstance(mod, QuantLayerMixin)
@@ -312,6 +374,15 @@ class SVDQuant:
                 continue
             s = chosen[name][0] if name in chosen else torch.ones(mod.weight.shape[1])
             rows = calib.input_stats(name)["rows"]
-            fit_branch(mod, rows, s, int(opts["lowrank_iters"]), bool(opts["early_stop"]))
+            t0 = time.perf_counter()
+            errors = fit_branch(
+                mod,
+                rows,
+                s,
+                int(opts["lowrank_iters"]),
+                bool(opts["early_stop"]),
+                known.pop(name, None),
+            )
+            log_timing("lowrank_iter", len(errors), time.perf_counter() - t0)
         calibrate_weights(model, "minmax")
         return model.eval()

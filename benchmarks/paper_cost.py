@@ -17,6 +17,9 @@ Assumptions, all printed with the table:
   - a bit setting costs what the measured one (W4A4 / mp4) cost: fake-quant simulation does the
     same float work at any width, so w6a6 and w4a6 jobs are billed like the w4a4 job;
   - Q-Diffusion's per-block capture and iteration costs are averaged over the blocks measured;
+  - SVDQuant's smoothing search is billed per (layer, candidate), its branch refit per (layer,
+    iterate) at the paper's `lowrank_iters` for every layer: an upper bound, as the refit stops
+    early at the first iterate worse than the best;
   - evaluation is not billed: the paper's metrics (LPIPS, DISTS, FID, CLIP-IQA, MUSIQ, MANIQA,
     identity) need weights this run did not have, so their cost was not measured.
 
@@ -48,6 +51,7 @@ DEVICE = re.compile(r"INFO quantface: device: (\S+)")
 # quantize options that set a loop's length, per method: option -> defaults of the method
 LOOP_DEFAULTS: dict[str, dict[str, Any]] = {
     "qdiffusion": {"w_iters": 60, "a_iters": 30, "n_samples": 16, "batch_size": 4},
+    "svdquant": {"num_grids": 10, "lowrank_iters": 10},
     "passionsr": {"let_steps": 40, "lbq_steps": 40, "batch_size": 4},
     "efficientdm": {"steps": 80, "batch_size": 4},
     "quantface": {"steps": 80, "batch_size": 4, "crops_per_image": 2},
@@ -145,6 +149,10 @@ def paper_units(
         blocks = job.stages["find_blocks"][0]
         unit = {"adaround_iter": "w_iters", "lsq_iter": "a_iters"}.get(stage, "n_samples")
         return blocks * po[unit]
+    if stage == "smooth_candidate":  # per (layer, candidate); 2 * num_grids - 1 candidates
+        return n_scale * (2 * po["num_grids"] - 1) / (2 * so["num_grids"] - 1)
+    if stage == "lowrank_iter":  # per (layer, refit iterate): an upper bound (early stop)
+        return n_scale * po["lowrank_iters"] / so["lowrank_iters"]
     if stage == "sensitivity_measurement":
         total = sites[1] if sites else n_scale / len(so["candidates"])
         per_image = po["sensitivity_images"] / so["sensitivity_images"]
@@ -163,6 +171,8 @@ SCALED = {
     "capture_input",
     "capture_output",
     "sensitivity_measurement",
+    "smooth_candidate",
+    "lowrank_iter",
 }
 
 

@@ -53,3 +53,53 @@ def test_mse_search_beats_minmax_on_heavy_tails_per_channel():
     assert lo.shape == (8, 1)
     assert (hi <= hi_mm).all() and (hi < hi_mm).any()  # clipping chosen per channel
     assert _lp_error(w, lo, hi, spec) < _lp_error(w, lo_mm, hi_mm, spec)
+
+
+def _mse_search_streamed(obs: MSEObserver) -> tuple[torch.Tensor, torch.Tensor]:
+    """The search as `MSEObserver.compute` ran it before the blocked path: each shrink factor
+    fake-quantizes the whole tensor (`quantize_tensor`, STE rounding) and reduces per channel."""
+    lo, hi = MinMaxObserver.compute(obs)
+    data = torch.cat(obs.samples, dim=obs._cat_dim(obs.samples[0].dim()))
+    dims = [d for d in range(data.dim()) if d != obs.spec.channel_dim % data.dim()]
+    best_err, best_lo, best_hi = None, lo, hi
+    for i in range(obs.steps):
+        f = 1.0 - i * obs.step
+        if f <= 0:
+            break
+        scale, zero = qparams_from_range(lo * f, hi * f, obs.spec)
+        err = (data - quantize_tensor(data, scale, zero, obs.spec)).abs().pow(obs.p)
+        err = err.mean(dim=dims, keepdim=True)
+        if best_err is None:
+            best_err = err
+            continue
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_lo = torch.where(better, lo * f, best_lo)
+        best_hi = torch.where(better, hi * f, best_hi)
+    return best_lo, best_hi
+
+
+def test_blocked_per_channel_mse_search_is_bitwise_the_streamed_one(monkeypatch):
+    """Blocks of channels (smaller than the tensor, several blocks, a ragged last one) and every
+    factor per block give exactly the ranges of the whole-tensor loop, for Linear and conv
+    weights, symmetric and asymmetric, with the STE rounding's value equal to plain rounding."""
+    from quantface.quant import observers
+
+    monkeypatch.setattr(observers, "SEARCH_BLOCK", 1000)
+    g = torch.Generator().manual_seed(0)
+    for shape, spec in [
+        ((96, 80), QuantSpec(4, True, "channel", channel_dim=0)),
+        ((40, 12, 3, 3), QuantSpec(4, False, "channel", channel_dim=0)),
+        ((33, 50), QuantSpec(8, False, "channel", channel_dim=0)),
+        ((20, 7, 3, 3), QuantSpec(3, True, "channel", channel_dim=0)),
+    ]:
+        w = torch.randn(*shape, generator=g) * torch.rand(
+            shape[0], *[1] * (len(shape) - 1), generator=g
+        )
+        w[0] = 0.0  # a dead channel: the range stays degenerate, as in the loop
+        obs = MSEObserver(spec)
+        obs.update(w)
+        lo, hi = obs.compute()
+        ref_lo, ref_hi = _mse_search_streamed(obs)
+        assert lo.shape == ref_lo.shape == (shape[0], *[1] * (len(shape) - 1))
+        assert torch.equal(lo, ref_lo) and torch.equal(hi, ref_hi), shape

@@ -127,3 +127,44 @@ def test_sd21_configs_have_the_published_sizes_and_the_w4_cost():
     assert total["macs"] == 2_217_717_432_320  # UNet + VAE at 512 px (assets.md: ~2,218 G)
     # weights at 4 bit; biases, norms, the VRE and per-channel (scale, zero) at 32 bit
     assert total["param_bits_reduction"] == pytest.approx(0.84742, abs=1e-5)
+
+
+METHOD_OPTS = {
+    "maxmin": {},
+    "smoothquant": {},
+    "quarot": {"w_clip": False},
+    "svdquant": {},
+    "passionsr": {"let_steps": 1, "lbq_steps": 1},
+    "qdiffusion": {"w_iters": 1, "a_iters": 1, "n_samples": 2, "batch_size": 2},
+}
+
+
+@pytest.mark.parametrize("method", list(METHOD_OPTS))
+def test_meta_device_count_equals_the_real_forward(method, micro_model, micro_images, caplog):
+    """The cost count's forward runs on meta tensors (shapes only): every MAC and run-time op
+    count equals a real forward's, the model's own tensors come back unchanged, and it did not
+    fall back. Between them the methods cover every transform (smoothing online and folded,
+    shifts, Hadamard, low-rank branches, split shortcuts, 16-bit softmax, dynamic ranges)."""
+    import copy
+    import logging
+
+    from quantface.quant.calibration import collect_calibration
+    from quantface.quant.cost import measure_macs
+    from quantface.registry import METHODS
+
+    calib = collect_calibration(copy.deepcopy(micro_model), micro_images, 4, 64)
+    plan = BitPlan.uniform(micro_model.quant_targets(), 4, 4)
+    q = METHODS.get(method)().quantize(micro_model, calib, plan, METHOD_OPTS[method])
+    sites = q.quant_targets()
+    before = {k: v.clone() for k, v in q.state_dict().items()}
+    real_extra, meta_extra = {}, {}
+    real = measure_macs(q, sites, real_extra, meta=False)
+    with caplog.at_level(logging.INFO, logger="quantface.quant.cost"):
+        meta = measure_macs(q, sites, meta_extra)
+    assert "meta-device count failed" not in caplog.text
+    assert meta == real and meta_extra == real_extra
+    assert sum(real.values()) > 0
+    after = q.state_dict()
+    assert after.keys() == before.keys()
+    for k, v in before.items():
+        assert after[k].device == v.device and torch.equal(after[k], v), k

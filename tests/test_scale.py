@@ -160,3 +160,33 @@ def test_paper_cost_bills_measured_loops_and_never_labels_cpu_as_gpu(tmp_path, m
     quant_h, restore_h = (100 - 10 + 16000 * 4 * 10.0) / 3600, 2.0 * 6088 / 3600
     assert f"| {quant_h:.1f} | {restore_h:.1f} | {3 * (quant_h + restore_h):.1f} |" in row
     assert row.endswith("| not measured | not measured |") and "measured on: cpu" in out
+
+
+def test_paper_cost_scales_svdquant_search_and_refit(tmp_path, monkeypatch, capsys):
+    """SVDQuant's smoothing search is billed per (layer, candidate) and its refit per (layer,
+    iterate), from the scale run's 3 candidates / 2 iterates to the paper's 39 / 100."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import paper_cost
+
+    res = tmp_path / "results"
+    job = res / "benchmarks" / "quantize" / "osdface_random" / "svdquant" / "w4a4.tsv"
+    job.parent.mkdir(parents=True)
+    job.write_text("s\th:m:s\tmax_rss\tcpu_time\n100\t0:01:40\t2048\t100\n")
+    lines = [
+        "x INFO quantface: device: cpu",
+        "x INFO quantface.timing: timing stage=smooth_candidate n=30 seconds=3.0 rss_gib=1",
+        "x INFO quantface.timing: timing stage=lowrank_iter n=20 seconds=4.0 rss_gib=1",
+        "x INFO quantface.timing: timing stage=quantize_total n=1 seconds=90.0 rss_gib=1",
+    ]
+    log = res / "logs" / "quantize" / "osdface_random" / "svdquant" / "w4a4.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("\n".join(lines))
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", ["paper_cost.py", "--results", str(res)])
+    paper_cost.main()
+    out = capsys.readouterr().out
+    row = next(r for r in out.splitlines() if r.startswith("| svdquant"))
+    quant_h = (100 - 7 + 0.1 * 30 * 39 / 3 + 0.2 * 20 * 100 / 2) / 3600
+    assert f"| {quant_h:.2f}" in row or f"| {quant_h:.1f} |" in row, row

@@ -464,3 +464,39 @@ def test_efficientdm_trains_activation_zero_points_unclipped(micro_model, micro_
     plan = BitPlan.uniform(micro_model.quant_targets(), 4, 4)
     METHODS.get("efficientdm")().quantize(micro_model, micro_calib, plan, FAST["efficientdm"])
     assert trained and all(trained)
+
+
+@torch.no_grad()
+def test_block_capture_stops_the_forward_at_the_block(micro_model, micro_calib, micro_images):
+    """As Q-Diffusion's `save_inp_oup_data` (a hook raising StopForwardException), capturing a
+    block's input runs the network only up to the block, its output only through it: nothing
+    after it runs, and what is captured is what a full forward feeds it and gets from it."""
+    plan = BitPlan.uniform(micro_model.quant_targets(), 4, 4)
+    micro_model = METHODS.get("maxmin")().quantize(micro_model, micro_calib, plan, {})
+    blocks = find_blocks(micro_model, micro_images)
+    block = blocks[len(blocks) // 2].name
+    later = blocks[-1].name
+    seen, calls = {}, []
+    mod = micro_model.get_submodule(block)
+
+    def pre(m, a):
+        seen.setdefault("in", a[0].clone())
+
+    def post(m, a, o):
+        seen.setdefault("out", o)
+
+    h1 = mod.register_forward_pre_hook(pre)
+    h2 = mod.register_forward_hook(post)
+    micro_model.restore(micro_images[:2])
+    h1.remove()
+    h2.remove()
+    h3 = micro_model.get_submodule(later).register_forward_pre_hook(
+        lambda m, a: calls.append(1) and None
+    )
+    inputs = capture(micro_model, block, micro_images[:2], 2, "input")
+    outputs = capture(micro_model, block, micro_images[:2], 2, "output")
+    h3.remove()
+    assert not calls  # the last unit never ran: both captures stopped at the block
+    assert torch.equal(inputs[0][0][0], seen["in"])
+    out = seen["out"] if isinstance(seen["out"], torch.Tensor) else seen["out"][0]
+    assert torch.equal(outputs[0], out)

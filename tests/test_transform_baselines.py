@@ -276,3 +276,31 @@ def test_svdquant_branch_layers_follow_the_official_skip_list(micro_model, micro
     assert ff.transform_spec().lowrank == 3
     qk = q.get_submodule("unet.mid_block.attentions.0.transformer_blocks.0.attn1.qk_matmul")
     assert qk.weight_quantizer.spec.channel_dim == -2  # K^T [B*h, d, M]: per key token
+
+
+@torch.no_grad()
+def test_svdquant_branch_fit_reuses_the_searched_svd_and_gets_the_same_branch(monkeypatch):
+    """The search keeps the chosen candidate's factors; the refit starts from them instead of a
+    second SVD_r of the same smoothed weight, with the same errors and branch as without them."""
+    from baselines.svdquant import fit_branch
+    from quantface.quant import lowrank
+
+    method, model, groups, calib = _svdquant_search()
+    known = {}
+    chosen = method.smooth(model, groups, calib, 10, known)
+    assert "unet.0" in known
+    layer, rows = model.unet[0], calib.input_stats("unet.0")["rows"]
+    s = chosen["unet.0"][0]
+    fresh = copy.deepcopy(layer)
+    calls = []
+    real = lowrank.svd_factors
+    monkeypatch.setattr(lowrank, "svd_factors", lambda *a, **k: calls.append(1) or real(*a, **k))
+    reused = fit_branch(layer, rows, s, 3, early_stop=False, known=known["unet.0"])
+    assert len(calls) == 2  # iterates 1 and 2; iterate 0 is the searched SVD
+    again = fit_branch(fresh, rows, s, 3, early_stop=False)
+    assert len(calls) == 5
+    assert reused == pytest.approx(again, rel=1e-4)
+    assert torch.allclose(layer.weight, fresh.weight, atol=1e-5)
+    rescaled = copy.deepcopy(fresh)
+    rescaled.weight.mul_(2.0)  # a later fold changed the weight: the stored factors are stale
+    assert not known["unet.0"].matches(rescaled.weight.reshape(rescaled.weight.shape[0], -1))

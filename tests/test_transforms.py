@@ -204,3 +204,48 @@ def test_channel_absmax_is_per_input_channel():
     w = torch.zeros(3, 4, 2, 2)
     w[2, 1, 1, 0] = -5.0
     assert torch.equal(channel_absmax(w), torch.tensor([0.0, 5.0, 0.0, 0.0]))
+
+
+def _reference_factors(w: torch.Tensor, rank: int) -> torch.Tensor:
+    """deepcompressor's branch: the top-r of a full float64 SVD, as the product L1 L2."""
+    u, sv, vh = torch.linalg.svd(w.double())
+    return (u[:, :rank] * sv[:rank]) @ vh[:rank]
+
+
+@pytest.mark.parametrize("shape", [(96, 24), (24, 96), (40, 40)])
+def test_gram_top_r_equals_the_full_float64_svd(shape):
+    """The Gram-matrix route gives deepcompressor's full-SVD branch (to FP16 rounding) for tall,
+    wide and square weights, batched too; a rank-deficient weight falls back to the full SVD."""
+    from quantface.quant.lowrank import svd_factors
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(*shape, generator=g) * torch.linspace(3, 0.1, shape[1])
+    for rank in (1, 4, 8):
+        l1, l2 = svd_factors(w, rank)
+        assert l1.shape == (shape[0], rank) and l2.shape == (rank, shape[1])
+        ref = _reference_factors(w, rank)
+        assert torch.allclose((l1 @ l2).double(), ref, atol=2e-3 * ref.abs().max().item())
+    batch = torch.stack([w, 2 * w.flip(0)])
+    l1, l2 = svd_factors(batch, 4)
+    for k in range(2):
+        one = svd_factors(batch[k], 4)
+        assert torch.equal(l1[k], one[0]) or torch.allclose(l1[k] @ l2[k], one[0] @ one[1])
+    low = torch.randn(shape[0], 2, generator=g) @ torch.randn(2, shape[1], generator=g)
+    l1, l2 = svd_factors(low, 4)  # sigma_3 = sigma_4 = 0: not resolved by the Gram matrix
+    assert torch.allclose((l1 @ l2).double(), _reference_factors(low, 4), atol=1e-2)
+
+
+@pytest.mark.parametrize("shape", [(96, 24), (24, 96)])
+def test_scaled_candidates_share_one_gram_and_equal_their_own_svd(shape):
+    from quantface.quant.lowrank import scaled_svd_factors, svd_factors
+
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(*shape, generator=g)
+    s = torch.rand(3, shape[1], generator=g) + 0.2
+    gram = w.double().T @ w.double()
+    l1, l2 = scaled_svd_factors(w, s, 4, gram if shape[0] >= shape[1] else None)
+    for k in range(3):
+        ref = _reference_factors(w * s[k], 4)
+        assert torch.allclose((l1[k] @ l2[k]).double(), ref, atol=2e-3 * ref.abs().max().item())
+        own = svd_factors(w * s[k], 4)
+        assert torch.allclose(l1[k] @ l2[k], own[0] @ own[1], atol=1e-3)

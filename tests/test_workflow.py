@@ -124,3 +124,50 @@ def test_micro_study_runs_end_to_end_and_reruns_nothing(micro_study):
     shutil.rmtree(res / "tables")
     r = snakemake(tmp_path, "--forcerun", "tables")
     assert r.returncode == 0 and (res / "tables" / "table1_synthetic.md").is_file()
+
+
+def test_empty_no_reference_list_runs_the_unpaired_evaluations(tmp_path):
+    """`metrics.no_reference: []` leaves an unpaired dataset's fp/input evaluations without any
+    metric: the rules pass `--metrics=` (an empty list, not a missing argument) and the job
+    writes a header-only metrics.csv that aggregation reads."""
+    from quantface.cli import main
+    from quantface.registry import DATASETS
+    from quantface.report.aggregate import aggregate_metrics
+
+    cfg = tmp_path / "no_reference.yaml"
+    cfg.write_text(MICRO.read_text().replace("no_reference: [piqe]", "no_reference: []"))
+    assert "no_reference: []" in cfg.read_text()
+    r = snakemake(tmp_path, "-n", "-p", config=cfg)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    for method in ("input", "fp"):
+        line = next(
+            x
+            for x in out.splitlines()
+            if "quantface evaluate" in x
+            and f"--method {method} " in x
+            and "realworld_embedded/metrics.csv" in x
+        )
+        assert " --metrics= --out" in line, line
+    quantized = [
+        x
+        for x in out.splitlines()
+        if "quantface evaluate" in x and "maxmin/w4a4/realworld_embedded/metrics.csv" in x
+    ]
+    assert quantized and " --metrics=psnr_fp --out" in quantized[0]
+
+    data = tmp_path / "rw"
+    DATASETS.get("realworld_embedded")().prepare(data, {"n_images": 2, "image_size": 32}, seed=0)
+    empty = tmp_path / "empty.csv"
+    argv = ["evaluate", "--pred", str(data / "lq"), "--metrics=", "--out", str(empty)]
+    argv += ["--manifest", str(data / "manifest.json"), "--method", "fp", "--bits", "fp32"]
+    argv += ["--dataset", "realworld_embedded", "--model-name", "tiny"]
+    assert main(argv) == 0
+    df = pd.read_csv(empty)
+    assert df.empty and "metric" in df.columns
+    scored = tmp_path / "piqe.csv"
+    argv[argv.index("--metrics=")] = "--metrics=piqe"
+    argv[argv.index(str(empty))] = str(scored)
+    assert main(argv) == 0
+    merged = aggregate_metrics([empty, scored], tmp_path / "metrics.csv")
+    assert list(merged["metric"]) == ["piqe"]

@@ -2,7 +2,9 @@
 
 How we count (also written under every cost table):
 - MACs are measured, not estimated: forward hooks count them on one image at the model's input
-  size. Linear: out_elements x in_features; Conv2d: out_elements x (C_in/groups) x kh x kw;
+  size. The counting forward runs on the meta device (shapes only, no arithmetic: the counts
+  depend on shapes alone), so a quantize job at 512 px does not pay a full fake-quant pass for
+  its cost.json; a model that cannot run on meta is counted by a real forward instead. Linear: out_elements x in_features; Conv2d: out_elements x (C_in/groups) x kh x kw;
   matmul a@b: batch x n x k x m. Norms, activations and softmax are not counted (as in the paper).
 - BOPs = MACs x w_bits x a_bits for quantized sites (matmuls: a_bits x a_bits); full-precision
   sites count at 32 x 32.
@@ -24,6 +26,7 @@ How we count (also written under every cost table):
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,6 +43,8 @@ from quantface.quant.layers import (
 )
 from quantface.quant.plan import BitPlan
 from quantface.quant.quantizer import QuantSpec
+
+log = logging.getLogger(__name__)
 
 FP_BITS = 32
 LOWRANK_BITS = 16
@@ -98,13 +103,40 @@ def _transform_ops(mod: nn.Module, args: tuple, out: torch.Tensor) -> dict[str, 
     return ops
 
 
+@contextlib.contextmanager
+def on_meta(module: nn.Module) -> Iterator[None]:
+    """Every parameter and buffer of `module` swapped for a meta tensor of its shape, then put
+    back (the same objects): a forward inside runs on shapes only, without copying the model."""
+    saved: list[tuple[dict, str, Any]] = []
+    for mod in module.modules():
+        for store in (mod._parameters, mod._buffers):
+            for key, t in store.items():
+                if t is None or t.device.type == "meta":
+                    continue
+                meta = torch.empty_like(t, device="meta")
+                saved.append((store, key, t))
+                store[key] = (
+                    nn.Parameter(meta, t.requires_grad) if store is mod._parameters else meta
+                )
+    try:
+        yield
+    finally:
+        for store, key, t in saved:
+            store[key] = t
+
+
 @torch.no_grad()
 def measure_macs(
     bundle: RestorerBundle,
     sites: dict[str, str],
     extra: dict[str, dict[str, int]] | None = None,
+    meta: bool = True,
 ) -> dict[str, int]:
-    """MACs per site for one image, counted by forward hooks (transform work into `extra`)."""
+    """MACs per site for one image, counted by forward hooks (transform work into `extra`).
+
+    With `meta` (default) the forward runs on meta tensors (shapes only); if the model cannot
+    (a plain tensor attribute on a real device meets the meta ones) it is counted again by a
+    real forward, which gives the same counts at the cost of the arithmetic."""
     macs: dict[str, int] = {}
     handles = []
 
@@ -126,13 +158,29 @@ def measure_macs(
 
         return hook
 
+    def count(device: torch.device) -> None:
+        s = bundle.image_size
+        bundle.restore(torch.zeros(1, 3, s, s, device=device))
+
     with _countable_matmuls(bundle, sites):
         for name, kind in sites.items():
             handles.append(bundle.get_submodule(name).register_forward_hook(hook_for(name, kind)))
         try:
-            s = bundle.image_size
-            device = next(bundle.parameters()).device  # "meta": shapes only (SD-2.1 counting)
-            bundle.restore(torch.zeros(1, 3, s, s, device=device))
+            device = next(bundle.parameters()).device
+            if device.type == "meta":  # built on meta (SD-2.1 counting): shapes only already
+                count(device)
+            elif meta:
+                try:
+                    with on_meta(bundle):
+                        count(torch.device("meta"))
+                except (RuntimeError, NotImplementedError) as e:
+                    log.info("cost: meta-device count failed (%s); counting by a real forward", e)
+                    macs.clear()
+                    if extra is not None:
+                        extra.clear()
+                    count(device)
+            else:
+                count(device)
         finally:
             for h in handles:
                 h.remove()

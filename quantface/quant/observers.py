@@ -83,6 +83,9 @@ class PercentileObserver:
         return torch.stack(self.lows).mean(), torch.stack(self.highs).mean()
 
 
+SEARCH_BLOCK = 1 << 16  # floats per block of channels in the per-channel MSE search
+
+
 class MSEObserver(MinMaxObserver):
     """Shrink the min-max range by factors 1, 1-step, ... and keep the one with least Lp error.
 
@@ -122,6 +125,8 @@ class MSEObserver(MinMaxObserver):
             )
         else:
             return lo, hi  # token/group ranges are dynamic or weight-only; min-max there
+        if self.spec.granularity == "channel":
+            return self._search_channels(data, lo, hi)
         best_err = None
         best_lo, best_hi = lo, hi
         for i in range(self.steps):
@@ -140,6 +145,47 @@ class MSEObserver(MinMaxObserver):
             best_lo = torch.where(better, cand_lo, best_lo)
             best_hi = torch.where(better, cand_hi, best_hi)
         return best_lo, best_hi
+
+    def _factors(self) -> list[float]:
+        out = []
+        for i in range(self.steps):
+            f = 1.0 - i * self.step
+            if f <= 0:
+                break
+            out.append(f)
+        return out
+
+    @torch.no_grad()
+    def _search_channels(self, data: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        """The per-channel search of `compute`, the same arithmetic in the same order, but run
+        over blocks of channels with every shrink factor applied to a block before the next, in
+        place: a block stays in cache across the factors instead of streaming the whole tensor
+        through ~10 temporaries per factor (SD-2.1's 866M weights: minutes, not an hour)."""
+        dim = self.spec.channel_dim % data.dim()
+        rows = data.movedim(dim, 0).reshape(data.shape[dim], -1)
+        lo2, hi2 = lo.reshape(-1, 1), hi.reshape(-1, 1)
+        best_lo, best_hi = lo2.clone(), hi2.clone()
+        qmin, qmax = self.spec.qmin, self.spec.qmax
+        block = max(1, SEARCH_BLOCK // max(1, rows.shape[1]))
+        work = torch.empty(min(block, rows.shape[0]), rows.shape[1], device=rows.device)
+        for c in range(0, rows.shape[0], block):
+            x = rows[c : c + block]
+            q = work[: x.shape[0]]
+            best_err = None
+            for f in self._factors():
+                cand_lo, cand_hi = lo2[c : c + block] * f, hi2[c : c + block] * f
+                scale, zero = qparams_from_range(cand_lo, cand_hi, self.spec)
+                torch.div(x, scale, out=q)
+                q.round_().add_(zero).clamp_(qmin, qmax).sub_(zero).mul_(scale)
+                err = q.sub_(x).abs_().pow_(self.p).mean(dim=1, keepdim=True)
+                if best_err is None:
+                    best_err = err
+                    continue
+                better = err < best_err
+                best_err = torch.where(better, err, best_err)
+                best_lo[c : c + block] = torch.where(better, cand_lo, best_lo[c : c + block])
+                best_hi[c : c + block] = torch.where(better, cand_hi, best_hi[c : c + block])
+        return best_lo.reshape(lo.shape), best_hi.reshape(hi.shape)
 
     def _cat_dim(self, ndim: int) -> int:
         # Concatenate batches along any dim that is not the channel dim.
