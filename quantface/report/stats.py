@@ -11,15 +11,21 @@ a table use the same resamples, and the same per-image scores give the same inte
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 N_BOOT = 1000
 LEVEL = 0.95
 
 
+@lru_cache(maxsize=32)
 def bootstrap_indices(n: int, seed: int, n_boot: int = N_BOOT) -> np.ndarray:
-    """(n_boot, n) image indices drawn with replacement, fixed by (seed, n)."""
-    return np.random.default_rng([seed, n]).integers(0, n, size=(n_boot, n))
+    """(n_boot, n) image indices drawn with replacement, fixed by (seed, n); drawn once per
+    (n, seed, n_boot) for a whole table, read-only."""
+    idx = np.random.default_rng([seed, n]).integers(0, n, size=(n_boot, n))
+    idx.flags.writeable = False
+    return idx
 
 
 def interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
