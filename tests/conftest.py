@@ -79,3 +79,9 @@ def micro_model():
 def micro_images():
     g = torch.Generator().manual_seed(1)
     return torch.rand(4, 3, 32, 32, generator=g)
+
+
+def pytest_collection_modifyitems(items):
+    """The end-to-end runs first: with two workers (pyproject's `-n auto`), a minutes-long run
+    scheduled last would leave one core idle while it finishes alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

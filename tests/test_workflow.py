@@ -81,6 +81,7 @@ def test_bad_config_stops_before_any_job_with_exit_code_2(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("micro_study")  # one worker builds the shared run once
 def test_micro_study_runs_end_to_end_and_reruns_nothing(micro_study):
     tmp_path = micro_study
     res = tmp_path / "results"
