@@ -22,7 +22,7 @@ from quantface.errors import CheckpointError, DataError
 from quantface.io import read_image, write_image
 
 ROOT = Path(__file__).resolve().parents[1]
-MICRO = ROOT / "tests" / "data" / "micro_config.yaml"
+MICRO = ROOT / "config" / "micro.yaml"
 
 
 def _one_error_line(capsys, command: str) -> str:

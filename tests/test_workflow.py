@@ -14,7 +14,7 @@ import yaml
 from quantface.config import quantized_cells
 
 ROOT = Path(__file__).resolve().parents[1]
-MICRO = Path(__file__).parent / "data" / "micro_config.yaml"
+MICRO = ROOT / "config" / "micro.yaml"
 
 
 def snakemake(

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).parent
-MICRO = ROOT / "tests" / "data" / "micro_config.yaml"
+MICRO = ROOT / "config" / "micro.yaml"
 
 
 def _cluster_up(env: dict[str, str]) -> bool:
