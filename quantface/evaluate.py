@@ -28,28 +28,13 @@ from quantface.io import (
     to_tensor,
 )
 from quantface.memory import enter_stage
+from quantface.metrics_format import COLUMNS, PER_IMAGE_COLUMNS
 from quantface.quant.plan import BITS_RE
 from quantface.registry import METRICS
 from quantface.restore import fit_to_model
 from quantface.timing import log_timing
 
 log = logging.getLogger(__name__)
-
-PER_IMAGE_COLUMNS = ["model", "method", "bits", "dataset", "metric", "image", "value"]
-COLUMNS = [
-    "model",
-    "method",
-    "bits",
-    "w_bits",
-    "a_bits",
-    "dataset",
-    "metric",
-    "value",
-    "higher_is_better",
-    "n_images",
-    "seed",
-    "note",
-]
 
 
 def bit_columns(bits: str) -> tuple[float, float]:

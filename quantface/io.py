@@ -18,10 +18,9 @@ import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from quantface.errors import (
@@ -31,6 +30,9 @@ from quantface.errors import (
     OutputError,
     first_line,
 )
+
+if TYPE_CHECKING:  # torch is imported where a tensor is made or saved: report jobs never need it
+    import torch
 
 IMAGE_READ_ERRORS = (
     UnidentifiedImageError,
@@ -233,6 +235,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_torch_save(obj: object, path: str | Path) -> None:
+    import torch
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
@@ -263,6 +267,8 @@ def load_tensors(
     pickled objects the safe loader refuses (torch's own message would advise turning the safety
     off, which is exactly what a user must not do with a file of unknown origin).
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} not found: {path}")
@@ -300,6 +306,8 @@ def check_plain_weights(path: str | Path) -> None:
 
 
 def _is_torchscript(path: Path) -> bool:
+    import torch
+
     try:
         torch.jit.load(str(path), map_location="cpu")
     except RuntimeError:
@@ -376,6 +384,8 @@ def write_image(path: str | Path, arr: np.ndarray) -> None:
 
 def to_tensor(arr: np.ndarray) -> torch.Tensor:
     """HxWx3 uint8 -> 3xHxW float in [0, 1]."""
+    import torch
+
     return torch.from_numpy(arr).permute(2, 0, 1).float().div(255.0)
 
 

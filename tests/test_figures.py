@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from quantface.evaluate import COLUMNS
+from quantface.metrics_format import COLUMNS
 from quantface.quant.plan import BitPlan, LayerBits
 from quantface.report.figures import (
     activation_distribution,

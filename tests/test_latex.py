@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantface.evaluate import COLUMNS, PER_IMAGE_COLUMNS
+from quantface.metrics_format import COLUMNS, PER_IMAGE_COLUMNS
 from quantface.report.tables import _tex_escape, write_tables
 
 PDFLATEX = shutil.which("pdflatex")

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantface.evaluate import COLUMNS, PER_IMAGE_COLUMNS
+from quantface.metrics_format import COLUMNS, PER_IMAGE_COLUMNS
 from quantface.report import stats
 from quantface.report.tables import write_tables
 

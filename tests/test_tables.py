@@ -1,6 +1,6 @@
 import pandas as pd
 
-from quantface.evaluate import COLUMNS
+from quantface.metrics_format import COLUMNS
 from quantface.report.aggregate import aggregate_metrics
 from quantface.report.tables import write_tables
 

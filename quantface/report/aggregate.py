@@ -1,6 +1,6 @@
 """Merge per-job outputs into the two long tables everything else reads.
 
-`results/metrics.csv` (columns: evaluate.COLUMNS) is the single source of truth for tables and figures;
+`results/metrics.csv` (columns: metrics_format.COLUMNS) is the single source of truth for tables and figures;
 `results/metrics_per_image.csv` keeps every image's score behind those means (for the tables'
 bootstrap intervals); `results/cost.csv` holds one row of totals per (model, method, bits). Merging is also how a user
 combines shards from several runs or a cluster: rows are de-duplicated on their key, later files
@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from quantface.errors import DataError
-from quantface.evaluate import COLUMNS, PER_IMAGE_COLUMNS
 from quantface.io import atomic_path
+from quantface.metrics_format import COLUMNS, PER_IMAGE_COLUMNS
 
 KEY = ["model", "method", "bits", "dataset", "metric"]
 COST_COLUMNS = [
