@@ -36,10 +36,14 @@ Adaptation here:
 
 Options (config `method_options.efficientdm`): rank (32), max_rank_fraction (0.5), steps (80),
 batch_size (4), lora_lr_scale (0.02), w_lr (1e-6), a_lr (5e-4), keep_8bit (true), seed (0).
+Switches for measuring the official form's parts (config/baseline_fixes.yaml), each defaulting
+to the code's: lora_on ("codes": Q(deq(W_int) + B A); "weight": Q(W + B A)),
+learn_act_zero_points (true), clip_grad_norm (null: none; a number clips the global norm).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from typing import Any
@@ -67,6 +71,9 @@ DEFAULTS: dict[str, Any] = {
     "w_lr": 1e-6,
     "a_lr": 5e-4,
     "keep_8bit": True,
+    "lora_on": "codes",
+    "learn_act_zero_points": True,
+    "clip_grad_norm": None,
     "seed": 0,
 }
 EIGHT_BIT = (
@@ -89,7 +96,7 @@ class EfficientDM:
     def quantize(
         self, fp: RestorerBundle, calib: CalibrationSet, plan: BitPlan, cfg: dict[str, Any]
     ) -> RestorerBundle:
-        opts = check_options(cfg, DEFAULTS, self.name)
+        opts = check_options(cfg, DEFAULTS, self.name, {"lora_on": ("codes", "weight")})
         if opts["keep_8bit"]:
             over = {
                 n: LayerBits(max(plan[n].w_bits, 8), max(plan[n].a_bits, 8))
@@ -113,8 +120,12 @@ class EfficientDM:
         with (
             learnable_scales(model, "weight") as w_scales,
             learnable_scales(model, "act") as a_scales,
-            learnable_zero_points(model, "act") as a_zeros,
-            weight_lora(layers, ranks, int(opts["seed"])) as loras,
+            (
+                learnable_zero_points(model, "act")
+                if opts["learn_act_zero_points"]
+                else contextlib.nullcontext([])
+            ) as a_zeros,
+            weight_lora(layers, ranks, int(opts["seed"]), opts["lora_on"] == "codes") as loras,
         ):
             groups = [
                 {
@@ -132,7 +143,7 @@ class EfficientDM:
                 float(opts["a_lr"]),
                 bs,
                 seed=int(opts["seed"]),
-                clip_grad_norm=None,
+                clip_grad_norm=opts["clip_grad_norm"],
             )
             curve = distill(model, calib.images, targets, groups, dc, lambda: clamp_scales_(scales))
             if curve:

@@ -42,6 +42,9 @@ Adaptation here:
 Options (config `method_options.qdiffusion`): w_iters (60), a_iters (30), w_lr (1e-3),
 a_lr (4e-4), round_weight (0.01), b_start (20), b_end (2), warmup (0.2), sm_abit (16),
 split_shortcut (true), running_stat (true), n_samples (16), batch_size (4).
+Switches for measuring the official recipe's parts (config/baseline_fixes.yaml), each defaulting
+to the code's: units ("blocks"; "transformer": a whole Transformer2DModel as one unit),
+weight_stage_attn_operands ("off"; "quantized": K^T and V stay quantized in the weight stage).
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ from typing import Any
 
 import torch
 from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import Attention
+from diffusers.models.resnet import ResnetBlock2D
+from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from torch import Tensor, nn
 
 from quantface.methods.base import check_options
@@ -62,12 +68,19 @@ from quantface.models.base import RestorerBundle
 from quantface.quant.adaround import adaround, temperature
 from quantface.quant.apply import calibrate_weights, observe_activation_ranges, standard_layout
 from quantface.quant.calibration import CalibrationSet
-from quantface.quant.layers import LayerQuant, QuantLayerMixin, set_quant_mode, wrap_model
+from quantface.quant.layers import (
+    LayerQuant,
+    QuantLayerMixin,
+    QuantMatMul,
+    set_quant_mode,
+    wrap_model,
+)
 from quantface.quant.learnable import clamp_scales_, learnable_scales, static_quantizers
 from quantface.quant.observers import RunningMinMaxObserver
 from quantface.quant.plan import BitPlan
 from quantface.quant.quantizer import QuantSpec, UniformQuantizer
 from quantface.quant.reconstruction import (
+    BLOCK_TYPES,
     Block,
     ReconConfig,
     capture,
@@ -93,6 +106,8 @@ DEFAULTS: dict[str, Any] = {
     "a_init": "mse",
     "split_shortcut": True,
     "running_stat": True,
+    "units": "blocks",
+    "weight_stage_attn_operands": "off",
     "n_samples": 16,
     "batch_size": 4,
 }
@@ -126,10 +141,24 @@ def shortcut_splits(model: nn.Module) -> dict[str, int]:
     return splits
 
 
+UNIT_TYPES: dict[str, tuple[type[nn.Module], ...]] = {
+    "blocks": BLOCK_TYPES,  # the code's recon_model units (see the module docstring)
+    "transformer": (ResnetBlock2D, Transformer2DModel, Attention),  # ablation: coarser units
+}
+
+
 @contextlib.contextmanager
-def activations_off(root: nn.Module) -> Iterator[None]:
-    """Every activation quantizer under root off inside the block (all of them start "quant")."""
+def activations_off(root: nn.Module, attn_operands: bool = True) -> Iterator[None]:
+    """Every activation quantizer under root off inside the block (all of them start "quant").
+
+    `attn_operands=False` leaves the attention matmuls' second operands (K^T, V) quantized: what
+    selecting quantizers by attribute name did (an ablation of the earlier port, not the code).
+    """
     set_quant_mode(root, "off", "act")
+    if not attn_operands:
+        for mod in root.modules():
+            if isinstance(mod, QuantMatMul):
+                mod.weight_quantizer.mode = "quant"
     try:
         yield
     finally:
@@ -173,7 +202,12 @@ class QDiffusion:
     def quantize(
         self, fp: RestorerBundle, calib: CalibrationSet, plan: BitPlan, cfg: dict[str, Any]
     ) -> RestorerBundle:
-        opts = check_options(cfg, DEFAULTS, self.name)
+        opts = check_options(
+            cfg,
+            DEFAULTS,
+            self.name,
+            {"units": tuple(UNIT_TYPES), "weight_stage_attn_operands": ("off", "quantized")},
+        )
         model = copy.deepcopy(fp)
         sites = model.quant_targets()
         layout = standard_layout(sites, plan)
@@ -198,7 +232,7 @@ class QDiffusion:
         fp.eval()  # only read (block targets under no_grad): a second 3.5 GB copy buys nothing
         model.eval().requires_grad_(False)
         t0 = time.perf_counter()
-        blocks = find_blocks(model, images)
+        blocks = find_blocks(model, images, UNIT_TYPES[opts["units"]])
         log_timing("find_blocks", len(blocks), time.perf_counter() - t0)
         for k, blk in enumerate(blocks):
             self._reconstruct_unit(model, fp, blk, images, opts, f"{k}:{blk.name}")
@@ -228,7 +262,7 @@ class QDiffusion:
         targets = capture(fp, blk.name, images, bs, "output")
         if blk.layers:
             layers = {n: model.get_submodule(n) for n in blk.layers}
-            with activations_off(model):
+            with activations_off(model, opts["weight_stage_attn_operands"] == "off"):
                 inputs = capture(model, blk.name, images, bs, "input")
                 self._weights(module, layers, inputs, targets, opts, f"{desc} W")
         inputs = capture(model, blk.name, images, bs, "input")

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.qdiffusion import shortcut_splits
+from quantface.errors import ConfigError
 from quantface.methods.base import smoothable
 from quantface.models.checkpoint import load_bundle, save_bundle
 from quantface.quant.adaround import adaround, temperature
@@ -125,9 +126,9 @@ def test_qdiffusion_weight_stage_quantizes_no_activation(micro_model, micro_cali
     roots, seen = [], []
     real_find, real_reconstruct = qd.find_blocks, qd.reconstruct
 
-    def find(model, images):
+    def find(model, images, *types):
         roots.append(model)
-        return real_find(model, images)
+        return real_find(model, images, *types)
 
     def spy(block, inputs, targets, groups, cfg, regularizer=None, **kw):
         if regularizer is not None:  # the AdaRound stage
@@ -162,6 +163,33 @@ def test_reconstruction_units_are_qdiffusion_blocks_and_lone_layers(micro_model,
     covered = [n for layers in units.values() for n in layers]
     sites = {n for n, m in model.named_modules() if isinstance(m, QuantLayerMixin)}
     assert sorted(covered) == sorted(sites)  # every layer in exactly one unit
+
+
+def test_qdiffusion_ablation_switches_give_the_earlier_ports_units_and_weight_stage(
+    micro_model, micro_images
+):
+    """`units: transformer` and `weight_stage_attn_operands: quantized` (config/baseline_fixes)."""
+    from baselines.qdiffusion import UNIT_TYPES, activations_off
+
+    model = _wrapped(micro_model)
+    set_quant_mode(model, "off")
+    units = {b.name for b in find_blocks(model, micro_images, UNIT_TYPES["transformer"])}
+    tf = "unet.mid_block.attentions.0"
+    assert (
+        tf in units and f"{tf}.proj_in" not in units and f"{tf}.transformer_blocks.0" not in units
+    )
+    set_quant_mode(model, "quant")
+    mms = [m for m in model.modules() if isinstance(m, QuantMatMul)]
+    with activations_off(model, attn_operands=False):
+        assert all(
+            m.weight_quantizer.mode == "quant" and m.act_quantizer.mode == "off" for m in mms
+        )
+    with activations_off(model):
+        assert all(m.weight_quantizer.mode == "off" for m in mms)
+    with pytest.raises(ConfigError, match="units"):
+        METHODS.get("qdiffusion")().quantize(
+            micro_model, None, BitPlan.uniform(micro_model.quant_targets(), 4, 4), {"units": "x"}
+        )
 
 
 def test_qdiffusion_running_stat_sets_ranges_to_the_batch_extremes_average(
@@ -423,6 +451,20 @@ def test_qalora_adds_the_update_to_the_dequantized_integer_weight():
         deq = dequantize(codes, wq).detach()
     assert torch.allclose(q.weight, deq + delta)  # merged on the dequantized integer weight
     assert torch.equal(q.quantized_weight(), inside)
+
+
+def test_lora_on_the_fp_weight_is_the_ablation_q_of_w_plus_ba():
+    """`lora_on: weight` (config/baseline_fixes): Q_w(W + B A), merged as W + B A."""
+    _, q, _ = _layer(bits=3)
+    w0 = q.weight.detach().clone()
+    with weight_lora({"l": q}, {"l": 2}, on_codes=False) as loras:
+        with torch.no_grad():
+            loras["l"].b.normal_(0, q.weight_quantizer.scale.mean().item())
+        delta = loras["l"].delta().detach()
+        assert torch.equal(q.quantized_weight().detach(), q.quantize_weight(w0 + delta))
+    assert torch.allclose(q.weight, w0 + delta)
+    with pytest.raises(ConfigError, match="lora_on"):
+        METHODS.get("efficientdm")().quantize(None, None, None, {"lora_on": "fp"})
 
 
 def test_learned_activation_zero_point_moves_stays_integer_and_is_saved():

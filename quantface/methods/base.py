@@ -24,15 +24,28 @@ class Method(Protocol):
     ) -> RestorerBundle: ...
 
 
-def check_options(cfg: dict[str, Any], defaults: dict[str, Any], method: str) -> dict[str, Any]:
-    """Defaults merged with cfg; an unknown key is an error naming it (no silent typos)."""
+def check_options(
+    cfg: dict[str, Any],
+    defaults: dict[str, Any],
+    method: str,
+    choices: dict[str, tuple[Any, ...]] | None = None,
+) -> dict[str, Any]:
+    """Defaults merged with cfg; an unknown key, or a value outside its `choices`, is an error
+    naming it (no silent typos)."""
     unknown = sorted(set(cfg) - set(defaults))
     if unknown:
         raise ConfigError(
             f"method_options.{method}: unknown option(s) {', '.join(unknown)}; "
             f"known: {', '.join(sorted(defaults))}"
         )
-    return {**defaults, **cfg}
+    opts = {**defaults, **cfg}
+    for key, allowed in (choices or {}).items():
+        if opts[key] not in allowed:
+            raise ConfigError(
+                f"method_options.{method}.{key}: {opts[key]!r} is not one of "
+                f"{', '.join(map(str, allowed))}"
+            )
+    return opts
 
 
 def smoothable(model: RestorerBundle, plan: BitPlan) -> list[str]:

@@ -61,16 +61,27 @@ def dequantized_weight(layer: QuantLayerMixin, codes: list[Tensor]) -> Tensor:
 
 @contextlib.contextmanager
 def weight_lora(
-    layers: dict[str, QuantLayerMixin], ranks: dict[str, int], seed: int = 0
+    layers: dict[str, QuantLayerMixin],
+    ranks: dict[str, int],
+    seed: int = 0,
+    on_codes: bool = True,
 ) -> Iterator[dict[str, WeightLoRA]]:
-    """Layers compute Q_w(deq(W_int) + B A) inside the block; on exit W <- deq(W_int) + B A."""
+    """Layers compute Q_w(deq(W_int) + B A) inside the block; on exit W <- deq(W_int) + B A.
+
+    `on_codes=False` adds the update to the FP weight instead, Q_w(W + B A) (merged as
+    W <- W + B A): not EfficientDM's form, kept so its effect can be measured (an ablation).
+    """
     gen = torch.Generator().manual_seed(seed)
     loras = {n: WeightLoRA(m.weight, ranks[n], gen) for n, m in layers.items() if ranks[n] > 0}
-    codes = {n: integer_weight(layers[n]) for n in loras}
+    codes = {n: integer_weight(layers[n]) for n in loras} if on_codes else {}
+
+    def base(m: QuantLayerMixin, n: str) -> Tensor:
+        return dequantized_weight(m, codes[n]) if on_codes else m.weight
+
     for n, lora in loras.items():
         m = layers[n]
-        m.quantized_weight = lambda m=m, c=codes[n], lora=lora: m.quantize_weight(
-            dequantized_weight(m, c) + lora.delta()
+        m.quantized_weight = lambda m=m, n=n, lora=lora: m.quantize_weight(
+            base(m, n) + lora.delta()
         )
     try:
         yield loras
@@ -79,4 +90,4 @@ def weight_lora(
             m = layers[n]
             del m.quantized_weight
             with torch.no_grad():
-                m.weight.copy_(dequantized_weight(m, codes[n]) + lora.delta())
+                m.weight.copy_(base(m, n) + lora.delta())

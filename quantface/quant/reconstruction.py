@@ -54,14 +54,22 @@ class Block:
     layers: tuple[str, ...]  # quantized Linear/Conv2d sites inside it (full names)
 
 
-def find_blocks(model: RestorerBundle, images: Tensor) -> list[Block]:
-    """Reconstruction units covering every quantized layer, in execution order."""
+def find_blocks(
+    model: RestorerBundle,
+    images: Tensor,
+    block_types: tuple[type[nn.Module], ...] = BLOCK_TYPES,
+) -> list[Block]:
+    """Reconstruction units covering every quantized layer, in execution order.
+
+    A unit is the outermost module of one of `block_types` holding a quantized site; every
+    quantized layer outside such a module is a unit of its own.
+    """
     quant = {n for n, m in model.named_modules() if isinstance(m, QuantLayerMixin | QuantMatMul)}
     chosen: list[str] = []
     for name, mod in model.named_modules():
         inside = any(name.startswith(c + ".") for c in chosen)
         if (
-            isinstance(mod, BLOCK_TYPES)
+            isinstance(mod, block_types)
             and not inside
             and any(q.startswith(name + ".") for q in quant)
         ):
