@@ -8,9 +8,10 @@ What the paper/code does (`Xiuyu-Li/q-diffusion`):
   included: `set_quant_state(True, False)`), the block's input read from that weight-quantized
   network (`asym`) and its target from the FP one;
 - activations per tensor, asymmetric, static, Lp-2.4 search init; the SD recipe (`txt2img.py
-  --running_stat`) then overwrites every range by a running average of the batch min/max
-  (momentum 0.95) over the calibration set, weights and activations quantized; then their step
-  sizes are learned per block (LSQ) with p = 2.4, Adam lr 4e-4, cosine, 5k iterations;
+  --running_stat`, README: at `--act_bit 8`) then overwrites every range by a running average
+  of the batch min/max (momentum 0.95) over the calibration set, weights and activations
+  quantized; then their step sizes are learned per block (LSQ) with p = 2.4, Adam lr 4e-4,
+  cosine, 5k iterations;
 - split shortcut quantization: the decoder's ResNet shortcut 1x1 conv reads the concatenation
   [up-path, skip]; its two channel groups get their own activation and weight quantizers;
 - attention: q/k, softmax output P and v quantized; P at `sm_abit` = 16 bit (README SD recipe);
@@ -32,7 +33,12 @@ Adaptation here:
   the cost: the activation stages here read the unit's input from the fully quantized network
   (upstream units final), and the running ranges start from the first batch (the code's
   16-sample initialisation batch) then average over every batch;
-- with `running_stat` the Lp-2.4 init is overwritten before it is ever used quantized, as in the
+- `running_stat: auto` (default) runs the running min-max on the activation quantizers of 8 or
+  more bits only: the official commands use it at 8-bit activations and no official recipe
+  exists below (there the Lp-2.4 range is the recipe's own; an unclipped min-max range at 4
+  bits is what the code's 5k LSQ iterations would have to undo, and small budgets cannot);
+  `true` runs it on every activation quantizer, `false` on none;
+- where it runs the Lp-2.4 init is overwritten before it is ever used quantized, as in the
   code; it stays because the unit search runs the quantized model once before any unit is done;
 - `av_matmul`'s first operand (softmax output P) at `sm_abit` bits (16): recorded in plan.json
   (that site's a_bits = 16) with a note, and its BOPs are counted at 16 x a_bits in cost.json;
@@ -41,7 +47,7 @@ Adaptation here:
 
 Options (config `method_options.qdiffusion`): w_iters (60), a_iters (30), w_lr (1e-3),
 a_lr (4e-4), round_weight (0.01), b_start (20), b_end (2), warmup (0.2), sm_abit (16),
-split_shortcut (true), running_stat (true), n_samples (16), batch_size (4).
+split_shortcut (true), running_stat (auto), n_samples (16), batch_size (4).
 Switches for measuring the official recipe's parts (config/baseline_fixes.yaml), each defaulting
 to the code's: units ("blocks"; "transformer": a whole Transformer2DModel as one unit),
 weight_stage_attn_operands ("off"; "quantized": K^T and V stay quantized in the weight stage).
@@ -105,12 +111,15 @@ DEFAULTS: dict[str, Any] = {
     "w_init": "mse",
     "a_init": "mse",
     "split_shortcut": True,
-    "running_stat": True,
+    "running_stat": "auto",
     "units": "blocks",
     "weight_stage_attn_operands": "off",
     "n_samples": 16,
     "batch_size": 4,
 }
+# `running_stat`: "auto" runs it on the >= 8-bit activation quantizers only, as the official
+# commands use it (README: SD and LSUN-bedroom at --act_bit 8; none at lower bits)
+RUNNING_STAT_MIN_BITS = {True: 0, "auto": 8}
 SOFTMAX_NOTE = "softmax output P of the AV matmul kept at {b} bit (Q-Diffusion --sm_abit {b})"
 
 
@@ -166,15 +175,18 @@ def activations_off(root: nn.Module, attn_operands: bool = True) -> Iterator[Non
 
 
 @torch.no_grad()
-def running_stat(unit: nn.Module, inputs: list[Any], momentum: float = 0.95) -> None:
+def running_stat(
+    unit: nn.Module, inputs: list[Any], momentum: float = 0.95, min_bits: int = 0
+) -> None:
     """Q-Diffusion's `--running_stat` on one unit: ranges <- running average of batch min/max.
 
     As `act_momentum_update` (`qdiff/quant_layer.py`), each static activation quantizer updates
     its range on its input and then quantizes with it, weights and activations quantized, so a
     later quantizer sees the earlier ones' quantized output. The code's ranges start from its
     initialisation batch and then average over every batch: here the first batch, then all.
+    Only quantizers of at least `min_bits` bits take part (the others keep their Lp-2.4 range).
     """
-    chosen = static_quantizers(unit, "act")
+    chosen = [q for q in static_quantizers(unit, "act") if q.spec.bits >= min_bits]
     observers = {id(q): RunningMinMaxObserver(q.spec, momentum) for q in chosen}
 
     def update(q: UniformQuantizer, args: tuple[Tensor, ...]) -> None:
@@ -206,7 +218,11 @@ class QDiffusion:
             cfg,
             DEFAULTS,
             self.name,
-            {"units": tuple(UNIT_TYPES), "weight_stage_attn_operands": ("off", "quantized")},
+            {
+                "running_stat": (True, False, "auto"),
+                "units": tuple(UNIT_TYPES),
+                "weight_stage_attn_operands": ("off", "quantized"),
+            },
         )
         model = copy.deepcopy(fp)
         sites = model.quant_targets()
@@ -266,8 +282,8 @@ class QDiffusion:
                 inputs = capture(model, blk.name, images, bs, "input")
                 self._weights(module, layers, inputs, targets, opts, f"{desc} W")
         inputs = capture(model, blk.name, images, bs, "input")
-        if opts["running_stat"]:
-            running_stat(module, inputs)
+        if opts["running_stat"] is not False:
+            running_stat(module, inputs, min_bits=RUNNING_STAT_MIN_BITS[opts["running_stat"]])
         self._activations(module, inputs, targets, opts, f"{desc} A")
 
     @staticmethod

@@ -195,7 +195,7 @@ def test_qdiffusion_ablation_switches_give_the_earlier_ports_units_and_weight_st
 def test_qdiffusion_running_stat_sets_ranges_to_the_batch_extremes_average(
     micro_model, micro_calib
 ):
-    opts = {**FAST["qdiffusion"], "a_iters": 0}  # no LSQ: the ranges are the running ones
+    opts = {**FAST["qdiffusion"], "a_iters": 0, "running_stat": True}  # no LSQ after it
     plan = BitPlan.uniform(micro_model.quant_targets(), 4, 4)
     q = METHODS.get("qdiffusion")().quantize(micro_model, micro_calib, plan, opts)
     images = micro_calib.images[: opts["n_samples"]]
@@ -206,6 +206,23 @@ def test_qdiffusion_running_stat_sets_ranges_to_the_batch_extremes_average(
     aq = q.get_submodule("unet.conv_in").act_quantizer
     scale, zero = qparams_from_range(lo, hi, aq.spec)
     assert torch.allclose(aq.scale, scale) and torch.equal(aq.zero_point, zero)
+
+
+def test_qdiffusion_running_stat_auto_runs_only_at_8_bit_activations(micro_model, micro_calib):
+    """The official commands use --running_stat at --act_bit 8 only."""
+    opts = {**FAST["qdiffusion"], "w_iters": 0, "a_iters": 0}
+
+    def act_scale(a_bits, running):
+        plan = BitPlan.uniform(micro_model.quant_targets(), 4, a_bits)
+        q = METHODS.get("qdiffusion")().quantize(
+            micro_model, micro_calib, plan, {**opts, "running_stat": running}
+        )
+        return q.get_submodule("unet.conv_in").act_quantizer.scale
+
+    assert torch.equal(act_scale(4, "auto"), act_scale(4, False))
+    assert not torch.equal(act_scale(4, "auto"), act_scale(4, True))
+    assert torch.equal(act_scale(8, "auto"), act_scale(8, True))
+    assert not torch.equal(act_scale(8, "auto"), act_scale(8, False))
 
 
 def _layer(bits=3, seed=0, conv=False):
