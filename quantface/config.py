@@ -14,7 +14,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from quantface.device import resolve_device
+from quantface.device import check_device
 from quantface.errors import ConfigError, DeviceError, QuantFaceError, first_line
 from quantface.quant.plan import MP_RE, parse_bits
 from quantface.registry import DATASETS, METHODS, METRICS, MODELS
@@ -51,7 +51,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         e = errors[0]
         raise ConfigError(f"config key '{_key(e.absolute_path)}': {_message(e)}")
     try:
-        resolve_device(config.get("device", "auto"))
+        check_device(config.get("device", "auto"))
     except DeviceError as e:
         raise ConfigError(f"config key 'device': {e}") from None
 
@@ -64,7 +64,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
                 )
 
     check([config["model"]["name"]], MODELS, "model.name")
-    known = getattr(MODELS.get(config["model"]["name"]), "default_arch", None)
+    known = MODELS.attr(config["model"]["name"], "default_arch")
     for k in config["model"].get("arch", {}) if known is not None else []:
         if k not in known:
             raise ConfigError(
@@ -88,10 +88,10 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     for k in metric_keys:
         check(config["metrics"].get(k, []), METRICS, f"metrics.{k}")
         for name in config["metrics"].get(k, []):
-            if METRICS.get(name).min_size > size:
+            if (min_size := METRICS.attr(name, "min_size", 1)) > size:
                 raise ConfigError(
                     f"config key 'metrics.{k}': '{name}' needs images of at least "
-                    f"{METRICS.get(name).min_size} px; data.image_size is {size}"
+                    f"{min_size} px; data.image_size is {size}"
                 )
     for b in config["bits"]:
         try:
@@ -121,7 +121,9 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
             f"({', '.join(config['bits'])})"
         )
     for name, opts in config["data"]["datasets"].items():
-        check_source = getattr(DATASETS.get(name)(), "check_source", None)
+        if DATASETS.attr(name, "check_source") is None:
+            continue
+        check_source = DATASETS.get(name)().check_source
         if check_source is not None:  # user folders: counts, pairs, headers before any job
             try:
                 check_source(opts)
@@ -134,10 +136,17 @@ def _check_architecture(config: dict[str, Any]) -> None:
     """Build the configured (embedded, small) architecture once: a value every key accepts alone
     but that does not build (levels vs attention flags, groups that do not divide channels, a
     shipped VAE of another shape) fails here, not in the training job."""
-    cls = MODELS.get(config["model"]["name"])
-    if getattr(cls, "default_arch", None) is None or hasattr(cls, "from_assets"):
+    name = config["model"]["name"]
+    default = MODELS.attr(name, "default_arch")
+    overrides = config["model"].get("arch", {})
+    if default is None or (
+        not overrides and config["data"]["image_size"] == default.get("image_size")
+    ):
+        return  # no architecture, or the default one (the shipped restorer's, built by the tests)
+    cls = MODELS.get(name)
+    if hasattr(cls, "from_assets"):
         return  # converted from local weights: checked by check_model_assets
-    arch = {**config["model"].get("arch", {}), "image_size": config["data"]["image_size"]}
+    arch = {**overrides, "image_size": config["data"]["image_size"]}
     try:
         model = cls(arch)
         if model.config.get("pretrained_vae"):
@@ -152,7 +161,7 @@ def _check_architecture(config: dict[str, Any]) -> None:
 
 def _check_perceptual(config: dict[str, Any]) -> None:
     """quantface_mp's perceptual metric (a name the schema only knows as a string)."""
-    from quantface.methods.quantface import MP_DEFAULTS, check_perceptual
+    from quantface.methods.quantface_options import MP_DEFAULTS, check_perceptual
 
     keys = {m: f"method_options.{m}" for m in config["methods"] if m == "quantface_mp"}
     for v, spec in ablation_variants(config).items():
@@ -200,7 +209,7 @@ def model_footnote(config: dict[str, Any]) -> str:
 
 
 def _is_mixed(method: str) -> bool:
-    return bool(getattr(METHODS.get(method), "mixed_precision", False))
+    return bool(METHODS.attr(method, "mixed_precision", False))
 
 
 def quantized_cells(methods: list[str], bits: list[str]) -> list[tuple[str, str]]:
@@ -236,7 +245,7 @@ def _check_mp_budgets(config: dict[str, Any]) -> None:
 
     Checked here so the run stops at parse time, not after minutes of sensitivity analysis.
     """
-    from quantface.methods.quantface import MP_DEFAULTS
+    from quantface.methods.quantface_options import MP_DEFAULTS
 
     runs = [
         (m, config.get("method_options", {}).get(m, {}), b, f"method_options.{m}")

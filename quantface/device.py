@@ -46,6 +46,14 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return device
 
 
+def check_device(spec: str) -> None:
+    """Raise DeviceError unless `spec` is valid here; torch is imported only for a CUDA spec
+    (`auto` and `cpu` are valid on every machine), so a config check stays cheap."""
+    if spec in ("auto", "cpu"):
+        return
+    resolve_device(spec)
+
+
 def as_device(spec: str | torch.device) -> torch.device:
     """A device given as such stays; a spec string is resolved (the API takes either)."""
     return resolve_device(spec) if isinstance(spec, str) else spec

@@ -19,11 +19,11 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from quantface.errors import ConfigError
 
@@ -32,11 +32,18 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Entry:
-    """Where a name is registered, and its description (first docstring or `doc=` line)."""
+    """Where a name is registered, its description (first docstring or `doc=` line) and the
+    attributes its source states as literals (read without importing it)."""
 
     module: str
     doc: str | None  # None: only the imported object knows it (an entry point's)
     label: str | None = None  # the class's `label = "..."`: how tables and figures name it
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+    # True: the class body and its bases (all in the same module) define exactly the names in
+    # `attrs` (literals) and `dynamic` (methods, computed values), so any other name is not
+    # defined; False: other names may be defined (a base class elsewhere, a registered call)
+    closed: bool = False
+    dynamic: frozenset[str] = frozenset()
 
 
 def _first_line(text: str | None) -> str:
@@ -44,22 +51,79 @@ def _first_line(text: str | None) -> str:
     return lines[0] if lines else ""
 
 
-def _class_label(node: ast.AST) -> str | None:
-    """The string a class body assigns to `label`, if it does."""
-    for stmt in getattr(node, "body", []) if isinstance(node, ast.ClassDef) else []:
-        if (
-            isinstance(stmt, ast.Assign)
-            and [getattr(t, "id", None) for t in stmt.targets] == ["label"]
-            and isinstance(stmt.value, ast.Constant)
-            and isinstance(stmt.value.value, str)
-        ):
-            return stmt.value.value
-    return None
+def _literal(node: ast.AST, constants: dict[str, Any]) -> Any:
+    """The value of a literal expression or of a module-level literal constant's name."""
+    if isinstance(node, ast.Name) and node.id in constants:
+        return constants[node.id]
+    return ast.literal_eval(node)
 
 
-def _registrations(tree: ast.Module, var: str) -> dict[str, tuple[str, str | None]]:
-    """name -> (description, label) of every `<var>.register("name")` in a module's source."""
-    found: dict[str, tuple[str, str | None]] = {}
+def _module_constants(tree: ast.Module) -> dict[str, Any]:
+    """Module-level `NAME = <literal>` (annotated or not)."""
+    out: dict[str, Any] = {}
+    for stmt in tree.body:
+        target = stmt.target if isinstance(stmt, ast.AnnAssign) else None
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
+            target = stmt.targets[0]
+        if isinstance(target, ast.Name) and getattr(stmt, "value", None) is not None:
+            try:
+                out[target.id] = ast.literal_eval(stmt.value)
+            except ValueError:
+                pass
+    return out
+
+
+def _class_attrs(
+    node: ast.ClassDef, classes: dict[str, ast.ClassDef], constants: dict[str, Any]
+) -> tuple[dict[str, Any], set[str], bool]:
+    """(literal attributes, other defined names, closed) of a class and its same-module bases;
+    closed unless a base is defined elsewhere (an attribute could then come from there) or the
+    body defines names in ways this reader does not follow (tuple targets, decorators...)."""
+    attrs: dict[str, Any] = {}
+    dynamic: set[str] = set()
+    closed = True
+    for base in node.bases:
+        if isinstance(base, ast.Name) and base.id in classes:
+            b_attrs, b_dynamic, b_closed = _class_attrs(classes[base.id], classes, constants)
+            attrs.update(b_attrs)
+            dynamic |= b_dynamic
+            closed &= b_closed
+        elif not (isinstance(base, ast.Name) and base.id == "object"):
+            closed = False
+    closed &= not node.decorator_list or all(_is_register(d) for d in node.decorator_list)
+    for stmt in node.body:
+        target = stmt.target if isinstance(stmt, ast.AnnAssign) else None
+        if isinstance(stmt, ast.Assign):
+            target = stmt.targets[0] if len(stmt.targets) == 1 else None
+            closed &= target is not None
+        if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            dynamic.add(stmt.name)
+            attrs.pop(stmt.name, None)
+        elif isinstance(target, ast.Name) and getattr(stmt, "value", None) is not None:
+            try:
+                attrs[target.id] = _literal(stmt.value, constants)
+                dynamic.discard(target.id)
+            except ValueError:  # computed: only the import knows its value
+                attrs.pop(target.id, None)
+                dynamic.add(target.id)
+        elif isinstance(stmt, ast.Assign | ast.AugAssign | ast.AnnAssign) and target is not None:
+            closed &= isinstance(target, ast.Name)  # an annotation alone defines nothing
+    return attrs, dynamic, closed
+
+
+def _is_register(node: ast.AST) -> bool:
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "register"
+    )
+
+
+def _registrations(tree: ast.Module, var: str) -> dict[str, Entry]:
+    """name -> Entry (module left empty) of every `<var>.register("name")` in a module's source."""
+    found: dict[str, Entry] = {}
+    constants = _module_constants(tree)
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
 
     def name_of(node: ast.AST) -> str | None:
         ok = (
@@ -78,8 +142,16 @@ def _registrations(tree: ast.Module, var: str) -> dict[str, tuple[str, str | Non
         if isinstance(node, ast.ClassDef | ast.FunctionDef):
             for dec in node.decorator_list:
                 if (name := name_of(dec)) is not None:
-                    found[name] = (_first_line(ast.get_docstring(node)), _class_label(node))
+                    doc = _first_line(ast.get_docstring(node))
+                    if isinstance(node, ast.ClassDef):
+                        attrs, dynamic, closed = _class_attrs(node, classes, constants)
+                    else:
+                        attrs, dynamic, closed = {}, set(), False
+                    label = attrs.get("label") if isinstance(attrs.get("label"), str) else None
+                    found[name] = Entry("", doc, label, attrs, closed, frozenset(dynamic))
         elif isinstance(node, ast.Call) and (name := name_of(node.func)) is not None:
+            # a registered call's keywords are arguments, not necessarily attributes: only its
+            # `doc=` is read, everything else comes from the import
             target = node.args[0] if node.args else None
             doc = next(
                 (
@@ -89,7 +161,7 @@ def _registrations(tree: ast.Module, var: str) -> dict[str, tuple[str, str | Non
                 ),
                 "",
             )
-            found[name] = (_first_line(doc), None)
+            found[name] = Entry("", _first_line(doc))
     return found
 
 
@@ -122,8 +194,8 @@ class Registry(Generic[T]):
                     for path in sorted(Path(folder).glob("*.py")):
                         tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
                         module = f"{package}.{path.stem}"
-                        for name, (doc, label) in _registrations(tree, self._var).items():
-                            index[name] = Entry(module, doc, label)
+                        for name, entry in _registrations(tree, self._var).items():
+                            index[name] = replace(entry, module=module)
             for ep in entry_points(group=f"quantface.{self.kind}s"):
                 index.setdefault(ep.name, Entry(ep.value.split(":")[0], None))
             self._index = index
@@ -144,6 +216,17 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+    def attr(self, name: str, key: str, default: Any = None) -> Any:
+        """An entry's attribute, read from its source where that is certain (a literal it sets,
+        or a closed class that does not set it), else from the imported object."""
+        entry = self.index().get(name)
+        if name not in self._items and entry is not None:
+            if key in entry.attrs:
+                return entry.attrs[key]
+            if entry.closed and key not in entry.dynamic:
+                return default
+        return getattr(self.get(name), key, default)
 
     def label(self, name: str) -> str:
         """How tables and figures name an entry: its class's `label`, else its registry name

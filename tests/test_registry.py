@@ -6,6 +6,7 @@ import importlib
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +28,42 @@ def test_the_source_index_agrees_with_what_importing_registers(registry):
         obj = registry.get(name)
         runtime = (getattr(obj, "doc", None) or obj.__doc__ or "").strip().splitlines()[0]
         assert entry.doc == runtime, name
+
+
+@pytest.mark.parametrize("registry", ALL, ids=lambda r: r.kind)
+def test_attributes_read_from_the_sources_are_the_imported_ones(registry):
+    """`Registry.attr` answers from the source: every literal it read is the imported value, and
+    a class it calls closed defines no name it does not know (so an absent one is absent)."""
+    index = registry.index()
+    for name, entry in index.items():
+        obj = registry.get(name)
+        for key, value in entry.attrs.items():
+            assert getattr(obj, key) == value, (name, key)
+        if entry.closed:
+            defined = {
+                k for klass in obj.__mro__[:-1] for k in vars(klass) if not k.startswith("__")
+            }
+            assert defined <= set(entry.attrs) | entry.dynamic, (name, defined - set(entry.attrs))
+    assert any(e.closed for e in index.values()) or registry.kind != "method"
+
+
+def test_the_config_check_imports_no_heavy_library():
+    """check-config (and the Snakefile's parse) must stay cheap: nothing it reads needs torch."""
+    code = textwrap.dedent(
+        """
+        import sys
+        from quantface.config import load_config, merge_configs, validate_config
+        for files in (["config/config.yaml"], ["config/config.yaml", "config/ablation.yaml"]):
+            validate_config(merge_configs([load_config(f, validate=False) for f in files]))
+        heavy = [m for m in ("torch", "diffusers", "pyiqa", "mip") if m in sys.modules]
+        assert not heavy, heavy
+        """
+    )
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=root
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_listings_import_no_heavy_library():

@@ -50,6 +50,7 @@ from quantface.methods.qdlora import (
     init_qdlora,
     round_branches_to_fp16,
 )
+from quantface.methods.quantface_options import DEFAULTS, MP_DEFAULTS, check_perceptual
 from quantface.methods.rotation_scaling import apply_balancing, plan_balancing
 from quantface.models.base import RestorerBundle
 from quantface.quant.apply import calibrate_weights, observe_activation_ranges, standard_layout
@@ -62,36 +63,6 @@ from quantface.quant.rotation import rotate_attention_heads
 from quantface.registry import METHODS
 
 log = logging.getLogger(__name__)
-
-DEFAULTS: dict[str, Any] = {
-    "balancing": "both",
-    "alpha": 0.5,
-    "rotate_attention": True,
-    "seed": 0,
-    "branches": "both",
-    "rank": 16,
-    "max_rank_fraction": 0.05,
-    "weight_observer": "mse",
-    "steps": 80,
-    "lr": 1.0e-3,
-    "scale_lr": 1.0e-4,
-    "batch_size": 4,
-    "crop": 64,
-    "crops_per_image": 2,
-    "loss": "l2",
-    "act_granularity": "token",
-}
-MP_DEFAULTS: dict[str, Any] = {
-    **DEFAULTS,
-    "candidates": [3, 4, 5, 6],
-    "budget": None,  # average activation bits; None: the X of mpX
-    "lam": 0.5,
-    "perceptual": "ssim",
-    "weights_dir": "results/.weights",
-    "sensitivity_images": 2,
-    "sensitivity_crop": 64,
-    "sensitivity_sites": None,  # measure every site; N: N evenly spaced ones (scale runs)
-}
 
 
 def build_balanced(
@@ -261,28 +232,6 @@ def _curve_notes(curve: list[float]) -> dict[str, str]:
     if not curve:
         return {"qdlora": "no distillation"}
     return {"qdlora": f"{len(curve)} steps, loss {curve[0]:.4e} -> {curve[-1]:.4e}"}
-
-
-def check_perceptual(metric_name: str, weights_dir: Path):
-    """The registered full-reference metric `perceptual` names, with its weights present.
-
-    Called by the config check too, so a bad name fails before any job, not after calibration.
-    """
-    from quantface.registry import METRICS
-
-    metric = METRICS.get(metric_name)
-    if metric.mode == "nr":
-        raise ConfigError(
-            f"perceptual metric '{metric_name}' is no-reference; "
-            "use a full-reference metric (e.g. ssim, lpips, dists)"
-        )
-    missing = metric.missing_weights(weights_dir)
-    if missing:
-        raise ConfigError(
-            f"perceptual metric '{metric_name}' needs {weights_dir / missing[0]}; "
-            "use ssim or provide the file"
-        )
-    return metric
 
 
 def perceptual_distance(metric_name: str, weights_dir: Path, device: str | torch.device = "cpu"):

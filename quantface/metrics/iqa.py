@@ -20,13 +20,15 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from unittest import mock
-
-import torch
-from torch import Tensor
 
 from quantface.io import check_plain_weights
 from quantface.registry import METRICS
+
+if TYPE_CHECKING:  # torch is imported where a metric is built or run: the config check reads
+    import torch  # the metrics' attributes (mode, min_size, weights) without it
+    from torch import Tensor
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -69,17 +71,20 @@ class Metric:
         """Load the metric onto `device` (pyiqa moves each batch there); returns the results note."""
         use_weights_dir(weights_dir)
         import pyiqa
+        import torch
 
         options, note = self.create_options(weights_dir)
         self._model = pyiqa.create_metric(self.pyiqa_name, device=torch.device(device), **options)
         return note
 
-    @torch.no_grad()
     def score(self, pred: Tensor, ref: Tensor | None = None) -> Tensor:
         """Per-image scores of a batch [N,3,H,W] in [0,1]."""
+        import torch
+
         if self._model is None:
             raise RuntimeError(f"metric {self.name} used before build()")
-        out = self._model(pred, ref) if ref is not None else self._model(pred)
+        with torch.no_grad():
+            out = self._model(pred, ref) if ref is not None else self._model(pred)
         return out.reshape(-1).double()
 
 
@@ -111,6 +116,7 @@ class MANIQAMetric(Metric):
 
         use_weights_dir(weights_dir)
         import pyiqa
+        import torch
 
         with mock.patch.object(timm, "create_model", no_download):
             self._model = pyiqa.create_metric(self.pyiqa_name, device=torch.device(device))
