@@ -26,7 +26,10 @@ Adaptation here:
   (`quant/learnable.py`); they train in the activation step-size group (lr a_lr, as the code);
 - 8-bit: `unet.time_embedding.linear_1`, `unet.time_embedding.linear_2`, `unet.conv_in`,
   `unet.conv_out` (the code only quantizes the UNet; the VAE follows the plan), noted in
-  plan.json and paid for in cost.json;
+  plan.json and paid for in cost.json; as the code's plain `QuantModule`s they get no LoRA and
+  none of their step sizes or zero points is trained;
+- activation ranges are searched on the FP network's activations (the code's init forward runs
+  with every quantizer on, so each layer's search sees its quantized upstream);
 - rank: `rank` (32) capped at `max_rank_fraction` (0.5) of min(C_out, fan_in), so a tiny layer
   is not fully replaced; LoRA on every ungrouped Linear/Conv2d;
 - LoRA lr = mean(Δ_w) · `lora_lr_scale` per layer (paper 1/2500 = 4e-4 over 16,000 steps; the
@@ -97,6 +100,7 @@ class EfficientDM:
         self, fp: RestorerBundle, calib: CalibrationSet, plan: BitPlan, cfg: dict[str, Any]
     ) -> RestorerBundle:
         opts = check_options(cfg, DEFAULTS, self.name, {"lora_on": ("codes", "weight")})
+        over: dict[str, LayerBits] = {}
         if opts["keep_8bit"]:
             over = {
                 n: LayerBits(max(plan[n].w_bits, 8), max(plan[n].a_bits, 8))
@@ -110,7 +114,8 @@ class EfficientDM:
         bs = int(opts["batch_size"])
         observe_activation_ranges(model, calib.images, bs, "mse")  # Lp search, real activations
         model.requires_grad_(False)
-        layers = {n: model.get_submodule(n) for n in smoothable(model, plan)}
+        # the 8-bit layers are plain QuantModules in the code: no LoRA, nothing of them trained
+        layers = {n: model.get_submodule(n) for n in smoothable(model, plan) if n not in over}
         frac = float(opts["max_rank_fraction"])
         ranks = {
             n: capped_rank(int(opts["rank"]), m.weight.shape[0], m.weight[0].numel(), frac)
@@ -127,6 +132,10 @@ class EfficientDM:
             ) as a_zeros,
             weight_lora(layers, ranks, int(opts["seed"]), opts["lora_on"] == "codes") as loras,
         ):
+            fixed = {id(p) for n in over for p in model.get_submodule(n).parameters()}
+            w_scales, a_scales, a_zeros = (
+                [p for p in ps if id(p) not in fixed] for ps in (w_scales, a_scales, a_zeros)
+            )
             groups = [
                 {
                     "params": list(lora.parameters()),

@@ -506,23 +506,32 @@ def test_learned_activation_zero_point_moves_stays_integer_and_is_saved():
     assert "zero_param" not in dict(q.act_quantizer.named_parameters())
 
 
-def test_efficientdm_trains_activation_zero_points_unclipped(micro_model, micro_calib, monkeypatch):
+def test_efficientdm_trains_zero_points_and_lora_unclipped_but_not_its_8_bit_layers(
+    micro_model, micro_calib, monkeypatch
+):
     import baselines.efficientdm as edm
 
-    trained = []
+    trained, eight_bit = [], []
     real = edm.distill
 
     def spy(model, images, targets, groups, cfg, after_step=None):
         assert cfg.clip_grad_norm is None  # the official loop does not clip gradients
         params = {id(p) for g in groups for p in g["params"]}
-        mods = [m for m in model.modules() if isinstance(m, QuantLayerMixin)]
-        trained.extend(id(m.act_quantizer.zero_param) in params for m in mods)
+        for n, m in model.named_modules():
+            if isinstance(m, QuantLayerMixin):
+                own = {id(p) for p in m.parameters()} & params
+                lora = "quantized_weight" in vars(m)
+                if n in edm.EIGHT_BIT:  # plain QuantModules in the code: nothing trained
+                    eight_bit.append(not own and not lora)
+                else:
+                    trained.append(id(m.act_quantizer.zero_param) in params and lora)
         return real(model, images, targets, groups, cfg, after_step)
 
     monkeypatch.setattr(edm, "distill", spy)
     plan = BitPlan.uniform(micro_model.quant_targets(), 4, 4)
     METHODS.get("efficientdm")().quantize(micro_model, micro_calib, plan, FAST["efficientdm"])
     assert trained and all(trained)
+    assert eight_bit and all(eight_bit)
 
 
 @torch.no_grad()
