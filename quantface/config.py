@@ -305,7 +305,12 @@ def _check_ablation(config: dict[str, Any]) -> None:
 
 
 def check_model_assets(config: dict[str, Any]) -> None:
-    """Raise WeightsMissingError naming the first absent weight file of a converted model."""
+    """Raise WeightsMissingError naming the first absent weight file of a converted model.
+
+    A model that states `converted = False` in its class is not imported for this (the
+    Snakefile's parse runs it: importing the tiny model means torch and diffusers)."""
+    if not MODELS.attr(config["model"]["name"], "converted", True):
+        return
     check = getattr(MODELS.get(config["model"]["name"]), "check_assets", None)
     if check is not None:
         check(config["model"].get("assets", {}))

@@ -52,9 +52,15 @@ def test_the_config_check_imports_no_heavy_library():
     code = textwrap.dedent(
         """
         import sys
-        from quantface.config import load_config, merge_configs, validate_config
+        from quantface.config import (
+            check_model_assets, load_config, merge_configs, validate_config
+        )
+        from quantface.registry import DATASETS
         for files in (["config/config.yaml"], ["config/config.yaml", "config/ablation.yaml"]):
-            validate_config(merge_configs([load_config(f, validate=False) for f in files]))
+            config = merge_configs([load_config(f, validate=False) for f in files])
+            validate_config(config)
+            check_model_assets(config)  # the Snakefile's parse runs these three
+            [DATASETS.get(d)().paired for d in config["data"]["datasets"]]
         heavy = [m for m in ("torch", "diffusers", "pyiqa", "mip") if m in sys.modules]
         assert not heavy, heavy
         """

@@ -80,6 +80,7 @@ class OSDFaceRestorer(RestorerBundle):
 
     name = "osdface"
     default_arch = DEFAULT_ARCH  # the keys model.arch may override (checked with the config)
+    converted = True  # from local weight files (`check_assets` names the first absent one)
 
     def __init__(self, config: dict[str, Any] | None = None, modules: dict | None = None) -> None:
         cfg = {**DEFAULT_ARCH, **(config or {})}

@@ -93,6 +93,7 @@ class TinyRestorer(RestorerBundle):
 
     name = "tiny"
     default_arch = DEFAULT_ARCH  # the keys model.arch may override (checked with the config)
+    converted = False  # built here, not converted from local weights: no asset files to check
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
         cfg = {**DEFAULT_ARCH, **(config or {})}
