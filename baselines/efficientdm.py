@@ -32,13 +32,18 @@ Adaptation here:
   with every quantizer on, so each layer's search sees its quantized upstream);
 - rank: `rank` (32) capped at `max_rank_fraction` (0.5) of min(C_out, fan_in), so a tiny layer
   is not fully replaced; LoRA on every ungrouped Linear/Conv2d;
-- LoRA lr = mean(Δ_w) · `lora_lr_scale` per layer (paper 1/2500 = 4e-4 over 16,000 steps; the
-  embedded default runs ~100 steps and uses a larger factor);
+- LoRA lr = mean(Δ_w) · `lora_lr_scale` per layer. The code's 1/2500 is a rate for its 16,000
+  steps; with fewer steps the default (`lora_lr_scale: null`) keeps the code's total LoRA update,
+  lora_lr_scale = (1/2500) · 16,000 / steps (0.16 at 40 steps, 1/2500 at 16,000). On the integer
+  weight a code changes only once |B A| passes half a step, so at the code's per-step rate a
+  short run leaves every code as it was and the LoRA trains nothing. The step-size rates (w_lr,
+  a_lr) stay the code's per-step values: they fine-tune ranges that start at their searched
+  values, and scaled by 16,000 / steps they throw them off by whole steps;
 - at the end LoRA is merged into the weights, W <- deq(W_int) + B A, then quantized by the
   learned weight quantizer (the code keeps W_int and the LoRA factors separately).
 
 Options (config `method_options.efficientdm`): rank (32), max_rank_fraction (0.5), steps (80),
-batch_size (4), lora_lr_scale (0.02), w_lr (1e-6), a_lr (5e-4), keep_8bit (true), seed (0).
+batch_size (4), lora_lr_scale (null), w_lr (1e-6), a_lr (5e-4), keep_8bit (true), seed (0).
 Switches for measuring the official form's parts (config/baseline_fixes.yaml), each defaulting
 to the code's: lora_on ("codes": Q(deq(W_int) + B A); "weight": Q(W + B A)),
 learn_act_zero_points (true), clip_grad_norm (null: none; a number clips the global norm).
@@ -70,7 +75,7 @@ DEFAULTS: dict[str, Any] = {
     "max_rank_fraction": 0.5,
     "steps": 80,
     "batch_size": 4,
-    "lora_lr_scale": 0.02,
+    "lora_lr_scale": None,  # None: the code's total LoRA update at this step count
     "w_lr": 1e-6,
     "a_lr": 5e-4,
     "keep_8bit": True,
@@ -79,6 +84,7 @@ DEFAULTS: dict[str, Any] = {
     "clip_grad_norm": None,
     "seed": 0,
 }
+CODE_LORA_LR_SCALE, CODE_STEPS = 1 / 2500, 160 * 100  # train_efficientdm.py: lr, epochs x steps
 EIGHT_BIT = (
     "unet.time_embedding.linear_1",
     "unet.time_embedding.linear_2",
@@ -136,11 +142,14 @@ class EfficientDM:
             w_scales, a_scales, a_zeros = (
                 [p for p in ps if id(p) not in fixed] for ps in (w_scales, a_scales, a_zeros)
             )
+            lora_scale = opts["lora_lr_scale"]
+            if lora_scale is None:
+                lora_scale = CODE_LORA_LR_SCALE * CODE_STEPS / max(int(opts["steps"]), 1)
             groups = [
                 {
                     "params": list(lora.parameters()),
                     "lr": layers[n].weight_quantizer.scale.detach().mean().item()
-                    * float(opts["lora_lr_scale"]),
+                    * float(lora_scale),
                 }
                 for n, lora in loras.items()
             ]

@@ -511,12 +511,14 @@ def test_efficientdm_trains_zero_points_and_lora_unclipped_but_not_its_8_bit_lay
 ):
     import baselines.efficientdm as edm
 
-    trained, eight_bit = [], []
+    trained, eight_bit, lora_lrs = [], [], []
     real = edm.distill
 
     def spy(model, images, targets, groups, cfg, after_step=None):
         assert cfg.clip_grad_norm is None  # the official loop does not clip gradients
         params = {id(p) for g in groups for p in g["params"]}
+        # the code's total LoRA update (lr mean(step)/2500 over 16,000 steps) in cfg.steps
+        expected_lr = {}
         for n, m in model.named_modules():
             if isinstance(m, QuantLayerMixin):
                 own = {id(p) for p in m.parameters()} & params
@@ -525,6 +527,9 @@ def test_efficientdm_trains_zero_points_and_lora_unclipped_but_not_its_8_bit_lay
                     eight_bit.append(not own and not lora)
                 else:
                     trained.append(id(m.act_quantizer.zero_param) in params and lora)
+                    scale = m.weight_quantizer.scale.detach().mean().item()
+                    expected_lr[n] = scale / 2500 * 16000 / cfg.steps
+        lora_lrs.append((sorted(g["lr"] for g in groups[: len(expected_lr)]), expected_lr))
         return real(model, images, targets, groups, cfg, after_step)
 
     monkeypatch.setattr(edm, "distill", spy)
@@ -532,6 +537,8 @@ def test_efficientdm_trains_zero_points_and_lora_unclipped_but_not_its_8_bit_lay
     METHODS.get("efficientdm")().quantize(micro_model, micro_calib, plan, FAST["efficientdm"])
     assert trained and all(trained)
     assert eight_bit and all(eight_bit)
+    ((got, expected),) = lora_lrs
+    assert got == pytest.approx(sorted(expected.values()), rel=1e-6)
 
 
 @torch.no_grad()
