@@ -219,7 +219,7 @@ class QDiffusion:
             DEFAULTS,
             self.name,
             {
-                "running_stat": (True, False, "auto"),
+                "running_stat": (False, *RUNNING_STAT_MIN_BITS),
                 "units": tuple(UNIT_TYPES),
                 "weight_stage_attn_operands": ("off", "quantized"),
             },

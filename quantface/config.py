@@ -123,12 +123,10 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     for name, opts in config["data"]["datasets"].items():
         if DATASETS.attr(name, "check_source") is None:
             continue
-        check_source = DATASETS.get(name)().check_source
-        if check_source is not None:  # user folders: counts, pairs, headers before any job
-            try:
-                check_source(opts)
-            except QuantFaceError as e:
-                raise ConfigError(f"config key 'data.datasets.{name}': {e}") from None
+        try:  # user folders: counts, pairs, headers before any job
+            DATASETS.get(name)().check_source(opts)
+        except QuantFaceError as e:
+            raise ConfigError(f"config key 'data.datasets.{name}': {e}") from None
     return config
 
 

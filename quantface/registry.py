@@ -58,16 +58,24 @@ def _literal(node: ast.AST, constants: dict[str, Any]) -> Any:
     return ast.literal_eval(node)
 
 
+def _assignment(stmt: ast.stmt) -> tuple[ast.expr | None, ast.expr | None]:
+    """(target, value) of a one-target `x = v` or `x: T = v` (value None for `x: T`), else
+    (None, None)."""
+    if isinstance(stmt, ast.AnnAssign):
+        return stmt.target, stmt.value
+    if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
+        return stmt.targets[0], stmt.value
+    return None, None
+
+
 def _module_constants(tree: ast.Module) -> dict[str, Any]:
     """Module-level `NAME = <literal>` (annotated or not)."""
     out: dict[str, Any] = {}
     for stmt in tree.body:
-        target = stmt.target if isinstance(stmt, ast.AnnAssign) else None
-        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
-            target = stmt.targets[0]
-        if isinstance(target, ast.Name) and getattr(stmt, "value", None) is not None:
+        target, value = _assignment(stmt)
+        if isinstance(target, ast.Name) and value is not None:
             try:
-                out[target.id] = ast.literal_eval(stmt.value)
+                out[target.id] = ast.literal_eval(value)
             except ValueError:
                 pass
     return out
@@ -92,22 +100,21 @@ def _class_attrs(
             closed = False
     closed &= not node.decorator_list or all(_is_register(d) for d in node.decorator_list)
     for stmt in node.body:
-        target = stmt.target if isinstance(stmt, ast.AnnAssign) else None
-        if isinstance(stmt, ast.Assign):
-            target = stmt.targets[0] if len(stmt.targets) == 1 else None
-            closed &= target is not None
+        target, value = _assignment(stmt)
         if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             dynamic.add(stmt.name)
             attrs.pop(stmt.name, None)
-        elif isinstance(target, ast.Name) and getattr(stmt, "value", None) is not None:
+        elif isinstance(target, ast.Name) and value is not None:
             try:
-                attrs[target.id] = _literal(stmt.value, constants)
+                attrs[target.id] = _literal(value, constants)
                 dynamic.discard(target.id)
             except ValueError:  # computed: only the import knows its value
                 attrs.pop(target.id, None)
                 dynamic.add(target.id)
-        elif isinstance(stmt, ast.Assign | ast.AugAssign | ast.AnnAssign) and target is not None:
-            closed &= isinstance(target, ast.Name)  # an annotation alone defines nothing
+        elif isinstance(stmt, ast.Assign | ast.AugAssign) or (
+            target is not None and not isinstance(target, ast.Name)
+        ):
+            closed = False  # several or unnamed targets (`x: T` alone defines nothing)
     return attrs, dynamic, closed
 
 
