@@ -208,21 +208,34 @@ def test_qdiffusion_running_stat_sets_ranges_to_the_batch_extremes_average(
     assert torch.allclose(aq.scale, scale) and torch.equal(aq.zero_point, zero)
 
 
-def test_qdiffusion_running_stat_auto_runs_only_at_8_bit_activations(micro_model, micro_calib):
+def test_qdiffusion_running_stat_auto_runs_only_at_8_bit_activations(
+    micro_model, micro_calib, micro_images, monkeypatch
+):
     """The official commands use --running_stat at --act_bit 8 only."""
-    opts = {**FAST["qdiffusion"], "w_iters": 0, "a_iters": 0}
+    import baselines.qdiffusion as qd
 
-    def act_scale(a_bits, running):
-        plan = BitPlan.uniform(micro_model.quant_targets(), 4, a_bits)
-        q = METHODS.get("qdiffusion")().quantize(
-            micro_model, micro_calib, plan, {**opts, "running_stat": running}
+    def act_scale(a_bits, min_bits):
+        model = _wrapped(micro_model, a_bits)
+        calibrate_weights(model)
+        set_activation_ranges(model, micro_calib)
+        unit = model.get_submodule("unet.conv_in")
+        before = unit.act_quantizer.scale.clone()
+        qd.running_stat(
+            unit, capture(model, "unet.conv_in", micro_images[:4], 2, "input"), min_bits=min_bits
         )
-        return q.get_submodule("unet.conv_in").act_quantizer.scale
+        return before, unit.act_quantizer.scale
 
-    assert torch.equal(act_scale(4, "auto"), act_scale(4, False))
-    assert not torch.equal(act_scale(4, "auto"), act_scale(4, True))
-    assert torch.equal(act_scale(8, "auto"), act_scale(8, True))
-    assert not torch.equal(act_scale(8, "auto"), act_scale(8, False))
+    auto = qd.RUNNING_STAT_MIN_BITS["auto"]
+    assert torch.equal(*act_scale(4, auto))  # a 4-bit quantizer keeps its Lp-2.4 range
+    assert not torch.equal(*act_scale(4, qd.RUNNING_STAT_MIN_BITS[True]))
+    assert not torch.equal(*act_scale(8, auto))  # an 8-bit one gets the running min-max
+
+    seen = []
+    monkeypatch.setattr(qd, "running_stat", lambda unit, inputs, min_bits: seen.append(min_bits))
+    opts = {**FAST["qdiffusion"], "w_iters": 0, "a_iters": 0}  # running_stat defaults to auto
+    plan = BitPlan.uniform(micro_model.quant_targets(), 4, 4)
+    METHODS.get("qdiffusion")().quantize(micro_model, micro_calib, plan, opts)
+    assert seen and set(seen) == {auto}
 
 
 def _layer(bits=3, seed=0, conv=False):
