@@ -42,6 +42,9 @@ Adaptation here:
 - at the end LoRA is merged into the weights, W <- deq(W_int) + B A, then quantized by the
   learned weight quantizer (the code keeps W_int and the LoRA factors separately).
 
+Quantizers: `native_scheme` (the 8-bit layers with `keep_8bit`); a given scheme replaces them,
+its 8-bit layers dropped (every layer then gets LoRA and trained step sizes).
+
 Options (config `method_options.efficientdm`): rank (32), max_rank_fraction (0.5), steps (80),
 batch_size (4), lora_lr_scale (null), w_lr (1e-6), a_lr (5e-4), keep_8bit (true), seed (0).
 Switches for measuring the official form's parts (config/baseline_fixes.yaml), each defaulting
@@ -58,14 +61,15 @@ from typing import Any
 
 from quantface.methods.base import check_options, smoothable
 from quantface.models.base import RestorerBundle
-from quantface.quant.apply import calibrate_weights, observe_activation_ranges, standard_layout
+from quantface.quant.apply import calibrate_weights, observe_activation_ranges
 from quantface.quant.calibration import CalibrationSet
 from quantface.quant.distill import DistillConfig, distill, fp_targets
 from quantface.quant.layers import wrap_model
 from quantface.quant.learnable import clamp_scales_, learnable_scales, learnable_zero_points
 from quantface.quant.lora import weight_lora
 from quantface.quant.lowrank import capped_rank
-from quantface.quant.plan import BitPlan, LayerBits
+from quantface.quant.plan import BitPlan
+from quantface.quant.scheme import QuantScheme
 from quantface.registry import METHODS
 
 log = logging.getLogger(__name__)
@@ -102,26 +106,31 @@ class EfficientDM:
 
     name = "efficientdm"
 
+    def native_scheme(self, opts: dict[str, Any]) -> QuantScheme:
+        """Per-channel asym min-max weights; per-tensor static asym activations from the Lp
+        search on real activations; the 8-bit layers with `keep_8bit`."""
+        return QuantScheme(act_init="mse", exceptions=bool(opts["keep_8bit"]))
+
     def quantize(
-        self, fp: RestorerBundle, calib: CalibrationSet, plan: BitPlan, cfg: dict[str, Any]
+        self,
+        fp: RestorerBundle,
+        calib: CalibrationSet,
+        plan: BitPlan,
+        cfg: dict[str, Any],
+        scheme: QuantScheme | None = None,
     ) -> RestorerBundle:
         opts = check_options(cfg, DEFAULTS, self.name, {"lora_on": ("codes", "weight")})
-        over: dict[str, LayerBits] = {}
-        if opts["keep_8bit"]:
-            over = {
-                n: LayerBits(max(plan[n].w_bits, 8), max(plan[n].a_bits, 8))
-                for n in EIGHT_BIT
-                if n in plan
-            }
-            plan = plan.with_overrides(over, EIGHT_BIT_NOTE) if over else plan
-        model = copy.deepcopy(fp).eval()
-        wrap_model(model, standard_layout(model.quant_targets(), plan))
-        calibrate_weights(model, "minmax")
-        bs = int(opts["batch_size"])
-        observe_activation_ranges(model, calib.images, bs, "mse")  # Lp search, real activations
-        model.requires_grad_(False)
+        scheme = scheme or self.native_scheme(opts)
         # the 8-bit layers are plain QuantModules in the code: no LoRA, nothing of them trained
-        layers = {n: model.get_submodule(n) for n in smoothable(model, plan) if n not in over}
+        frozen = [n for n in EIGHT_BIT if n in plan] if scheme.exceptions else []
+        plan = plan.at_least(frozen, 8, EIGHT_BIT_NOTE)
+        model = copy.deepcopy(fp).eval()
+        wrap_model(model, scheme.layout(model, model.quant_targets(), plan))
+        calibrate_weights(model, scheme.weight_init)
+        bs = int(opts["batch_size"])
+        observe_activation_ranges(model, calib.images, bs, scheme.act_init)
+        model.requires_grad_(False)
+        layers = {n: model.get_submodule(n) for n in smoothable(model, plan) if n not in frozen}
         frac = float(opts["max_rank_fraction"])
         ranks = {
             n: capped_rank(int(opts["rank"]), m.weight.shape[0], m.weight[0].numel(), frac)
@@ -138,7 +147,7 @@ class EfficientDM:
             ) as a_zeros,
             weight_lora(layers, ranks, int(opts["seed"]), opts["lora_on"] == "codes") as loras,
         ):
-            fixed = {id(p) for n in over for p in model.get_submodule(n).parameters()}
+            fixed = {id(p) for n in frozen for p in model.get_submodule(n).parameters()}
             w_scales, a_scales, a_zeros = (
                 [p for p in ps if id(p) not in fixed] for ps in (w_scales, a_scales, a_zeros)
             )

@@ -9,7 +9,8 @@ What it is (methods.md §2; cited as "MaxMin" by PassionSR and QuantFace, no cod
 - every UNet and VAE Linear/Conv2d is quantized, first and last convolutions included (MaxMin has
   no paper-specified exceptions); the visual prompt embedder stays FP as for every method.
 
-Adaptation: none needed; it is architecture-agnostic.
+Adaptation: none needed; it is architecture-agnostic. Under the matched protocol MaxMin is the
+plain round-to-nearest reference of the given scheme (its weight and static-range rules).
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import copy
 from typing import Any
 
 from quantface.models.base import RestorerBundle
-from quantface.quant.apply import calibrate_weights, set_activation_ranges, standard_layout
+from quantface.quant.apply import calibrate_weights, set_activation_ranges
 from quantface.quant.calibration import CalibrationSet
 from quantface.quant.layers import wrap_model
 from quantface.quant.plan import BitPlan
+from quantface.quant.scheme import QuantScheme
 from quantface.registry import METHODS
 
 
@@ -33,11 +35,20 @@ class MaxMin:
 
     name = "maxmin"
 
+    def native_scheme(self, opts: dict[str, Any]) -> QuantScheme:
+        return QuantScheme()  # per-channel asym min-max weights, per-tensor static min-max acts
+
     def quantize(
-        self, fp: RestorerBundle, calib: CalibrationSet, plan: BitPlan, cfg: dict[str, Any]
+        self,
+        fp: RestorerBundle,
+        calib: CalibrationSet,
+        plan: BitPlan,
+        cfg: dict[str, Any],
+        scheme: QuantScheme | None = None,
     ) -> RestorerBundle:
+        scheme = scheme or self.native_scheme(cfg)
         model = copy.deepcopy(fp)
-        wrap_model(model, standard_layout(model.quant_targets(), plan))
-        calibrate_weights(model, "minmax")
-        set_activation_ranges(model, calib, "minmax")
+        wrap_model(model, scheme.layout(model, model.quant_targets(), plan))
+        calibrate_weights(model, scheme.weight_init)
+        set_activation_ranges(model, calib, scheme.act_init)
         return model.eval()

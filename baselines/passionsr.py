@@ -55,6 +55,10 @@ Adaptation here:
   learning rate than the paper's 1e-5, because the embedded default runs ~100x fewer steps
   (`config/paper.yaml` has the paper's values).
 
+Quantizers: `native_scheme` (the 8-bit layers with `keep_8bit`); a given scheme replaces them
+and drops the 8-bit layers; LET's min-max re-ranging and LBQ's learned bounds run on its grids
+(with dynamic activations LBQ learns the weight bounds only).
+
 Options (config `method_options.passionsr`): alpha (0.3), let_steps (40), lbq_steps (40),
 let_lr (1e-3), lbq_lr (1e-3), batch_size (4), shift (true), attn_let (true), keep_8bit (true).
 """
@@ -73,12 +77,11 @@ from quantface.quant.apply import (
     calibrate_weights,
     observe_activation_ranges,
     set_activation_ranges,
-    standard_layout,
 )
 from quantface.quant.bounds import keep_bounds_valid_, learnable_bounds
 from quantface.quant.calibration import CalibrationSet
 from quantface.quant.distill import DistillConfig, distill, fp_targets
-from quantface.quant.layers import InputTransform, LayerQuant, QuantMatMul, wrap_model
+from quantface.quant.layers import InputTransform, QuantMatMul, wrap_model
 from quantface.quant.let import (
     dynamic_ranges,
     learnable_let,
@@ -87,7 +90,8 @@ from quantface.quant.let import (
     matmul_absmax,
     matmul_init_scale,
 )
-from quantface.quant.plan import BitPlan, LayerBits
+from quantface.quant.plan import BitPlan
+from quantface.quant.scheme import QuantScheme
 from quantface.quant.smoothing import calib_absmax
 from quantface.registry import METHODS
 
@@ -115,16 +119,6 @@ EIGHT_BIT = (
 EIGHT_BIT_NOTE = "kept at W8A8 as in PassionSR (quant_model.py special layers)"
 
 
-def keep_8bit(plan: BitPlan) -> BitPlan:
-    """PassionSR's sensitive layers at (at least) W8A8."""
-    over = {
-        n: LayerBits(max(plan[n].w_bits, 8), max(plan[n].a_bits, 8))
-        for n in EIGHT_BIT
-        if n in plan and (plan[n].w_bits < 8 or plan[n].a_bits < 8)
-    }
-    return plan.with_overrides(over, EIGHT_BIT_NOTE) if over else plan
-
-
 def attention_let(
     model: RestorerBundle, images: Tensor, batch_size: int, alpha: float
 ) -> dict[str, QuantMatMul]:
@@ -146,21 +140,28 @@ class PassionSR:
 
     name = "passionsr"
 
+    def native_scheme(self, opts: dict[str, Any]) -> QuantScheme:
+        """Per-channel asym weights, per-tensor static asym activations, both from min-max (LET
+        and LBQ then learn them); the 8-bit layers with `keep_8bit`."""
+        return QuantScheme(exceptions=bool(opts["keep_8bit"]))
+
     def quantize(
-        self, fp: RestorerBundle, calib: CalibrationSet, plan: BitPlan, cfg: dict[str, Any]
+        self,
+        fp: RestorerBundle,
+        calib: CalibrationSet,
+        plan: BitPlan,
+        cfg: dict[str, Any],
+        scheme: QuantScheme | None = None,
     ) -> RestorerBundle:
         opts = check_options(cfg, DEFAULTS, self.name)
-        if opts["keep_8bit"]:
-            plan = keep_8bit(plan)
+        scheme = scheme or self.native_scheme(opts)
+        if scheme.exceptions:
+            plan = plan.at_least(EIGHT_BIT, 8, EIGHT_BIT_NOTE)
         model = copy.deepcopy(fp).eval()
         sites = model.quant_targets()
         let_names = smoothable(model, plan)
-        layout = standard_layout(sites, plan)
-        shift = bool(opts["shift"])
-        for n in let_names:
-            lq = layout[n]
-            layout[n] = LayerQuant(lq.kind, lq.a, lq.w, InputTransform(scale=True, shift=shift))
-        wrap_model(model, layout)
+        transform = InputTransform(scale=True, shift=bool(opts["shift"]))
+        wrap_model(model, scheme.layout(model, sites, plan, dict.fromkeys(let_names, transform)))
         layers = {n: model.get_submodule(n) for n in let_names}
         for n, m in layers.items():
             m.input_scale.copy_(
@@ -168,8 +169,8 @@ class PassionSR:
             )
         bs = int(opts["batch_size"])
         mms = attention_let(model, calib.images, bs, opts["alpha"]) if opts["attn_let"] else {}
-        calibrate_weights(model, "minmax")  # placeholders: stage 1 re-ranges every call
-        set_activation_ranges(model, calib, "minmax")
+        calibrate_weights(model, scheme.weight_init)  # placeholders: stage 1 re-ranges every call
+        set_activation_ranges(model, calib, scheme.act_init)
         model.requires_grad_(False)
         targets = fp_targets(fp, calib.images, bs)
         # stage 1: the transformation, every bound re-initialised to the current min/max
@@ -182,8 +183,8 @@ class PassionSR:
             groups = [{"params": params + attn_params}]
             curve = distill(model, calib.images, targets, groups, dc, stage="let_step")
             log.info("passionsr LET: loss %s", _ends(curve))
-        calibrate_weights(model, "minmax")
-        observe_activation_ranges(model, calib.images, bs)
+        calibrate_weights(model, scheme.weight_init)
+        observe_activation_ranges(model, calib.images, bs, scheme.act_init)
         # stage 2: the bounds, transformation fixed
         with learnable_bounds(model, "all") as params:
             dc = DistillConfig(int(opts["lbq_steps"]), float(opts["lbq_lr"]), bs, seed=1)

@@ -45,6 +45,9 @@ Adaptation here:
 - iteration counts are config options (small in the embedded default; the paper's in
   config/paper.yaml).
 
+Quantizers: `native_scheme` (from `w_init`, `a_init`; the 16-bit softmax from `sm_abit`); a
+given scheme replaces them and its 16-bit softmax (no exceptions), AdaRound and LSQ unchanged.
+
 Options (config `method_options.qdiffusion`): w_iters (60), a_iters (30), w_lr (1e-3),
 a_lr (4e-4), round_weight (0.01), b_start (20), b_end (2), warmup (0.2), sm_abit (16),
 split_shortcut (true), running_stat (auto), n_samples (16), batch_size (4).
@@ -72,7 +75,7 @@ from torch import Tensor, nn
 from quantface.methods.base import check_options
 from quantface.models.base import RestorerBundle
 from quantface.quant.adaround import adaround, temperature
-from quantface.quant.apply import calibrate_weights, observe_activation_ranges, standard_layout
+from quantface.quant.apply import calibrate_weights, observe_activation_ranges
 from quantface.quant.calibration import CalibrationSet
 from quantface.quant.layers import (
     LayerQuant,
@@ -93,6 +96,7 @@ from quantface.quant.reconstruction import (
     find_blocks,
     reconstruct,
 )
+from quantface.quant.scheme import QuantScheme
 from quantface.registry import METHODS
 from quantface.timing import log_timing
 
@@ -211,8 +215,18 @@ class QDiffusion:
 
     name = "qdiffusion"
 
+    def native_scheme(self, opts: dict[str, Any]) -> QuantScheme:
+        """Per-channel asym weights from `w_init`, per-tensor static asym activations from
+        `a_init` (both the Lp-2.4 search); the softmax output at `sm_abit`."""
+        return QuantScheme(weight_init=opts["w_init"], act_init=opts["a_init"])
+
     def quantize(
-        self, fp: RestorerBundle, calib: CalibrationSet, plan: BitPlan, cfg: dict[str, Any]
+        self,
+        fp: RestorerBundle,
+        calib: CalibrationSet,
+        plan: BitPlan,
+        cfg: dict[str, Any],
+        scheme: QuantScheme | None = None,
     ) -> RestorerBundle:
         opts = check_options(
             cfg,
@@ -224,27 +238,26 @@ class QDiffusion:
                 "weight_stage_attn_operands": ("off", "quantized"),
             },
         )
+        scheme = scheme or self.native_scheme(opts)
         model = copy.deepcopy(fp)
         sites = model.quant_targets()
-        layout = standard_layout(sites, plan)
         splits = shortcut_splits(model) if opts["split_shortcut"] else {}
-        notes: dict[str, str] = {}
+        layout = scheme.layout(model, sites, plan, splits=splits)
+        notes = dict.fromkeys(
+            (n for n in splits if n in layout),
+            "split shortcut quantizer: [up-path, skip] quantized separately",
+        )
         sm = int(opts["sm_abit"])
         for name, lq in list(layout.items()):
-            if name in splits:
-                layout[name] = LayerQuant(lq.kind, lq.a, lq.w, lq.transform, splits[name])
-            if name.endswith("av_matmul") and sm > lq.a.bits:
+            if scheme.exceptions and name.endswith("av_matmul") and sm > lq.a.bits:
                 a = QuantSpec(sm, lq.a.symmetric, "tensor", channel_dim=-1)
                 layout[name] = LayerQuant(lq.kind, a, lq.w)
                 notes[name] = SOFTMAX_NOTE.format(b=sm)
-        for name in splits:
-            if name in layout:
-                notes[name] = "split shortcut quantizer: [up-path, skip] quantized separately"
         wrap_model(model, layout)
-        calibrate_weights(model, opts["w_init"])
+        calibrate_weights(model, scheme.weight_init)
         images = calib.images[: int(opts["n_samples"])]
         # Lp-2.4 search on the real activations of the calibration images (Q-Diffusion's init)
-        observe_activation_ranges(model, images, int(opts["batch_size"]), opts["a_init"])
+        observe_activation_ranges(model, images, int(opts["batch_size"]), scheme.act_init)
         fp.eval()  # only read (block targets under no_grad): a second 3.5 GB copy buys nothing
         model.eval().requires_grad_(False)
         t0 = time.perf_counter()

@@ -26,6 +26,9 @@ so the LLM's global fused Q is not exact here; methods.md §5 "On the SD UNet/VA
 - the online Hadamards' n*log2(n) adds per position and their sign vectors are in cost.json;
 - RTN only (no GPTQ), with the MSE weight clip (`w_clip`, on by default as in the README command).
 
+Quantizers: `native_scheme` (from `w_clip` and `a_clip_ratio`); a given scheme replaces them,
+rotations unchanged; static activation ranges are then observed on the rotated model.
+
 Options (config `method_options.quarot`): a_clip_ratio (1.0), w_clip (true), seed (0),
 rotate_attention (true).
 """
@@ -39,13 +42,13 @@ import torch
 
 from quantface.methods.base import check_options
 from quantface.models.base import RestorerBundle
-from quantface.quant.apply import calibrate_weights
+from quantface.quant.apply import calibrate_weights, observe_activation_ranges
 from quantface.quant.calibration import CalibrationSet
 from quantface.quant.hadamard import layer_seed, random_signs, randomized_hadamard
-from quantface.quant.layers import InputTransform, LayerQuant, QuantLayerMixin, wrap_model
+from quantface.quant.layers import InputTransform, QuantLayerMixin, wrap_model
 from quantface.quant.plan import BitPlan
-from quantface.quant.quantizer import QuantSpec, act_spec
 from quantface.quant.rotation import rotate_attention_heads
+from quantface.quant.scheme import QuantScheme
 from quantface.registry import METHODS
 
 DEFAULTS: dict[str, Any] = {
@@ -64,32 +67,40 @@ class QuaRot:
 
     name = "quarot"
 
+    def native_scheme(self, opts: dict[str, Any]) -> QuantScheme:
+        """Weights per-channel symmetric (MSE clip with `w_clip`); activations per-token
+        dynamic symmetric with `a_clip_ratio`."""
+        return QuantScheme(
+            weight_symmetric=True,
+            weight_init="mse" if opts["w_clip"] else "minmax",
+            act_symmetric=True,
+            act_granularity="token",
+            act_clip_ratio=float(opts["a_clip_ratio"]),
+        )
+
     def quantize(
-        self, fp: RestorerBundle, calib: CalibrationSet, plan: BitPlan, cfg: dict[str, Any]
+        self,
+        fp: RestorerBundle,
+        calib: CalibrationSet,
+        plan: BitPlan,
+        cfg: dict[str, Any],
+        scheme: QuantScheme | None = None,
     ) -> RestorerBundle:
         opts = check_options(cfg, DEFAULTS, self.name)
+        scheme = scheme or self.native_scheme(opts)
         model = copy.deepcopy(fp)
         sites = model.quant_targets()
         if opts["rotate_attention"]:
             attn_names = {n.rpartition(".")[0] for n, k in sites.items() if k == "matmul"}
             for n in sorted(attn_names):
                 rotate_attention_heads(model.get_submodule(n))
-        clip = float(opts["a_clip_ratio"])
-        layout = {}
-        for name, bits in plan.items():
-            kind = sites[name]
-            a = act_spec(bits.a_bits, kind, "token", True, clip_ratio=clip)
-            if kind == "matmul":  # K^T [B*h, d, M]: per token = reduce over d (dim -2)
-                b_dim = -2 if name.endswith("qk_matmul") else -1
-                w = QuantSpec(
-                    bits.a_bits, True, "token", dynamic=True, channel_dim=b_dim, clip_ratio=clip
-                )
-                layout[name] = LayerQuant(kind, a, w)
-                continue
-            w = QuantSpec(bits.w_bits, True, "channel", channel_dim=0)
-            n_in = model.get_submodule(name).weight.shape[1]
-            grouped = getattr(model.get_submodule(name), "groups", 1) != 1
-            layout[name] = LayerQuant(kind, a, w, InputTransform(hadamard=n_in > 1 and not grouped))
+        transforms = {}
+        for name in plan:
+            if sites[name] != "matmul":
+                mod = model.get_submodule(name)
+                n_in, grouped = mod.weight.shape[1], getattr(mod, "groups", 1) != 1
+                transforms[name] = InputTransform(hadamard=n_in > 1 and not grouped)
+        layout = scheme.layout(model, sites, plan, transforms)
         wrap_model(model, layout)
         for name, mod in model.named_modules():
             if isinstance(mod, QuantLayerMixin) and mod.transform_spec().hadamard:
@@ -97,5 +108,7 @@ class QuaRot:
                 with torch.no_grad():
                     mod.input_hadamard.signs.copy_(signs)
                     mod.weight.copy_(randomized_hadamard(mod.weight, signs, dim=1))
-        calibrate_weights(model, "mse" if opts["w_clip"] else "minmax")
+        calibrate_weights(model, scheme.weight_init)
+        if not scheme.act_dynamic:  # static ranges (a given scheme): observed on the rotated model
+            observe_activation_ranges(model, calib.images, observer=scheme.act_init)
         return model.eval()

@@ -22,6 +22,10 @@ Adaptation to a UNet/VAE (diffusers modules):
 - Activation ranges are re-observed on the smoothed FP model (the cached statistics describe the
   unsmoothed one), with the same min-max rule as MaxMin.
 
+Quantizers: `native_scheme` (from `symmetric` and `act_granularity`); a given scheme (the matched
+protocol) replaces them, smoothing unchanged, ranges re-observed on the smoothed model by the
+scheme's rule. With per-token activations K^T is quantized per key token, as in every method.
+
 Options (config `method_options.smoothquant`): alpha (0.5), online (true),
 act_granularity ("tensor" | "token"), symmetric (true).
 """
@@ -35,9 +39,9 @@ from quantface.methods.base import check_options, smoothable
 from quantface.models.base import RestorerBundle
 from quantface.quant.apply import calibrate_weights, observe_activation_ranges
 from quantface.quant.calibration import CalibrationSet
-from quantface.quant.layers import InputTransform, LayerQuant, wrap_model
+from quantface.quant.layers import InputTransform, wrap_model
 from quantface.quant.plan import BitPlan
-from quantface.quant.quantizer import QuantSpec, act_spec
+from quantface.quant.scheme import QuantScheme
 from quantface.quant.smoothing import apply_smoothing, calib_absmax, smoothing_groups
 from quantface.registry import METHODS
 
@@ -57,10 +61,24 @@ class SmoothQuant:
 
     name = "smoothquant"
 
+    def native_scheme(self, opts: dict[str, Any]) -> QuantScheme:
+        """Weights per-channel symmetric absmax; activations `symmetric`, `act_granularity`."""
+        return QuantScheme(
+            weight_symmetric=True,
+            act_symmetric=bool(opts["symmetric"]),
+            act_granularity=opts["act_granularity"],
+        )
+
     def quantize(
-        self, fp: RestorerBundle, calib: CalibrationSet, plan: BitPlan, cfg: dict[str, Any]
+        self,
+        fp: RestorerBundle,
+        calib: CalibrationSet,
+        plan: BitPlan,
+        cfg: dict[str, Any],
+        scheme: QuantScheme | None = None,
     ) -> RestorerBundle:
         opts = check_options(cfg, DEFAULTS, self.name)
+        scheme = scheme or self.native_scheme(opts)
         model = copy.deepcopy(fp)
         sites = model.quant_targets()
         layers = smoothable(model, plan)
@@ -68,19 +86,11 @@ class SmoothQuant:
         if not opts["online"]:
             groups = [g for g in groups if g.fold != "online"]
         online = {n for g in groups if g.fold == "online" for n in g.layers}
-        gran, sym = opts["act_granularity"], bool(opts["symmetric"])
-        layout = {}
-        for name, bits in plan.items():
-            kind = sites[name]
-            a = act_spec(bits.a_bits, kind, gran, sym)
-            if kind == "matmul":
-                w = QuantSpec(bits.a_bits, sym, gran, dynamic=gran != "tensor", channel_dim=-1)
-            else:
-                w = QuantSpec(bits.w_bits, True, "channel", channel_dim=0)
-            layout[name] = LayerQuant(kind, a, w, InputTransform(scale=name in online))
+        transforms = dict.fromkeys(online, InputTransform(scale=True))
+        layout = scheme.layout(model, sites, plan, transforms)
         wrap_model(model, layout)
         absmax = {n: calib_absmax(calib.input_stats(n)) for g in groups for n in g.layers}
         apply_smoothing(model, groups, absmax, float(opts["alpha"]))
-        calibrate_weights(model, "minmax")
-        observe_activation_ranges(model, calib.images)
+        calibrate_weights(model, scheme.weight_init)
+        observe_activation_ranges(model, calib.images, observer=scheme.act_init)
         return model.eval()

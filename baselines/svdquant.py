@@ -66,6 +66,11 @@ Adaptation and choices here:
   per-token dynamic as deepcompressor quantizes every activation (one token's channels share a
   scale): Q, V and the softmax output per row, K^T [B*h, d, M] per key token (a column).
 
+Quantizers: `native_scheme` (per-group, `group_size`); a given scheme replaces them. The search
+and the refit then score candidates with the scheme's quantizers on the calibration rows (a
+static per-tensor activation range as the rows' own min-max, a stand-in for the final range),
+and static ranges are observed on the smoothed model at the end.
+
 Options (config `method_options.svdquant`): rank (32), num_grids (10), group_size (64),
 lowrank_iters (10), early_stop (true), online (true), max_rank_fraction (0.1).
 """
@@ -88,12 +93,13 @@ from torch import Tensor, nn
 
 from quantface.methods.base import check_options, smoothable
 from quantface.models.base import RestorerBundle
-from quantface.quant.apply import calibrate_weights
+from quantface.quant.apply import calibrate_weights, observe_activation_ranges
 from quantface.quant.calibration import CalibrationSet
-from quantface.quant.layers import InputTransform, LayerQuant, QuantLayerMixin, wrap_model
+from quantface.quant.layers import InputTransform, QuantLayerMixin, wrap_model
 from quantface.quant.lowrank import capped_rank, refit_lowrank, scaled_svd_factors
 from quantface.quant.plan import BitPlan
 from quantface.quant.quantizer import QuantSpec, UniformQuantizer
+from quantface.quant.scheme import QuantScheme
 from quantface.quant.smoothing import (
     SmoothGroup,
     calib_absmax,
@@ -118,14 +124,6 @@ DEFAULTS: dict[str, Any] = {
 SKIPPED_BLOCKS = (ResnetBlock2D, Downsample2D, Upsample2D, TimestepEmbedding)
 EMBED_NAMES = ("conv_in", "conv_out", "quant_conv", "post_quant_conv")
 SEARCH_CHUNK = 1 << 25  # floats per batched candidate chunk (~128 MB of FP32 per operand set)
-
-
-def group_spec(bits: int, channels: int, group: int, **kw: Any) -> QuantSpec:
-    """Groups of the largest divisor of `channels` <= group along `channel_dim`."""
-    g = max(d for d in range(1, min(group, channels) + 1) if channels % d == 0)
-    if g == channels:
-        return QuantSpec(bits, granularity="token", **kw)
-    return QuantSpec(bits, granularity="group", group_size=g, **kw)
 
 
 def smoothing_candidates(num_grids: int) -> list[tuple[float, float]]:
@@ -298,32 +296,17 @@ class SVDQuant:
 
     name = "svdquant"
 
-    def layout(
-        self, model: RestorerBundle, plan: BitPlan, ranks: dict[str, int], online: set[str], gs: int
-    ) -> dict[str, LayerQuant]:
-        """Per-group INT weights/activations, run-time scales and branches where they apply."""
-        sites = model.quant_targets()
-        layout = {}
-        for name, bits in plan.items():
-            kind = sites[name]
-            if kind == "matmul":  # K^T [B*h, d, M]: per key token = reduce over d (dim -2)
-                a = QuantSpec(bits.a_bits, False, "token", dynamic=True, channel_dim=-1)
-                b_dim = -2 if name.endswith("qk_matmul") else -1
-                layout[name] = LayerQuant(kind, a, replace(a, channel_dim=b_dim))
-                continue
-            mod = model.get_submodule(name)
-            c_in = mod.weight.shape[1]
-            a_dim = 1 if kind == "conv2d" else -1
-            a = group_spec(bits.a_bits, c_in, gs, dynamic=True, channel_dim=a_dim)
-            w = group_spec(bits.w_bits, c_in, gs, symmetric=True, channel_dim=1)
-            if w.granularity == "token":  # one group spans all inputs: per output channel
-                w = QuantSpec(bits.w_bits, True, "channel", channel_dim=0)
-            transform = InputTransform(name in online, False, ranks.get(name, 0))
-            layout[name] = LayerQuant(kind, a, w, transform)
-        return layout
+    def native_scheme(self, opts: dict[str, Any]) -> QuantScheme:
+        """Per-group INT4: weights symmetric, activations asymmetric dynamic, `group_size`."""
+        return QuantScheme(
+            weight_symmetric=True,
+            weight_granularity="group",
+            act_granularity="group",
+            group_size=int(opts["group_size"]),
+        )
 
     def prepare(
-        self, fp: RestorerBundle, plan: BitPlan, opts: dict[str, Any]
+        self, fp: RestorerBundle, plan: BitPlan, opts: dict[str, Any], scheme: QuantScheme
     ) -> tuple[RestorerBundle, list[SmoothGroup], list[str]]:
         """A wrapped copy of fp with identity transforms; its smoothing groups and branch layers."""
         model = copy.deepcopy(fp)
@@ -337,7 +320,8 @@ class SVDQuant:
         for name in branch:
             w = model.get_submodule(name).weight
             ranks[name] = capped_rank(opts["rank"], w.shape[0], w[0].numel(), frac)
-        wrap_model(model, self.layout(model, plan, ranks, online, int(opts["group_size"])))
+        transforms = {n: InputTransform(n in online, False, ranks.get(n, 0)) for n in branch}
+        wrap_model(model, scheme.layout(model, model.quant_targets(), plan, transforms))
         return model, groups, branch
 
     def smooth(
@@ -361,10 +345,16 @@ class SVDQuant:
         return chosen
 
     def quantize(
-        self, fp: RestorerBundle, calib: CalibrationSet, plan: BitPlan, cfg: dict[str, Any]
+        self,
+        fp: RestorerBundle,
+        calib: CalibrationSet,
+        plan: BitPlan,
+        cfg: dict[str, Any],
+        scheme: QuantScheme | None = None,
     ) -> RestorerBundle:
         opts = check_options(cfg, DEFAULTS, self.name)
-        model, groups, branch = self.prepare(fp, plan, opts)
+        scheme = scheme or self.native_scheme(opts)
+        model, groups, branch = self.prepare(fp, plan, opts, scheme)
         known: dict[str, KnownBranch] = {}
         chosen = self.smooth(model, groups, calib, int(opts["num_grids"]), known)
         for name in branch:
@@ -384,5 +374,7 @@ class SVDQuant:
                 known.pop(name, None),
             )
             log_timing("lowrank_iter", len(errors), time.perf_counter() - t0)
-        calibrate_weights(model, "minmax")
+        calibrate_weights(model, scheme.weight_init)
+        if not scheme.act_dynamic:  # static ranges (a given scheme): on the smoothed model
+            observe_activation_ranges(model, calib.images, observer=scheme.act_init)
         return model.eval()

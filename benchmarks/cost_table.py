@@ -14,7 +14,7 @@ hence the same module names, widths / 10-40), and its layout is transferred by n
 SD-2.1 bundle built on the meta device: per-site bits (QuantFace-MP: the micro model's ILP
 allocation, a stand-in), input transforms, split flags. Shape-dependent choices are re-derived
 on SD shapes with each method's own rule: low-rank ranks (`RANK_RULES`), split points
-(`shortcut_splits`), SVDQuant's group size (`group_spec`). Then `cost_table` counts it, MACs at
+(`shortcut_splits`), SVDQuant's group size (its native `QuantScheme`). Then `cost_table` counts it, MACs at
 512 px by a meta-device forward (shapes only).
 """
 
@@ -130,11 +130,8 @@ def transfer(layout: dict[str, LayerQuant], sd: OSDFaceRestorer, method: str):
         if lq.kind != "matmul":
             o, fan_in, c_in = mod.weight.shape[0], mod.weight[0].numel(), mod.weight.shape[1]
             if a.granularity == "group" or w.granularity == "group":  # SVDQuant's per-group
-                gs = svdquant.DEFAULTS["group_size"]
-                a = svdquant.group_spec(a.bits, c_in, gs, dynamic=True, channel_dim=a.channel_dim)
-                w = svdquant.group_spec(w.bits, c_in, gs, symmetric=True, channel_dim=1)
-                if w.granularity == "token":
-                    w = replace(w, granularity="channel", channel_dim=0)
+                scheme = svdquant.SVDQuant().native_scheme(svdquant.DEFAULTS)
+                a, w = scheme.act_spec(a.bits, lq.kind, c_in), scheme.weight_spec(w.bits, c_in)
             if t.lowrank:
                 t = replace(t, lowrank=RANK_RULES[method](o, fan_in))
         out[name] = LayerQuant(lq.kind, a, w, t, splits.get(name, 0) if lq.split else 0)

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from quantface.models.base import RestorerBundle
     from quantface.quant.calibration import CalibrationSet
     from quantface.quant.plan import BitPlan
+    from quantface.quant.scheme import QuantScheme
 
 log = logging.getLogger(__name__)
 CALIBRATION_FACES_SEED = 7_777  # calibration faces: disjoint from training and test faces
@@ -156,9 +157,14 @@ def quantize(
     *,
     seed: int = 0,
     device: str | torch.device = "auto",
+    scheme: QuantScheme | dict[str, Any] | None = None,
+    label: str | None = None,
 ) -> QuantizeResult:
     """Quantize the FP `model` with a registered `method` at `bits` (e.g. "w4a4", or "mp4"
-    for a mixed-precision method), from calibration statistics made from that model."""
+    for a mixed-precision method), from calibration statistics made from that model.
+    `scheme` replaces the method's own quantizers (a `QuantScheme` or its keys: the matched
+    protocol); None runs the method's paper's quantizers. `label` names the result in cost.json
+    and the tables (an ablation variant, "matched/maxmin"; default: the method)."""
     import torch
 
     from quantface.device import as_device
@@ -167,8 +173,11 @@ def quantize(
     from quantface.quant.cost import cost_table
     from quantface.quant.describe import quantizer_summary
     from quantface.quant.plan import BitPlan, parse_bits
+    from quantface.quant.scheme import QuantScheme
     from quantface.registry import METHODS
 
+    if isinstance(scheme, dict):
+        scheme = QuantScheme.from_dict(scheme, "--scheme")
     setting = parse_bits(bits)
     algorithm = METHODS.get(method)()
     enter_stage("load model")
@@ -190,7 +199,7 @@ def quantize(
     t0 = time.perf_counter()
     enter_stage(f"quantize {method} {bits}")
     try:
-        quantized = algorithm.quantize(fp, calib, plan, options or {})
+        quantized = algorithm.quantize(fp, calib, plan, options or {}, scheme)
     except NumericsError as e:
         raise NumericsError(f"{method} {bits}: {e}") from e
     seconds = time.perf_counter() - t0
@@ -201,8 +210,10 @@ def quantize(
     notes = getattr(quantized, "plan_notes", None) or {}
     final_plan = plan_of(quantized, notes or None)
     cost = cost_table(quantized, final_plan)
-    cost.update(model=fp.name, method=method, bits=bits, calibration_seconds=seconds)
+    cost.update(model=fp.name, method=label or method, bits=bits, calibration_seconds=seconds)
+    cost["algorithm"] = method
     cost["quantizer"] = quantizer_summary(current_layout(quantized))
+    cost["scheme"] = scheme.to_dict() if scheme else "native"
     return QuantizeResult(quantized, final_plan, cost, seconds, method, bits, seed, dict(notes))
 
 

@@ -30,15 +30,15 @@ log = logging.getLogger("quantface")
 LISTINGS = ("methods", "metrics", "datasets", "models", "check-config")  # no run log for these
 
 
-def _json(text: str | None) -> dict[str, Any]:
+def _json(text: str | None, flag: str = "--options") -> dict[str, Any]:
     if not text:
         return {}
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise QuantFaceError(f"--options is not valid JSON: {e}") from e
+        raise QuantFaceError(f"{flag} is not valid JSON: {e}") from e
     if not isinstance(value, dict):
-        raise QuantFaceError("--options must be a JSON object")
+        raise QuantFaceError(f"{flag} must be a JSON object")
     return value
 
 
@@ -233,6 +233,8 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         _json(args.options),
         seed=args.seed,
         device=args.device,
+        scheme=_json(args.scheme, "--scheme") if args.scheme else None,
+        label=args.label,
     )
     enter_stage("write")
     result.save(args.out)
@@ -506,6 +508,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--calib", required=True)
     sp.add_argument("--out", required=True, help="output folder (model.pt, plan.json, cost.json)")
     sp.add_argument("--options", help="JSON method options")
+    sp.add_argument(
+        "--scheme",
+        help="JSON quantizer scheme replacing the method's own (the matched protocol), e.g. "
+        '\'{"act_granularity": "tensor"}\'; keys: quantface/quant/scheme.py',
+    )
+    sp.add_argument(
+        "--label", help="the result's name in cost.json and the tables (default: the method)"
+    )
     common(sp)
 
     sp = add("cost", cmd_cost, "cost accounting of a saved model (cost.json)")

@@ -106,6 +106,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"config key 'methods': '{m}' needs {kind} entry in 'bits'")
     _check_mp_budgets(config)
     _check_ablation(config)
+    _check_protocols(config)
     _check_perceptual(config)
     for k in ("synthetic", "realworld"):
         for name in config["report"].get(k, []):
@@ -228,8 +229,35 @@ def ablation_cells(config: dict[str, Any]) -> list[tuple[str, str]]:
     return [(n, v.get("bits", default)) for n, v in ablation_variants(config).items()]
 
 
+NATIVE = "native"
+
+
+def protocol_schemes(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Protocol name -> the scheme keys every method runs with, for each non-native protocol the
+    run includes (the methods' own exceptions off unless the entry says otherwise)."""
+    chosen = config.get("protocol", [NATIVE])
+    defined = config.get("protocols", {})
+    return {p: {"exceptions": False, **defined[p]} for p in chosen if p != NATIVE}
+
+
+def protocol_cells(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """("<protocol>/<method>", bits) jobs of the non-native protocols: at the `protocol_bits`
+    that are also in `bits` (each beside its native row), all of `bits` without the key."""
+    bits = [b for b in config.get("protocol_bits", config["bits"]) if b in config["bits"]]
+    cells = quantized_cells(config["methods"], bits)
+    return [(f"{p}/{m}", b) for p in protocol_schemes(config) for m, b in cells]
+
+
+def resolve_scheme(config: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The scheme keys of a "<protocol>/<method>" cell name; None for a native one."""
+    protocol, sep, _ = name.partition("/")
+    return protocol_schemes(config)[protocol] if sep else None
+
+
 def resolve_method(config: dict[str, Any], name: str) -> tuple[str, dict[str, Any]]:
-    """(registered method, options) of a method or ablation-variant name."""
+    """(registered method, options) of a method, ablation-variant or "<protocol>/<method>"
+    name (a protocol changes the quantizers, never the method's options)."""
+    name = name.partition("/")[2] or name
     variants = ablation_variants(config)
     if name in variants:
         v = variants[name]
@@ -265,6 +293,31 @@ def _check_mp_budgets(config: dict[str, Any]) -> None:
                 f"{budget} bits, below the smallest candidate bit-width {lowest}; allowed: a "
                 f"budget >= {lowest} (or add smaller candidates)"
             )
+
+
+def _check_protocols(config: dict[str, Any]) -> None:
+    """Every protocol named is native or defined, every scheme valid, every bit setting well
+    formed."""
+    from quantface.quant.scheme import QuantScheme
+
+    chosen = config.get("protocol", [NATIVE])
+    if NATIVE not in chosen:
+        raise ConfigError(
+            "config key 'protocol': must include 'native' (the tables' and figures' rows; "
+            "other protocols are added beside them)"
+        )
+    defined = config.get("protocols", {})
+    for p in chosen:
+        if p != NATIVE and p not in defined:
+            known = ", ".join([NATIVE, *defined])
+            raise ConfigError(f"config key 'protocol': unknown protocol '{p}'; known: {known}")
+    for p, keys in defined.items():
+        QuantScheme.from_dict({"exceptions": False, **keys}, f"config key 'protocols.{p}'")
+    for b in config.get("protocol_bits", []):
+        try:
+            parse_bits(b)
+        except ConfigError as e:
+            raise ConfigError(f"config key 'protocol_bits': {e}") from None
 
 
 def _check_ablation(config: dict[str, Any]) -> None:

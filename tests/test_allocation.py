@@ -19,11 +19,12 @@ from quantface.methods.allocation import (
     solve_allocation,
     weighted_average,
 )
-from quantface.quant.apply import calibrate_weights, set_activation_ranges, standard_layout
+from quantface.quant.apply import calibrate_weights, set_activation_ranges
 from quantface.quant.calibration import collect_calibration
 from quantface.quant.layers import wrap_model
 from quantface.quant.plan import BitPlan
 from quantface.quant.quantizer import QuantSpec, UniformQuantizer
+from quantface.quant.scheme import QuantScheme
 
 CANDIDATES = (3, 4, 5, 6)
 
@@ -98,7 +99,7 @@ def _quantized_micro(micro_model, micro_images):
     model = copy.deepcopy(micro_model)
     plan = BitPlan.uniform(model.quant_targets(), 4, 4)
     calib = collect_calibration(copy.deepcopy(micro_model), micro_images, 2, 64)
-    wrap_model(model, standard_layout(model.quant_targets(), plan))
+    wrap_model(model, QuantScheme().layout(model, model.quant_targets(), plan))
     calibrate_weights(model)
     set_activation_ranges(model, calib)
     return model

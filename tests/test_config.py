@@ -38,6 +38,11 @@ def test_default_config_is_valid():
         (lambda c: c["model"]["arch"].update(unet_chanels=[8, 16]), "model.arch.unet_chanels"),
         (lambda c: c["model"]["train"].update(pixel_step=3), "model.train.pixel_step"),
         (lambda c: c["metrics"]["full_reference"].append("ms_ssim"), "metrics.full_reference"),
+        (lambda c: c.update(protocol=["matched"]), "'protocol'"),
+        (lambda c: c.update(protocol=["native", "macthed"]), "'protocol'"),
+        (lambda c: c["protocols"]["matched"].update(act_granularity="pixel"), "protocols.matched"),
+        (lambda c: c["protocols"].update(native={}), "'protocols'"),
+        (lambda c: c.update(protocol_bits=["w4a"]), "'protocol_bits'"),
     ],
 )
 def test_invalid_configs_name_the_key(config, mutate, key):
@@ -53,3 +58,19 @@ def test_unknown_names_list_the_known_ones(config):
     config["methods"] = ["maxmim"]
     with pytest.raises(ConfigError, match="known: .*maxmin"):
         validate_config(config)
+
+
+def test_protocol_cells_pair_every_method_with_its_native_bits(config):
+    from quantface.config import protocol_cells, resolve_method, resolve_scheme
+
+    cells = protocol_cells(config)
+    assert ("matched/maxmin", "w4a4") in cells and ("matched/quantface_mp", "mp4") in cells
+    assert not any(b == "w6a6" for _, b in cells)  # protocol_bits: w4a4 and mp4 only
+    assert len(cells) == len(config["methods"])
+    assert resolve_method(config, "matched/quarot") == resolve_method(config, "quarot")
+    assert resolve_scheme(config, "matched/quarot") == {"exceptions": False}
+    assert resolve_scheme(config, "quarot") is None
+    config["protocol"] = ["native", "matched_token"]
+    assert resolve_scheme(config, "matched_token/maxmin")["act_granularity"] == "token"
+    config["protocol"] = ["native"]
+    assert protocol_cells(config) == []

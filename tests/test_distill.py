@@ -8,19 +8,23 @@ import pytest
 import torch
 
 from quantface.errors import NumericsError
-from quantface.quant.apply import calibrate_weights, set_activation_ranges, standard_layout
+from quantface.quant.apply import calibrate_weights, set_activation_ranges
 from quantface.quant.calibration import collect_calibration
 from quantface.quant.distill import DistillConfig, distill, fp_targets
 from quantface.quant.layers import wrap_model
 from quantface.quant.learnable import clamp_scales_, learnable_scales
 from quantface.quant.plan import BitPlan
+from quantface.quant.scheme import QuantScheme
 
 
 def _w4a4(micro_model, micro_images):
     model = copy.deepcopy(micro_model)
     calib = collect_calibration(copy.deepcopy(micro_model), micro_images, 2, 64)
     wrap_model(
-        model, standard_layout(model.quant_targets(), BitPlan.uniform(model.quant_targets(), 4, 4))
+        model,
+        QuantScheme().layout(
+            model, model.quant_targets(), BitPlan.uniform(model.quant_targets(), 4, 4)
+        ),
     )
     calibrate_weights(model)
     set_activation_ranges(model, calib)

@@ -3,7 +3,7 @@ import copy
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from quantface.quant.apply import calibrate_weights, plan_of, set_activation_ranges, standard_layout
+from quantface.quant.apply import calibrate_weights, plan_of, set_activation_ranges
 from quantface.quant.calibration import collect_calibration
 from quantface.quant.layers import (
     LayerQuant,
@@ -17,6 +17,7 @@ from quantface.quant.layers import (
 )
 from quantface.quant.plan import BitPlan
 from quantface.quant.quantizer import QuantSpec
+from quantface.quant.scheme import QuantScheme
 
 
 def _psnr(a, b):
@@ -74,7 +75,7 @@ def _quantized(model, images, bits):
     q = copy.deepcopy(model)
     plan = BitPlan.uniform(q.quant_targets(), bits, bits)
     calib = collect_calibration(copy.deepcopy(model), images, batch_size=2, sample_rows=64)
-    wrap_model(q, standard_layout(q.quant_targets(), plan))
+    wrap_model(q, QuantScheme().layout(q, q.quant_targets(), plan))
     calibrate_weights(q)
     set_activation_ranges(q, calib)
     return q, plan

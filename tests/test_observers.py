@@ -103,3 +103,16 @@ def test_blocked_per_channel_mse_search_is_bitwise_the_streamed_one(monkeypatch)
         ref_lo, ref_hi = _mse_search_streamed(obs)
         assert lo.shape == ref_lo.shape == (shape[0], *[1] * (len(shape) - 1))
         assert torch.equal(lo, ref_lo) and torch.equal(hi, ref_hi), shape
+
+
+def test_even_indices_stay_in_bounds_past_float32_precision():
+    """An SD-2.1 activation at 512 px holds 2^25 floats: the row sample must not index past it."""
+    from quantface.quant.observers import even_indices
+
+    n, k = 2**25, 4096 * 64
+    idx = even_indices(n, k)
+    assert idx[0] == 0 and idx[-1] == n - 1 and len(idx) == k
+    assert bool((idx[1:] >= idx[:-1]).all())
+    obs = MSEObserver(QuantSpec(4), max_rows=4096)
+    obs.update(torch.zeros(n))  # raised IndexError with a float32 linspace
+    assert obs.samples[0].numel() == k

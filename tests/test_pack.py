@@ -13,7 +13,6 @@ from quantface.quant.apply import (
     current_layout,
     observe_activation_ranges,
     plan_of,
-    standard_layout,
 )
 from quantface.quant.calibration import collect_calibration
 from quantface.quant.cost import cost_table
@@ -29,6 +28,7 @@ from quantface.quant.pack import (
 )
 from quantface.quant.plan import BitPlan, LayerBits
 from quantface.quant.quantizer import QuantSpec, UniformQuantizer, reduce_range
+from quantface.quant.scheme import QuantScheme
 from quantface.registry import METHODS
 
 
@@ -76,7 +76,7 @@ def _every_layout_kind(model, images):
     sites = model.quant_targets()
     widths = [2, 3, 4, 5, 6, 7, 8]
     plan = BitPlan({n: LayerBits(widths[i % 7], widths[(i + 3) % 7]) for i, n in enumerate(sites)})
-    layout = standard_layout(sites, plan)
+    layout = QuantScheme().layout(model, sites, plan)
     linears = [n for n, k in sites.items() if k == "linear"]
     convs = [n for n, k in sites.items() if k == "conv2d" and "conv_shortcut" not in n]
     lq = layout[linears[0]]  # QuaRot / SVDQuant / PassionSR transforms, per-token activations

@@ -8,11 +8,12 @@ from torch import nn
 from quantface.errors import ConfigError
 from quantface.models.base import RestorerBundle
 from quantface.models.sd21 import sd21_osdface
-from quantface.quant.apply import calibrate_weights, standard_layout
+from quantface.quant.apply import calibrate_weights
 from quantface.quant.cost import cost_table
 from quantface.quant.hadamard import hadamard_ops
 from quantface.quant.layers import InputTransform, quantizers, wrap_model
 from quantface.quant.plan import BitPlan, LayerBits, parse_bits
+from quantface.quant.scheme import QuantScheme
 
 PARTS = ("unet", "vae", "embedder")
 
@@ -60,7 +61,7 @@ class TwoLayer(RestorerBundle):
 def test_cost_matches_hand_computation():
     model = TwoLayer()
     plan = BitPlan.uniform(model.quant_targets(), 4, 6)
-    wrap_model(model, standard_layout(model.quant_targets(), plan))
+    wrap_model(model, QuantScheme().layout(model, model.quant_targets(), plan))
     calibrate_weights(model)
     for q in (model.unet[0].act_quantizer, model.vae[0].act_quantizer):
         q.set_range(torch.tensor(-1.0), torch.tensor(1.0))
@@ -85,7 +86,7 @@ def test_transform_costs_match_hand_computation():
     """A low-rank branch (r=1), a run-time scale and an online Hadamard on the 4->5 Linear."""
     model = TwoLayer()
     plan = BitPlan.uniform(model.quant_targets(), 4, 6)
-    layout = standard_layout(model.quant_targets(), plan)
+    layout = QuantScheme().layout(model, model.quant_targets(), plan)
     layout["vae.0"] = replace(layout["vae.0"], transform=InputTransform(True, True, 1))
     wrap_model(model, layout)
     calibrate_weights(model)
@@ -118,7 +119,7 @@ def test_sd21_configs_have_the_published_sizes_and_the_w4_cost():
     kinds = Counter(sites.values())
     assert kinds == {"linear": 224, "conv2d": 130, "matmul": 68}
     plan = BitPlan.uniform(sites, 4, 4)
-    wrap_model(model, standard_layout(sites, plan))
+    wrap_model(model, QuantScheme().layout(model, sites, plan))
     calibrate_weights(model)
     for q in quantizers(model).values():
         if not q.calibrated:

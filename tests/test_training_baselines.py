@@ -17,7 +17,6 @@ from quantface.quant.apply import (
     current_layout,
     plan_of,
     set_activation_ranges,
-    standard_layout,
 )
 from quantface.quant.bounds import learnable_bounds
 from quantface.quant.calibration import collect_calibration
@@ -48,6 +47,7 @@ from quantface.quant.reconstruction import (
     find_blocks,
     reconstruct,
 )
+from quantface.quant.scheme import QuantScheme
 from quantface.registry import METHODS
 
 FAST = {
@@ -103,7 +103,7 @@ def test_method_on_micro_model(method, micro_model, micro_images, micro_calib, t
 def _wrapped(model, bits=4):
     model = copy.deepcopy(model)
     plan = BitPlan.uniform(model.quant_targets(), bits, bits)
-    wrap_model(model, standard_layout(model.quant_targets(), plan))
+    wrap_model(model, QuantScheme().layout(model, model.quant_targets(), plan))
     return model
 
 
@@ -400,7 +400,7 @@ def test_passionsr_transform_keeps_fp_output(micro_model, micro_images, micro_ca
 def test_learned_bounds_are_what_the_saved_quantizer_uses(micro_model, micro_images, micro_calib):
     model = copy.deepcopy(micro_model)
     plan = BitPlan.uniform(model.quant_targets(), 4, 4)
-    wrap_model(model, standard_layout(model.quant_targets(), plan))
+    wrap_model(model, QuantScheme().layout(model, model.quant_targets(), plan))
     calibrate_weights(model)
     set_activation_ranges(model, micro_calib)
     with learnable_bounds(model) as params, torch.no_grad():
@@ -438,7 +438,7 @@ def test_efficientdm_lora_lowers_the_distillation_loss_and_merges_exactly(
 
     model = copy.deepcopy(micro_model)
     plan = BitPlan.uniform(model.quant_targets(), 3, 8)  # weight error dominates
-    wrap_model(model, standard_layout(model.quant_targets(), plan))
+    wrap_model(model, QuantScheme().layout(model, model.quant_targets(), plan))
     calibrate_weights(model)
     set_activation_ranges(model, micro_calib)
     model.requires_grad_(False)

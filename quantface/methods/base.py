@@ -8,19 +8,30 @@ from quantface.errors import ConfigError
 from quantface.models.base import RestorerBundle
 from quantface.quant.calibration import CalibrationSet
 from quantface.quant.plan import BitPlan
+from quantface.quant.scheme import QuantScheme
 
 
 class Method(Protocol):
     """`quantize` returns a new bundle whose target layers carry frozen quantizers.
 
     The FP bundle passed in is never modified. Any higher-precision exception a method makes is
-    visible in the returned model's layout (and so in plan.json and cost.json).
+    visible in the returned model's layout (and so in plan.json and cost.json). `native_scheme`
+    gives the quantizers of the method's paper for its (checked) options; `quantize` runs with
+    it unless a `scheme` is given (the matched protocol: one scheme for every method, the
+    method's algorithm unchanged).
     """
 
     name: str
 
+    def native_scheme(self, opts: dict[str, Any]) -> QuantScheme: ...
+
     def quantize(
-        self, fp: RestorerBundle, calib: CalibrationSet, plan: BitPlan, cfg: dict[str, Any]
+        self,
+        fp: RestorerBundle,
+        calib: CalibrationSet,
+        plan: BitPlan,
+        cfg: dict[str, Any],
+        scheme: QuantScheme | None = None,
     ) -> RestorerBundle: ...
 
 

@@ -12,7 +12,8 @@ per-token *dynamic* asymmetric by default (`act_granularity: token`: each token'
 time, learned step sizes then scale it), or per-tensor static asymmetric with `act_granularity:
 tensor` (initial range min-max over the calibration set measured on the balanced model), the
 paper family's usual convention and the other baselines' (MaxMin, Q-Diffusion, PassionSR,
-EfficientDM). The quantizer alone moves PSNR-FP at A4 by several dB, so tables state it per row;
+EfficientDM). The quantizer alone moves PSNR-FP at A4 by several dB, so tables state it per row
+and the matched protocol hands every method one scheme (`native_scheme` is QuantFace's own);
 attention QK^T and AV at the activation bits (as every method here), with Q/K/V rotated per head by a
 Hadamard (`rotate_attention`, the RHT applied to the attention operands). The visual prompt
 embedder stays FP. Ablations are options (see config/README.md): balancing both|scale|rht|none,
@@ -23,7 +24,6 @@ allocation by quantization error only).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -53,22 +53,40 @@ from quantface.methods.qdlora import (
 from quantface.methods.quantface_options import DEFAULTS, MP_DEFAULTS, check_perceptual
 from quantface.methods.rotation_scaling import apply_balancing, plan_balancing
 from quantface.models.base import RestorerBundle
-from quantface.quant.apply import calibrate_weights, observe_activation_ranges, standard_layout
+from quantface.quant.apply import calibrate_weights, observe_activation_ranges
 from quantface.quant.calibration import CalibrationSet
 from quantface.quant.distill import DistillConfig, distill, fp_targets, random_crops
 from quantface.quant.layers import InputTransform, wrap_model
 from quantface.quant.learnable import clamp_scales_, learnable_scales
 from quantface.quant.plan import BitPlan
 from quantface.quant.rotation import rotate_attention_heads
+from quantface.quant.scheme import QuantScheme
 from quantface.registry import METHODS
 
 log = logging.getLogger(__name__)
 
 
+def native_scheme(opts: dict[str, Any]) -> QuantScheme:
+    """Per-channel asym weights from `weight_observer`; activations asym, `act_granularity`
+    (token: dynamic; tensor: static min-max on the balanced model)."""
+    gran = opts["act_granularity"]
+    if gran not in ("tensor", "token"):
+        raise ConfigError(
+            f"method_options.quantface.act_granularity must be tensor|token, got {gran!r}"
+        )
+    return QuantScheme(weight_init=opts["weight_observer"], act_granularity=gran)
+
+
 def build_balanced(
-    fp: RestorerBundle, calib: CalibrationSet, plan: BitPlan, opts: dict[str, Any]
+    fp: RestorerBundle,
+    calib: CalibrationSet,
+    plan: BitPlan,
+    opts: dict[str, Any],
+    scheme: QuantScheme | None = None,
 ) -> RestorerBundle:
-    """Balanced, split and calibrated (not yet trained) QuantFace model; FP-exact with quantizers off."""
+    """Balanced, split and calibrated (not yet trained) QuantFace model; FP-exact with quantizers
+    off. `scheme`: the quantizers (default: QuantFace's own)."""
+    scheme = scheme or native_scheme(opts)
     model = copy.deepcopy(fp)
     sites = model.quant_targets()
     layers = smoothable(model, plan)
@@ -85,28 +103,17 @@ def build_balanced(
         )
         for n in layers
     }
-    layout = {}
-    gran = opts["act_granularity"]
-    if gran not in ("tensor", "token"):
-        raise ConfigError(
-            f"method_options.quantface.act_granularity must be tensor|token, got {gran!r}"
-        )
-    base = standard_layout(sites, plan, act_dynamic=gran == "token", act_granularity=gran)
-    for name, lq in base.items():
-        if lq.kind == "matmul" and gran == "token":  # K^T [B*h, d, M]: a token is a column
-            dim = -2 if name.endswith("qk_matmul") else -1
-            lq = dataclasses.replace(lq, w=dataclasses.replace(lq.w, channel_dim=dim))
-        if name in ranks:
-            t = InputTransform(name in online_scale, name in rotated, sum(ranks[name]))
-            lq = dataclasses.replace(lq, transform=t)
-        layout[name] = lq
+    transforms = {
+        n: InputTransform(n in online_scale, n in rotated, sum(r)) for n, r in ranks.items()
+    }
+    layout = scheme.layout(model, sites, plan, transforms)
     wrap_model(model, layout)
     apply_balancing(model, calib, groups, float(opts["alpha"]), int(opts["seed"]))
     gen = torch.Generator().manual_seed(int(opts["seed"]))
     for name, (svd_rank, lora_rank) in ranks.items():
         init_qdlora(model.get_submodule(name), svd_rank, lora_rank, gen)
-    calibrate_weights(model, opts["weight_observer"])
-    observe_activation_ranges(model, calib.images)
+    calibrate_weights(model, scheme.weight_init)
+    observe_activation_ranges(model, calib.images, observer=scheme.act_init)
     return model
 
 
@@ -150,11 +157,19 @@ class QuantFace:
     name = "quantface"
     mixed_precision = False
 
+    def native_scheme(self, opts: dict[str, Any]) -> QuantScheme:
+        return native_scheme(opts)
+
     def quantize(
-        self, fp: RestorerBundle, calib: CalibrationSet, plan: BitPlan, cfg: dict[str, Any]
+        self,
+        fp: RestorerBundle,
+        calib: CalibrationSet,
+        plan: BitPlan,
+        cfg: dict[str, Any],
+        scheme: QuantScheme | None = None,
     ) -> RestorerBundle:
         opts = check_options(cfg, DEFAULTS, self.name)
-        model = build_balanced(fp, calib, plan, opts)
+        model = build_balanced(fp, calib, plan, opts, scheme)
         curve = train_qdlora(model, fp, calib, opts)
         model.plan_notes = _curve_notes(curve)
         return model.eval()
@@ -169,13 +184,21 @@ class QuantFaceMP:
     name = "quantface_mp"
     mixed_precision = True
 
+    def native_scheme(self, opts: dict[str, Any]) -> QuantScheme:
+        return native_scheme(opts)
+
     def quantize(
-        self, fp: RestorerBundle, calib: CalibrationSet, plan: BitPlan, cfg: dict[str, Any]
+        self,
+        fp: RestorerBundle,
+        calib: CalibrationSet,
+        plan: BitPlan,
+        cfg: dict[str, Any],
+        scheme: QuantScheme | None = None,
     ) -> RestorerBundle:
         opts = check_options(cfg, MP_DEFAULTS, self.name)
         budget = float(opts["budget"] or _plan_act_bits(plan))
         candidates = sorted(int(b) for b in opts["candidates"])
-        model = build_balanced(fp, calib, plan, opts)
+        model = build_balanced(fp, calib, plan, opts, scheme)
         images = random_crops(
             calib.images[: int(opts["sensitivity_images"])],
             int(opts["sensitivity_crop"]),

@@ -8,6 +8,7 @@ from typing import Any
 from quantface.models.base import RestorerBundle
 from quantface.quant.calibration import CalibrationSet
 from quantface.quant.plan import BitPlan
+from quantface.quant.scheme import QuantScheme
 from quantface.registry import METHODS
 
 
@@ -20,6 +21,12 @@ class FullPrecision:
     name = "fp"
 
     def quantize(
-        self, fp: RestorerBundle, calib: CalibrationSet, plan: BitPlan, cfg: dict[str, Any]
+        self,
+        fp: RestorerBundle,
+        calib: CalibrationSet,
+        plan: BitPlan,
+        cfg: dict[str, Any],
+        scheme: QuantScheme | None = None,
     ) -> RestorerBundle:
+        """A copy of `fp`; nothing is quantized, so no scheme changes it."""
         return copy.deepcopy(fp)

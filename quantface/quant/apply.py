@@ -21,38 +21,7 @@ from quantface.quant.layers import (
 )
 from quantface.quant.observers import MinMaxObserver, make_observer
 from quantface.quant.plan import BitPlan, LayerBits
-from quantface.quant.quantizer import QuantSpec
 from quantface.timing import timed
-
-
-def standard_layout(
-    sites: Mapping[str, str],
-    plan: BitPlan,
-    *,
-    weight_symmetric: bool = False,
-    act_symmetric: bool = False,
-    act_dynamic: bool = False,
-    act_granularity: str = "tensor",
-) -> dict[str, LayerQuant]:
-    """The suite's defaults: weights per output channel, activations per tensor (static).
-
-    Sites missing from the plan stay full precision. Matmul operands are both activations.
-    """
-    layout = {}
-    for name, bits in plan.items():
-        kind = sites[name]
-        act_dim = 1 if kind == "conv2d" else -1
-        a = QuantSpec(
-            bits.a_bits, act_symmetric, act_granularity, dynamic=act_dynamic, channel_dim=act_dim
-        )
-        if kind == "matmul":
-            w = QuantSpec(
-                bits.a_bits, act_symmetric, act_granularity, dynamic=act_dynamic, channel_dim=-1
-            )
-        else:
-            w = QuantSpec(bits.w_bits, weight_symmetric, "channel", channel_dim=0)
-        layout[name] = LayerQuant(kind, a, w)
-    return layout
 
 
 def current_layout(model: nn.Module) -> dict[str, LayerQuant]:

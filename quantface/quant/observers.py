@@ -86,6 +86,14 @@ class PercentileObserver:
 SEARCH_BLOCK = 1 << 16  # floats per block of channels in the per-channel MSE search
 
 
+def even_indices(n: int, k: int, device: torch.device | str = "cpu") -> Tensor:
+    """k evenly spaced indices into n elements, first and last included. The float32 linspace
+    rounds its last index up to n once n exceeds 2^24 (an SD-2.1 activation at 512 px), one
+    past the end: clamped there, so every smaller tensor keeps exactly the sample it had."""
+    idx = torch.linspace(0, n - 1, k, device=device).long()
+    return idx.clamp_(max=n - 1)
+
+
 class MSEObserver(MinMaxObserver):
     """Shrink the min-max range by factors 1, 1-step, ... and keep the one with least Lp error.
 
@@ -110,9 +118,7 @@ class MSEObserver(MinMaxObserver):
         x = x.detach().float()
         if self.spec.granularity == "tensor" and x.numel() > self.max_rows * 64:
             flat = x.flatten()
-            idx = torch.linspace(0, flat.numel() - 1, self.max_rows * 64, device=flat.device)
-            idx = idx.long()
-            x = flat[idx]
+            x = flat[even_indices(flat.numel(), self.max_rows * 64, flat.device)]
         self.samples.append(torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0))
 
     def compute(self) -> tuple[Tensor, Tensor]:

@@ -74,6 +74,16 @@ class BitPlan(Mapping[str, LayerBits]):
         notes.update({name: reason for name in overrides})
         return BitPlan({**self._bits, **overrides}, notes)
 
+    def at_least(self, layers: Iterable[str], bits: int, reason: str) -> BitPlan:
+        """A copy where the named layers in the plan run at `bits` or more (weights and
+        activations); the reason is recorded for each layer it raised."""
+        over = {
+            n: LayerBits(max(self[n].w_bits, bits), max(self[n].a_bits, bits))
+            for n in layers
+            if n in self._bits and min(self[n].w_bits, self[n].a_bits) < bits
+        }
+        return self.with_overrides(over, reason) if over else self
+
     def __getitem__(self, name: str) -> LayerBits:
         return self._bits[name]
 

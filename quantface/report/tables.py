@@ -456,11 +456,14 @@ def write_tables(
     Datasets default to: scored with full-reference metrics -> Table 1, the rest -> Table 3.
     `ablation` (variant names) adds ablation.{md,tex,csv} on the Table 1 datasets, with the FP
     row and the `ablation_reference` methods beside them; variants stay out of Tables 1 and 3.
+    Rows of a protocol ("<protocol>/<method>") get their own Tables 1 and 3 and the quantizer
+    effect table (quantface/report/protocols.py), and stay out of the native ones.
     """
     footnote = footnote or []
     everything = read_metrics(list(metrics) if isinstance(metrics, list) else [metrics])
     scores = read_per_image(per_image) if per_image else None
-    df = everything[~everything["method"].isin(ablation or [])]
+    is_protocol = everything["method"].astype(str).str.contains("/")
+    df = everything[~everything["method"].isin(ablation or []) & ~is_protocol]
     paired, unpaired = split_datasets(df)
     synthetic = paired if synthetic is None else synthetic
     realworld = unpaired if realworld is None else realworld
@@ -496,6 +499,14 @@ def write_tables(
         footnote,
         **stats,
     )
+    if is_protocol.any():
+        from quantface.report.protocols import write_protocol_tables
+
+        sets = {
+            "table1_synthetic": ("Table 1: synthetic test set (paired)", synthetic),
+            "table3_realworld": ("Table 3: real-world test sets (no reference)", realworld),
+        }
+        write_protocol_tables(everything, scores, quantizers, sets, out, footnote, seed)
     if ablation:
         keep = ["fp", *(ablation_reference or []), *ablation]
         rows = everything[everything["method"].isin(keep)]

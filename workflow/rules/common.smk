@@ -30,6 +30,10 @@ ABLATION_NAMES = [v for v, _ in ABLATION_CELLS]
 ABLATION_DATASETS = list(
     config.get("ablation", {}).get("datasets") or config["report"].get("synthetic", [])
 )
+# the controlled comparison: every method again with one quantizer scheme per protocol, as
+# "<protocol>/<method>" cells (results/<model>/<protocol>/<method>/<bits>/)
+PROTOCOL_CELLS = qf_config.protocol_cells(config)
+PROTOCOL_NAMES = sorted({c for c, _ in PROTOCOL_CELLS})
 BITS = list(config["bits"])
 DATASET_NAMES = list(config["data"]["datasets"])
 # torch threads per job are fixed, not taken from --cores, so results do not depend on the
@@ -57,7 +61,7 @@ def _alternatives(names):
 
 wildcard_constraints:
     model=_alternatives([MODEL]),
-    method=_alternatives(METHOD_NAMES + ABLATION_NAMES),
+    method=_alternatives(METHOD_NAMES + ABLATION_NAMES + PROTOCOL_NAMES),
     bits=_alternatives(sorted(set(BITS) | {b for _, b in ABLATION_CELLS})),
     dataset=_alternatives(DATASET_NAMES),
 
@@ -133,8 +137,14 @@ def method_options(wildcards):
 
 
 def method_base(wildcards):
-    """The registered method behind a method or ablation-variant name."""
+    """The registered method behind a method, ablation-variant or protocol cell name."""
     return qf_config.resolve_method(config, wildcards.method)[0]
+
+
+def method_scheme(wildcards):
+    """`--scheme JSON` for a protocol cell; nothing for a native one (the method's own)."""
+    scheme = qf_config.resolve_scheme(config, wildcards.method)
+    return f"--scheme {shell_json(scheme)}" if scheme is not None else ""
 
 
 def quantized_cells():
@@ -147,6 +157,7 @@ def all_metric_files():
         files.append(f"results/{MODEL}/input/{d}/metrics.csv")
         files.append(f"results/{MODEL}/fp/{d}/metrics.csv")
         files += [f"results/{MODEL}/{m}/{b}/{d}/metrics.csv" for m, b in quantized_cells()]
+        files += [f"results/{MODEL}/{c}/{b}/{d}/metrics.csv" for c, b in PROTOCOL_CELLS]
     for d in ABLATION_DATASETS:
         files += [f"results/{MODEL}/{v}/{b}/{d}/metrics.csv" for v, b in ABLATION_CELLS]
     return files
@@ -154,7 +165,8 @@ def all_metric_files():
 
 def all_cost_files():
     return [f"results/{MODEL}/fp/cost.json"] + [
-        f"results/{MODEL}/{m}/{b}/cost.json" for m, b in quantized_cells() + ABLATION_CELLS
+        f"results/{MODEL}/{m}/{b}/cost.json"
+        for m, b in quantized_cells() + ABLATION_CELLS + PROTOCOL_CELLS
     ]
 
 
@@ -166,6 +178,11 @@ def table_outputs():
             outs += [f"results/tables/{stem}.{ext}" for ext in ("md", "tex", "csv")]
     if ABLATION_CELLS:
         outs += [f"results/tables/ablation.{ext}" for ext in ("md", "tex", "csv")]
+    for p in qf_config.protocol_schemes(config):
+        for stem, key in (("table1_synthetic", "synthetic"), ("table3_realworld", "realworld")):
+            if rep.get(key):
+                outs += [f"results/tables/{stem}_{p}.{ext}" for ext in ("md", "tex", "csv")]
+        outs += [f"results/tables/quantizer_effect_{p}.{ext}" for ext in ("md", "tex", "csv")]
     return outs + [f"results/tables/cost.{ext}" for ext in ("md", "tex", "csv")]
 
 

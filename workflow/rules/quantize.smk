@@ -9,7 +9,9 @@ rule quantize:
     params:
         options=method_options,
         method=method_base,
-        seed=lambda w: job_seed("quantize", w.model, w.method, w.bits),
+        scheme=method_scheme,
+        # a protocol cell shares its native cell's seed: the two differ only in their quantizers
+        seed=lambda w: job_seed("quantize", w.model, w.method.partition("/")[2] or w.method, w.bits),
         folder=lambda w: f"results/{w.model}/{w.method}/{w.bits}",
     log:
         "results/logs/quantize/{model}/{method}/{bits}.log",
@@ -23,5 +25,6 @@ rule quantize:
     shell:
         "quantface quantize --model {input.model} --method {params.method}"
         " --bits {wildcards.bits} --calib {input.calib} --out {params.folder}"
-        " --options {params.options} --seed {params.seed} --device {resources.device}"
+        " --options {params.options} {params.scheme} --label {wildcards.method}"
+        " --seed {params.seed} --device {resources.device}"
         " --threads " + str(TORCH_THREADS) + " 2> {log}"
