@@ -306,7 +306,11 @@ class SVDQuant:
         )
 
     def prepare(
-        self, fp: RestorerBundle, plan: BitPlan, opts: dict[str, Any], scheme: QuantScheme
+        self,
+        fp: RestorerBundle,
+        plan: BitPlan,
+        opts: dict[str, Any],
+        scheme: QuantScheme | None = None,
     ) -> tuple[RestorerBundle, list[SmoothGroup], list[str]]:
         """A wrapped copy of fp with identity transforms; its smoothing groups and branch layers."""
         model = copy.deepcopy(fp)
@@ -320,6 +324,7 @@ class SVDQuant:
         for name in branch:
             w = model.get_submodule(name).weight
             ranks[name] = capped_rank(opts["rank"], w.shape[0], w[0].numel(), frac)
+        scheme = scheme or self.native_scheme(opts)
         transforms = {n: InputTransform(n in online, False, ranks.get(n, 0)) for n in branch}
         wrap_model(model, scheme.layout(model, model.quant_targets(), plan, transforms))
         return model, groups, branch

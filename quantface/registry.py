@@ -237,7 +237,11 @@ class Registry(Generic[T]):
 
     def label(self, name: str) -> str:
         """How tables and figures name an entry: its class's `label`, else its registry name
-        (also for names no registry knows, such as ablation variants)."""
+        (also for names no registry knows, such as ablation variants); a protocol cell
+        "<protocol>/<name>" reads "<label> (<protocol>)"."""
+        protocol, sep, base = name.partition("/")
+        if sep:
+            return f"{self.label(base)} ({protocol})"
         entry = self.index().get(name)
         return entry.label if entry is not None and entry.label else name
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from quantface.config import quantized_cells
+from quantface.config import protocol_cells, quantized_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = ROOT / "config" / "micro.yaml"
@@ -41,6 +41,7 @@ def snakemake(
 def test_dry_run_of_the_default_config_lists_every_job(tmp_path):
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     cells = len(quantized_cells(config["methods"], config["bits"]))  # mp4: MP methods only
+    cells += len(protocol_cells(config))  # the matched protocol's cells, beside the native ones
     variants = yaml.safe_load((ROOT / "config" / "ablation.yaml").read_text())["ablation"]
     n_variants = len(variants["variants"])
     # one restore-and-score job per model: every test set in one process, not one per set
@@ -62,7 +63,7 @@ def test_dry_run_of_the_default_config_lists_every_job(tmp_path):
             ("quantize", quantize),
             ("evaluate_input", 1),
             ("restore_evaluate_fp", 1),
-            ("restore_evaluate", cells),
+            ("restore_evaluate", cells),  # protocol cells are restored on every set too
             ("restore_evaluate_ablation", ablation),
             ("tables", 1),
             ("figures", 1),

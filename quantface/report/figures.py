@@ -397,9 +397,13 @@ def write_figures(
     per_image: list[Path] | None = None,
     seed: int = 0,
 ) -> list[Path]:
-    """Every figure the inputs allow; returns the paths written."""
-    df = read_metrics(list(metrics))
+    """Every figure the inputs allow; returns the paths written. The figures show the native
+    protocol (a matched protocol's rows are in its own tables)."""
+    from quantface.report.protocols import split_protocols
+
+    df = split_protocols(read_metrics(list(metrics)))[0]
     scores = read_per_image(per_image) if per_image else None
+    scores = split_protocols(scores)[0] if scores is not None else None
     out.mkdir(parents=True, exist_ok=True)
     datasets = sorted(df["dataset"].unique())
     made = [quality_vs_bits(df, d, out, scores, seed) for d in datasets]
