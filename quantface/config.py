@@ -6,6 +6,7 @@ and every failure is one `ConfigError` line naming the key and what is allowed.
 
 from __future__ import annotations
 
+import re
 import zlib
 from importlib import resources
 from pathlib import Path
@@ -107,6 +108,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     _check_mp_budgets(config)
     _check_ablation(config)
     _check_protocols(config)
+    _check_seeds(config)
     _check_perceptual(config)
     for k in ("synthetic", "realworld"):
         for name in config["report"].get(k, []):
@@ -249,9 +251,30 @@ def protocol_cells(config: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def resolve_scheme(config: dict[str, Any], name: str) -> dict[str, Any] | None:
-    """The scheme keys of a "<protocol>/<method>" cell name; None for a native one."""
+    """The scheme keys of a "<protocol>/<method>" cell name; None for a native or seed one."""
     protocol, sep, _ = name.partition("/")
-    return protocol_schemes(config)[protocol] if sep else None
+    return protocol_schemes(config)[protocol] if sep and cell_seed(name) is None else None
+
+
+SEED_CELL = re.compile(r"^seed(\d+)/")
+
+
+def extra_seeds(config: dict[str, Any]) -> list[int]:
+    """The `seeds` other than the run's `seed`: each repeats calibration and every native cell."""
+    return [s for s in config.get("seeds", []) if s != config["seed"]]
+
+
+def seed_cells(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """("seed<s>/<method>", bits) jobs: every native cell again, calibrated and quantized with
+    the global seed s (results/<model>/seed<s>/...), for the tables' mean ± std over seeds."""
+    cells = quantized_cells(config["methods"], config["bits"])
+    return [(f"seed{s}/{m}", b) for s in extra_seeds(config) for m, b in cells]
+
+
+def cell_seed(name: str) -> int | None:
+    """The global seed a "seed<s>/<method>" cell runs with; None for any other cell name."""
+    match = SEED_CELL.match(name)
+    return int(match.group(1)) if match else None
 
 
 def resolve_method(config: dict[str, Any], name: str) -> tuple[str, dict[str, Any]]:
@@ -312,12 +335,26 @@ def _check_protocols(config: dict[str, Any]) -> None:
             known = ", ".join([NATIVE, *defined])
             raise ConfigError(f"config key 'protocol': unknown protocol '{p}'; known: {known}")
     for p, keys in defined.items():
+        if SEED_CELL.match(f"{p}/"):
+            raise ConfigError(
+                f"config key 'protocols.{p}': names seed<N> are the seeds' cells; choose another"
+            )
         QuantScheme.from_dict({"exceptions": False, **keys}, f"config key 'protocols.{p}'")
     for b in config.get("protocol_bits", []):
         try:
             parse_bits(b)
         except ConfigError as e:
             raise ConfigError(f"config key 'protocol_bits': {e}") from None
+
+
+def _check_seeds(config: dict[str, Any]) -> None:
+    """The run's own seed is one of `seeds`: its cells are the tables' rows."""
+    seeds = config.get("seeds")
+    if seeds is not None and config["seed"] not in seeds:
+        raise ConfigError(
+            f"config key 'seeds': must include the run's seed {config['seed']} (its cells are "
+            f"the tables' rows; the other seeds repeat them), got {seeds}"
+        )
 
 
 def _check_ablation(config: dict[str, Any]) -> None:

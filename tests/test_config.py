@@ -43,6 +43,9 @@ def test_default_config_is_valid():
         (lambda c: c["protocols"]["matched"].update(act_granularity="pixel"), "protocols.matched"),
         (lambda c: c["protocols"].update(native={}), "'protocols'"),
         (lambda c: c.update(protocol_bits=["w4a"]), "'protocol_bits'"),
+        (lambda c: c.update(seeds=[1, 2]), "'seeds'"),  # the run's seed 0 is missing
+        (lambda c: c.update(seeds=[0, 0]), "'seeds'"),
+        (lambda c: c["protocols"].update(seed1={}), "protocols.seed1"),
     ],
 )
 def test_invalid_configs_name_the_key(config, mutate, key):
@@ -74,3 +77,24 @@ def test_protocol_cells_pair_every_method_with_its_native_bits(config):
     assert resolve_scheme(config, "matched_token/maxmin")["act_granularity"] == "token"
     config["protocol"] = ["native"]
     assert protocol_cells(config) == []
+
+
+def test_seed_cells_repeat_every_native_cell_per_extra_seed(config):
+    from quantface.config import (
+        cell_seed,
+        quantized_cells,
+        resolve_method,
+        resolve_scheme,
+        seed_cells,
+    )
+
+    assert seed_cells(config) == []  # absent: the run's seed alone
+    config["seeds"] = [0, 1, 2]
+    cells = seed_cells(config)
+    native = quantized_cells(config["methods"], config["bits"])
+    assert len(cells) == 2 * len(native) and ("seed2/quantface_mp", "mp4") in cells
+    assert not any(c.startswith("seed0/") for c, _ in cells)  # seed 0 is the plain rows
+    assert cell_seed("seed2/quarot") == 2 and cell_seed("quarot") is None
+    assert cell_seed("matched/quarot") is None
+    assert resolve_scheme(config, "seed2/quarot") is None  # native quantizers
+    assert resolve_method(config, "seed2/qdiffusion") == resolve_method(config, "qdiffusion")

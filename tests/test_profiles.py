@@ -10,6 +10,7 @@ PROFILES = ROOT / "workflow" / "profiles"
 LOCAL = {"aggregate", "tables", "figures"}
 GPU_RULES = {
     "calibrate",
+    "calibrate_seed",
     "quantize",
     "evaluate_input",
     "restore_evaluate_fp",

@@ -174,3 +174,24 @@ def test_empty_no_reference_list_runs_the_unpaired_evaluations(tmp_path):
     assert main(argv) == 0
     merged = aggregate_metrics([empty, scored], tmp_path / "metrics.csv")
     assert list(merged["metric"]) == ["piqe"]
+
+
+def test_seeds_repeat_calibration_and_every_native_cell_with_their_own_seed(tmp_path):
+    from quantface.config import job_seed
+
+    config = yaml.safe_load(MICRO.read_text())
+    overlay = tmp_path / "seeds.yaml"
+    overlay.write_text(f"seeds: [{config['seed']}, 5]\n")
+    r = snakemake(tmp_path, "-n", "--configfile", str(MICRO), str(overlay))
+    assert r.returncode == 0, r.stderr
+    out = r.stdout + r.stderr
+    cells = quantized_cells(config["methods"], config["bits"])
+    for rule, count in [("calibrate", 1), ("calibrate_seed", 1), ("quantize", 2 * len(cells))]:
+        assert any(line.split() == [rule, str(count)] for line in out.splitlines()), rule
+    model = config["model"]["name"]
+    for method, bits in cells:
+        seeded = f"results/{model}/seed5/{method}/{bits}"
+        command = next(line for line in out.splitlines() if f"--out {seeded} " in line)
+        assert f"--calib results/{model}/seed5/calib/activations.pt" in command
+        assert f"--seed {job_seed(5, 'quantize', model, method, bits)} " in command
+    assert "results/tables/seeds.md" in out

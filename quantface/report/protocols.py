@@ -15,6 +15,7 @@ import pandas as pd
 
 from quantface.io import atomic_write_text
 from quantface.registry import METHODS
+from quantface.report.seeds import is_seed_cell
 from quantface.report.stats import paired_difference_interval
 from quantface.report.tables import REFERENCE_ROWS, _tex_escape, _write_table
 
@@ -22,12 +23,13 @@ EFFECT_METRICS = ("psnr_fp", "psnr")  # the first one present is the effect tabl
 
 
 def split_protocols(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """(native rows, protocol -> its rows renamed to the plain method names)."""
+    """(native rows, protocol -> its rows renamed to the plain method names); seed cells
+    ("seed<s>/<method>", quantface/report/seeds.py) are neither."""
     method = df["method"].astype(str)
     protocol = method.str.partition("/")[0].where(method.str.contains("/"), "")
     native = df[protocol == ""]
     out = {}
-    for p in sorted(set(protocol) - {""}):
+    for p in sorted(set(protocol[~is_seed_cell(method)]) - {""}):
         rows = df[protocol == p].copy()
         rows["method"] = rows["method"].str.partition("/")[2]
         out[p] = rows

@@ -457,13 +457,14 @@ def write_tables(
     `ablation` (variant names) adds ablation.{md,tex,csv} on the Table 1 datasets, with the FP
     row and the `ablation_reference` methods beside them; variants stay out of Tables 1 and 3.
     Rows of a protocol ("<protocol>/<method>") get their own Tables 1 and 3 and the quantizer
-    effect table (quantface/report/protocols.py), and stay out of the native ones.
+    effect table (quantface/report/protocols.py), and stay out of the native ones; seed cells
+    ("seed<s>/<method>") give seeds.{md,tex,csv}, mean ± std over seeds (quantface/report/seeds.py).
     """
     footnote = footnote or []
     everything = read_metrics(list(metrics) if isinstance(metrics, list) else [metrics])
     scores = read_per_image(per_image) if per_image else None
-    is_protocol = everything["method"].astype(str).str.contains("/")
-    df = everything[~everything["method"].isin(ablation or []) & ~is_protocol]
+    nested = everything["method"].astype(str).str.contains("/")  # protocol and seed cells
+    df = everything[~everything["method"].isin(ablation or []) & ~nested]
     paired, unpaired = split_datasets(df)
     synthetic = paired if synthetic is None else synthetic
     realworld = unpaired if realworld is None else realworld
@@ -499,18 +500,22 @@ def write_tables(
         footnote,
         **stats,
     )
-    if is_protocol.any():
+    if nested.any():
         from quantface.report.protocols import write_protocol_tables
+        from quantface.report.seeds import write_seed_table
 
         sets = {
             "table1_synthetic": ("Table 1: synthetic test set (paired)", synthetic),
             "table3_realworld": ("Table 3: real-world test sets (no reference)", realworld),
         }
         write_protocol_tables(everything, scores, quantizers, sets, out, footnote, seed)
+        write_seed_table(everything, seed, [*synthetic, *realworld], out, footnote)
     if ablation:
         keep = ["fp", *(ablation_reference or []), *ablation]
         rows = everything[everything["method"].isin(keep)]
         title = "Ablation (synthetic test set)"
         _write_table(rows, synthetic, out, "ablation", title, footnote, **stats)
     if costs is not None:
-        write_cost_table(costs, out, footnote)
+        from quantface.report.seeds import is_seed_cell
+
+        write_cost_table(costs[~is_seed_cell(costs["method"])], out, footnote)  # as native

@@ -10,6 +10,9 @@ from quantface.config import check_model_assets, validate_config
 from quantface.errors import QuantFaceError
 from quantface.registry import DATASETS, METRICS
 
+# Snakemake reads the items of a list given with --config ("seeds=[0,1]") as text
+if isinstance(config.get("seeds"), list):
+    config["seeds"] = [int(s) if isinstance(s, str) and s.isdigit() else s for s in config["seeds"]]
 try:
     validate_config(config)
     if not os.path.exists(f"results/{config['model']['name']}/fp/model.pt"):
@@ -34,6 +37,10 @@ ABLATION_DATASETS = list(
 # "<protocol>/<method>" cells (results/<model>/<protocol>/<method>/<bits>/)
 PROTOCOL_CELLS = qf_config.protocol_cells(config)
 PROTOCOL_NAMES = sorted({c for c, _ in PROTOCOL_CELLS})
+# `seeds`: every native cell again per extra global seed, as "seed<s>/<method>" cells
+# (results/<model>/seed<s>/<method>/<bits>/, with their own calibration set), for mean ± std
+SEED_CELLS = qf_config.seed_cells(config)
+SEED_NAMES = sorted({c for c, _ in SEED_CELLS})
 BITS = list(config["bits"])
 DATASET_NAMES = list(config["data"]["datasets"])
 # torch threads per job are fixed, not taken from --cores, so results do not depend on the
@@ -61,7 +68,8 @@ def _alternatives(names):
 
 wildcard_constraints:
     model=_alternatives([MODEL]),
-    method=_alternatives(METHOD_NAMES + ABLATION_NAMES + PROTOCOL_NAMES),
+    method=_alternatives(METHOD_NAMES + ABLATION_NAMES + PROTOCOL_NAMES + SEED_NAMES),
+    seed=r"\d+",
     bits=_alternatives(sorted(set(BITS) | {b for _, b in ABLATION_CELLS})),
     dataset=_alternatives(DATASET_NAMES),
 
@@ -73,6 +81,33 @@ def shell_json(value):
 
 def job_seed(*parts):
     return qf_config.job_seed(config["seed"], *parts)
+
+
+def cell_global_seed(method):
+    """The global seed of a cell: its own for a "seed<s>/<method>" cell, else the run's."""
+    s = qf_config.cell_seed(method)
+    return config["seed"] if s is None else s
+
+
+def calibration_seed(wildcards):
+    """The calibration job's seed under its global seed: a `seed{seed}` wildcard, else the run's."""
+    return qf_config.job_seed(int(wildcards.get("seed", config["seed"])), "calibrate", wildcards.model)
+
+
+def quantize_seed(wildcards):
+    """A protocol cell shares its native cell's seed (the two differ only in their quantizers);
+    a seed cell takes its method's seed under its own global seed."""
+    method = wildcards.method.partition("/")[2] or wildcards.method
+    return qf_config.job_seed(
+        cell_global_seed(wildcards.method), "quantize", wildcards.model, method, wildcards.bits
+    )
+
+
+def calibration_file(wildcards):
+    """The calibration set a cell is quantized with: a seed cell's is drawn with its seed."""
+    s = qf_config.cell_seed(wildcards.method)
+    folder = "calib" if s is None else f"seed{s}/calib"
+    return f"results/{wildcards.model}/{folder}/activations.pt"
 
 
 def is_paired(dataset):
@@ -158,6 +193,7 @@ def all_metric_files():
         files.append(f"results/{MODEL}/fp/{d}/metrics.csv")
         files += [f"results/{MODEL}/{m}/{b}/{d}/metrics.csv" for m, b in quantized_cells()]
         files += [f"results/{MODEL}/{c}/{b}/{d}/metrics.csv" for c, b in PROTOCOL_CELLS]
+        files += [f"results/{MODEL}/{c}/{b}/{d}/metrics.csv" for c, b in SEED_CELLS]
     for d in ABLATION_DATASETS:
         files += [f"results/{MODEL}/{v}/{b}/{d}/metrics.csv" for v, b in ABLATION_CELLS]
     return files
@@ -166,7 +202,7 @@ def all_metric_files():
 def all_cost_files():
     return [f"results/{MODEL}/fp/cost.json"] + [
         f"results/{MODEL}/{m}/{b}/cost.json"
-        for m, b in quantized_cells() + ABLATION_CELLS + PROTOCOL_CELLS
+        for m, b in quantized_cells() + ABLATION_CELLS + PROTOCOL_CELLS + SEED_CELLS
     ]
 
 
@@ -183,6 +219,8 @@ def table_outputs():
             if rep.get(key):
                 outs += [f"results/tables/{stem}_{p}.{ext}" for ext in ("md", "tex", "csv")]
         outs += [f"results/tables/quantizer_effect_{p}.{ext}" for ext in ("md", "tex", "csv")]
+    if SEED_CELLS:
+        outs += [f"results/tables/seeds.{ext}" for ext in ("md", "tex", "csv")]
     return outs + [f"results/tables/cost.{ext}" for ext in ("md", "tex", "csv")]
 
 

@@ -47,7 +47,7 @@ rule calibrate:
         n=config["calibration"].get("n_images", 32),
         batch=config["calibration"].get("batch_size", 8),
         rows=config["calibration"].get("sample_rows", 512),
-        seed=lambda w: job_seed("calibrate", w.model),
+        seed=calibration_seed,
         degradation=shell_json(config["data"].get("degradation", {})),
     log:
         "results/logs/calibrate/{model}.log",
@@ -63,3 +63,13 @@ rule calibrate:
         " --batch-size {params.batch} --sample-rows {params.rows} --seed {params.seed}"
         " --degradation {params.degradation} --device {resources.device}"
         " --threads " + str(TORCH_THREADS) + " 2> {log}"
+
+
+# `seeds`: each extra global seed draws its own calibration set (results/<model>/seed<s>/calib/)
+use rule calibrate as calibrate_seed with:
+    output:
+        "results/{model}/seed{seed}/calib/activations.pt",
+    log:
+        "results/logs/calibrate/{model}.seed{seed}.log",
+    benchmark:
+        "results/benchmarks/calibrate/{model}.seed{seed}.tsv"

@@ -1,7 +1,7 @@
 rule quantize:
     input:
         model="results/{model}/fp/model.pt",
-        calib="results/{model}/calib/activations.pt",
+        calib=calibration_file,
     output:
         model="results/{model}/{method}/{bits}/model.pt",
         plan="results/{model}/{method}/{bits}/plan.json",
@@ -10,8 +10,7 @@ rule quantize:
         options=method_options,
         method=method_base,
         scheme=method_scheme,
-        # a protocol cell shares its native cell's seed: the two differ only in their quantizers
-        seed=lambda w: job_seed("quantize", w.model, w.method.partition("/")[2] or w.method, w.bits),
+        seed=quantize_seed,
         folder=lambda w: f"results/{w.model}/{w.method}/{w.bits}",
     log:
         "results/logs/quantize/{model}/{method}/{bits}.log",

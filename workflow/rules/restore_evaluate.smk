@@ -65,7 +65,8 @@ rule restore_evaluate:
         metrics=cell_files("{method}/{bits}", DATASET_NAMES, "metrics.csv"),
         per_image=cell_files("{method}/{bits}", DATASET_NAMES, "metrics_per_image.csv"),
     wildcard_constraints:
-        method=_alternatives(METHOD_NAMES + PROTOCOL_NAMES),  # protocol cells: every test set too
+        # protocol and seed cells: every test set too
+        method=_alternatives(METHOD_NAMES + PROTOCOL_NAMES + SEED_NAMES),
     params:
         sets=lambda w: test_sets(w.model, f"{w.method}/{w.bits}", DATASET_NAMES),
     log:
