@@ -24,7 +24,13 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may wait on a network
 
 from quantface.errors import ConfigError, OutputError, QuantFaceError
-from quantface.memory import current_stage, enter_stage, is_out_of_memory, peak_memory
+from quantface.memory import (
+    current_stage,
+    enter_stage,
+    is_out_of_memory,
+    memory_guard,
+    peak_memory,
+)
 
 log = logging.getLogger("quantface")
 LISTINGS = ("methods", "metrics", "datasets", "models", "check-config")  # no run log for these
@@ -670,9 +676,12 @@ def main(argv: list[str] | None = None) -> int:
     enter_stage("setup")
     try:
         check_outputs_are_not_inputs(args)
-        if args.command not in LISTINGS:
-            _setup(args)
-        args.func(args)
+        if args.command in LISTINGS:
+            args.func(args)
+        else:
+            with memory_guard(args.command):
+                _setup(args)
+                args.func(args)
     except QuantFaceError as e:
         print(f"quantface {args.command}: error: {e}", file=sys.stderr)
         return 2
