@@ -45,11 +45,9 @@ Adaptation here:
 Quantizers: `native_scheme` (the 8-bit layers with `keep_8bit`); a given scheme replaces them,
 its 8-bit layers dropped (every layer then gets LoRA and trained step sizes).
 
-Options (config `method_options.efficientdm`): rank (32), max_rank_fraction (0.5), steps (80),
-batch_size (4), lora_lr_scale (null), w_lr (1e-6), a_lr (5e-4), keep_8bit (true), seed (0).
-Switches for measuring the official form's parts (config/baseline_fixes.yaml), each defaulting
-to the code's: lora_on ("codes": Q(deq(W_int) + B A); "weight": Q(W + B A)),
-learn_act_zero_points (true), clip_grad_norm (null: none; a number clips the global norm).
+Options (config `method_options.efficientdm`): `EfficientDMOptions` below, among them switches
+for measuring the official form's parts (config/baseline_fixes.yaml), each defaulting to the
+code's: lora_on, learn_act_zero_points, clip_grad_norm.
 """
 
 from __future__ import annotations
@@ -57,9 +55,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from quantface.methods.base import check_options, smoothable
+from quantface.methods.base import smoothable
+from quantface.methods.options import Options
 from quantface.models.base import RestorerBundle
 from quantface.quant.apply import calibrate_weights, observe_activation_ranges
 from quantface.quant.calibration import CalibrationSet
@@ -74,20 +74,34 @@ from quantface.registry import METHODS
 
 log = logging.getLogger(__name__)
 
-DEFAULTS: dict[str, Any] = {
-    "rank": 32,
-    "max_rank_fraction": 0.5,
-    "steps": 80,
-    "batch_size": 4,
-    "lora_lr_scale": None,  # None: the code's total LoRA update at this step count
-    "w_lr": 1e-6,
-    "a_lr": 5e-4,
-    "keep_8bit": True,
-    "lora_on": "codes",
-    "learn_act_zero_points": True,
-    "clip_grad_norm": None,
-    "seed": 0,
-}
+
+@dataclass(frozen=True)
+class EfficientDMOptions(Options):
+    """EfficientDM's options (config `method_options.efficientdm`; config/README.md).
+
+    rank: QALoRA rank, capped per layer by max_rank_fraction of min(C_out, fan-in); steps,
+    batch_size: the distillation; lora_lr_scale: LoRA lr = mean weight step x this (None: the
+    code's total LoRA update at this step count); w_lr, a_lr: of the weight / activation step
+    sizes; keep_8bit: EfficientDM's W8A8 layers; lora_on: "codes" Q(deq(W_int) + B A) (the
+    code's) or "weight" Q(W + B A); learn_act_zero_points: learned activation zero points;
+    clip_grad_norm: None no clipping (the code's), a number clips the global norm; seed: LoRA
+    A init.
+    """
+
+    rank: int = 32
+    max_rank_fraction: float = 0.5
+    steps: int = 80
+    batch_size: int = 4
+    lora_lr_scale: float | None = None  # None: the code's total LoRA update at this step count
+    w_lr: float = 1e-6
+    a_lr: float = 5e-4
+    keep_8bit: bool = True
+    lora_on: Literal["codes", "weight"] = "codes"
+    learn_act_zero_points: bool = True
+    clip_grad_norm: float | None = None
+    seed: int = 0
+
+
 CODE_LORA_LR_SCALE, CODE_STEPS = 1 / 2500, 160 * 100  # train_efficientdm.py: lr, epochs x steps
 EIGHT_BIT = (
     "unet.time_embedding.linear_1",
@@ -105,11 +119,12 @@ class EfficientDM:
     label = "EfficientDM"  # how tables and figures name it
 
     name = "efficientdm"
+    options = EfficientDMOptions  # its method_options
 
-    def native_scheme(self, opts: dict[str, Any]) -> QuantScheme:
+    def native_scheme(self, opts: EfficientDMOptions) -> QuantScheme:
         """Per-channel asym min-max weights; per-tensor static asym activations from the Lp
         search on real activations; the 8-bit layers with `keep_8bit`."""
-        return QuantScheme(act_init="mse", exceptions=bool(opts["keep_8bit"]))
+        return QuantScheme(act_init="mse", exceptions=opts.keep_8bit)
 
     def quantize(
         self,
@@ -119,7 +134,7 @@ class EfficientDM:
         cfg: dict[str, Any],
         scheme: QuantScheme | None = None,
     ) -> RestorerBundle:
-        opts = check_options(cfg, DEFAULTS, self.name, {"lora_on": ("codes", "weight")})
+        opts = EfficientDMOptions.from_dict(cfg, self.name)
         scheme = scheme or self.native_scheme(opts)
         # the 8-bit layers are plain QuantModules in the code: no LoRA, nothing of them trained
         frozen = [n for n in EIGHT_BIT if n in plan] if scheme.exceptions else []
@@ -127,13 +142,13 @@ class EfficientDM:
         model = copy.deepcopy(fp).eval()
         wrap_model(model, scheme.layout(model, model.quant_targets(), plan))
         calibrate_weights(model, scheme.weight_init)
-        bs = int(opts["batch_size"])
+        bs = opts.batch_size
         observe_activation_ranges(model, calib.images, bs, scheme.act_init)
         model.requires_grad_(False)
         layers = {n: model.get_submodule(n) for n in smoothable(model, plan) if n not in frozen}
-        frac = float(opts["max_rank_fraction"])
+        frac = opts.max_rank_fraction
         ranks = {
-            n: capped_rank(int(opts["rank"]), m.weight.shape[0], m.weight[0].numel(), frac)
+            n: capped_rank(opts.rank, m.weight.shape[0], m.weight[0].numel(), frac)
             for n, m in layers.items()
         }
         targets = fp_targets(fp, calib.images, bs)
@@ -142,35 +157,34 @@ class EfficientDM:
             learnable_scales(model, "act") as a_scales,
             (
                 learnable_zero_points(model, "act")
-                if opts["learn_act_zero_points"]
+                if opts.learn_act_zero_points
                 else contextlib.nullcontext([])
             ) as a_zeros,
-            weight_lora(layers, ranks, int(opts["seed"]), opts["lora_on"] == "codes") as loras,
+            weight_lora(layers, ranks, opts.seed, opts.lora_on == "codes") as loras,
         ):
             fixed = {id(p) for n in frozen for p in model.get_submodule(n).parameters()}
             w_scales, a_scales, a_zeros = (
                 [p for p in ps if id(p) not in fixed] for ps in (w_scales, a_scales, a_zeros)
             )
-            lora_scale = opts["lora_lr_scale"]
+            lora_scale = opts.lora_lr_scale
             if lora_scale is None:
-                lora_scale = CODE_LORA_LR_SCALE * CODE_STEPS / max(int(opts["steps"]), 1)
+                lora_scale = CODE_LORA_LR_SCALE * CODE_STEPS / max(opts.steps, 1)
             groups = [
                 {
                     "params": list(lora.parameters()),
-                    "lr": layers[n].weight_quantizer.scale.detach().mean().item()
-                    * float(lora_scale),
+                    "lr": layers[n].weight_quantizer.scale.detach().mean().item() * lora_scale,
                 }
                 for n, lora in loras.items()
             ]
-            groups += [{"params": w_scales, "lr": float(opts["w_lr"])}]
-            groups += [{"params": a_scales + a_zeros, "lr": float(opts["a_lr"])}]
+            groups += [{"params": w_scales, "lr": opts.w_lr}]
+            groups += [{"params": a_scales + a_zeros, "lr": opts.a_lr}]
             scales = w_scales + a_scales
             dc = DistillConfig(
-                int(opts["steps"]),
-                float(opts["a_lr"]),
+                opts.steps,
+                opts.a_lr,
                 bs,
-                seed=int(opts["seed"]),
-                clip_grad_norm=opts["clip_grad_norm"],
+                seed=opts.seed,
+                clip_grad_norm=opts.clip_grad_norm,
             )
             curve = distill(model, calib.images, targets, groups, dc, lambda: clamp_scales_(scales))
             if curve:

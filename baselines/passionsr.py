@@ -59,19 +59,20 @@ Quantizers: `native_scheme` (the 8-bit layers with `keep_8bit`); a given scheme 
 and drops the 8-bit layers; LET's min-max re-ranging and LBQ's learned bounds run on its grids
 (with dynamic activations LBQ learns the weight bounds only).
 
-Options (config `method_options.passionsr`): alpha (0.3), let_steps (40), lbq_steps (40),
-let_lr (1e-3), lbq_lr (1e-3), batch_size (4), shift (true), attn_let (true), keep_8bit (true).
+Options (config `method_options.passionsr`): `PassionSROptions` below.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
 
-from quantface.methods.base import check_options, smoothable
+from quantface.methods.base import smoothable
+from quantface.methods.options import Options
 from quantface.models.base import RestorerBundle
 from quantface.quant.apply import (
     calibrate_weights,
@@ -97,17 +98,27 @@ from quantface.registry import METHODS
 
 log = logging.getLogger(__name__)
 
-DEFAULTS: dict[str, Any] = {
-    "alpha": 0.3,
-    "let_steps": 40,
-    "lbq_steps": 40,
-    "let_lr": 1e-3,
-    "lbq_lr": 1e-3,
-    "batch_size": 4,
-    "shift": True,
-    "attn_let": True,
-    "keep_8bit": True,
-}
+
+@dataclass(frozen=True)
+class PassionSROptions(Options):
+    """PassionSR's options (config `method_options.passionsr`; config/README.md).
+
+    alpha: LET scale init (max|X|/max|W|)^alpha; let_steps, lbq_steps, let_lr, lbq_lr: the two
+    distillation stages (transformation, bounds); batch_size: images per step; shift: learn
+    the LET shift; attn_let: attention LET; keep_8bit: PassionSR's W8A8 layers.
+    """
+
+    alpha: float = 0.3
+    let_steps: int = 40
+    lbq_steps: int = 40
+    let_lr: float = 1e-3
+    lbq_lr: float = 1e-3
+    batch_size: int = 4
+    shift: bool = True
+    attn_let: bool = True
+    keep_8bit: bool = True
+
+
 EIGHT_BIT = (
     "unet.time_embedding.linear_1",
     "unet.conv_out",
@@ -139,11 +150,12 @@ class PassionSR:
     label = "PassionSR"  # how tables and figures name it
 
     name = "passionsr"
+    options = PassionSROptions  # its method_options
 
-    def native_scheme(self, opts: dict[str, Any]) -> QuantScheme:
+    def native_scheme(self, opts: PassionSROptions) -> QuantScheme:
         """Per-channel asym weights, per-tensor static asym activations, both from min-max (LET
         and LBQ then learn them); the 8-bit layers with `keep_8bit`."""
-        return QuantScheme(exceptions=bool(opts["keep_8bit"]))
+        return QuantScheme(exceptions=opts.keep_8bit)
 
     def quantize(
         self,
@@ -153,22 +165,22 @@ class PassionSR:
         cfg: dict[str, Any],
         scheme: QuantScheme | None = None,
     ) -> RestorerBundle:
-        opts = check_options(cfg, DEFAULTS, self.name)
+        opts = PassionSROptions.from_dict(cfg, self.name)
         scheme = scheme or self.native_scheme(opts)
         if scheme.exceptions:
             plan = plan.at_least(EIGHT_BIT, 8, EIGHT_BIT_NOTE)
         model = copy.deepcopy(fp).eval()
         sites = model.quant_targets()
         let_names = smoothable(model, plan)
-        transform = InputTransform(scale=True, shift=bool(opts["shift"]))
+        transform = InputTransform(scale=True, shift=opts.shift)
         wrap_model(model, scheme.layout(model, sites, plan, dict.fromkeys(let_names, transform)))
         layers = {n: model.get_submodule(n) for n in let_names}
         for n, m in layers.items():
             m.input_scale.copy_(
-                let_init_scale(calib_absmax(calib.input_stats(n)), m.weight, opts["alpha"])
+                let_init_scale(calib_absmax(calib.input_stats(n)), m.weight, opts.alpha)
             )
-        bs = int(opts["batch_size"])
-        mms = attention_let(model, calib.images, bs, opts["alpha"]) if opts["attn_let"] else {}
+        bs = opts.batch_size
+        mms = attention_let(model, calib.images, bs, opts.alpha) if opts.attn_let else {}
         calibrate_weights(model, scheme.weight_init)  # placeholders: stage 1 re-ranges every call
         set_activation_ranges(model, calib, scheme.act_init)
         model.requires_grad_(False)
@@ -179,7 +191,7 @@ class PassionSR:
             learnable_let(layers) as params,
             learnable_matmul_scales(mms) as attn_params,
         ):
-            dc = DistillConfig(int(opts["let_steps"]), float(opts["let_lr"]), bs)
+            dc = DistillConfig(opts.let_steps, opts.let_lr, bs)
             groups = [{"params": params + attn_params}]
             curve = distill(model, calib.images, targets, groups, dc, stage="let_step")
             log.info("passionsr LET: loss %s", _ends(curve))
@@ -187,7 +199,7 @@ class PassionSR:
         observe_activation_ranges(model, calib.images, bs, scheme.act_init)
         # stage 2: the bounds, transformation fixed
         with learnable_bounds(model, "all") as params:
-            dc = DistillConfig(int(opts["lbq_steps"]), float(opts["lbq_lr"]), bs, seed=1)
+            dc = DistillConfig(opts.lbq_steps, opts.lbq_lr, bs, seed=1)
             curve = distill(
                 model,
                 calib.images,

@@ -48,12 +48,9 @@ Adaptation here:
 Quantizers: `native_scheme` (from `w_init`, `a_init`; the 16-bit softmax from `sm_abit`); a
 given scheme replaces them and its 16-bit softmax (no exceptions), AdaRound and LSQ unchanged.
 
-Options (config `method_options.qdiffusion`): w_iters (60), a_iters (30), w_lr (1e-3),
-a_lr (4e-4), round_weight (0.01), b_start (20), b_end (2), warmup (0.2), sm_abit (16),
-split_shortcut (true), running_stat (auto), n_samples (16), batch_size (4).
-Switches for measuring the official recipe's parts (config/baseline_fixes.yaml), each defaulting
-to the code's: units ("blocks"; "transformer": a whole Transformer2DModel as one unit),
-weight_stage_attn_operands ("off"; "quantized": K^T and V stay quantized in the weight stage).
+Options (config `method_options.qdiffusion`): `QDiffusionOptions` below, among them switches for
+measuring the official recipe's parts (config/baseline_fixes.yaml), each defaulting to the
+code's: units, weight_stage_attn_operands.
 """
 
 from __future__ import annotations
@@ -63,7 +60,8 @@ import copy
 import logging
 import time
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from diffusers import UNet2DConditionModel
@@ -72,7 +70,7 @@ from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from torch import Tensor, nn
 
-from quantface.methods.base import check_options
+from quantface.methods.options import Options
 from quantface.models.base import RestorerBundle
 from quantface.quant.adaround import adaround, temperature
 from quantface.quant.apply import calibrate_weights, observe_activation_ranges
@@ -102,25 +100,40 @@ from quantface.timing import log_timing
 
 log = logging.getLogger(__name__)
 
-DEFAULTS: dict[str, Any] = {
-    "w_iters": 60,
-    "a_iters": 30,
-    "w_lr": 1e-3,
-    "a_lr": 4e-4,
-    "round_weight": 0.01,
-    "b_start": 20.0,
-    "b_end": 2.0,
-    "warmup": 0.2,
-    "sm_abit": 16,
-    "w_init": "mse",
-    "a_init": "mse",
-    "split_shortcut": True,
-    "running_stat": "auto",
-    "units": "blocks",
-    "weight_stage_attn_operands": "off",
-    "n_samples": 16,
-    "batch_size": 4,
-}
+
+@dataclass(frozen=True)
+class QDiffusionOptions(Options):
+    """Q-Diffusion's options (config `method_options.qdiffusion`; config/README.md).
+
+    w_iters, a_iters: AdaRound / LSQ iterations per unit; w_lr, a_lr: their Adam learning
+    rates; round_weight: lambda of AdaRound's regularizer; b_start, b_end, warmup: its beta
+    annealing; sm_abit: bits of the softmax output; w_init, a_init: range initialisation;
+    split_shortcut: separate quantizers for the decoder shortcut halves; running_stat: EMA
+    min-max before LSQ (True all, False none, "auto" the >= 8-bit quantizers); units: "blocks"
+    (the code's) or "transformer" (a whole Transformer2DModel as one unit);
+    weight_stage_attn_operands: "off" (the code's) or "quantized" (K^T and V stay quantized in
+    the weight stage); n_samples, batch_size: calibration images used, batch per step.
+    """
+
+    w_iters: int = 60
+    a_iters: int = 30
+    w_lr: float = 1e-3
+    a_lr: float = 4e-4
+    round_weight: float = 0.01
+    b_start: float = 20.0
+    b_end: float = 2.0
+    warmup: float = 0.2
+    sm_abit: int = 16
+    w_init: Literal["minmax", "mse", "percentile"] = "mse"
+    a_init: Literal["minmax", "mse", "percentile"] = "mse"
+    split_shortcut: bool = True
+    running_stat: Literal[True, False, "auto"] = "auto"
+    units: Literal["blocks", "transformer"] = "blocks"  # the keys of UNIT_TYPES
+    weight_stage_attn_operands: Literal["off", "quantized"] = "off"
+    n_samples: int = 16
+    batch_size: int = 4
+
+
 # `running_stat`: "auto" runs it on the >= 8-bit activation quantizers only, as the official
 # commands use it (README: SD and LSUN-bedroom at --act_bit 8; none at lower bits)
 RUNNING_STAT_MIN_BITS = {True: 0, "auto": 8}
@@ -214,11 +227,12 @@ class QDiffusion:
     label = "Q-Diffusion"  # how tables and figures name it
 
     name = "qdiffusion"
+    options = QDiffusionOptions  # its method_options
 
-    def native_scheme(self, opts: dict[str, Any]) -> QuantScheme:
+    def native_scheme(self, opts: QDiffusionOptions) -> QuantScheme:
         """Per-channel asym weights from `w_init`, per-tensor static asym activations from
         `a_init` (both the Lp-2.4 search); the softmax output at `sm_abit`."""
-        return QuantScheme(weight_init=opts["w_init"], act_init=opts["a_init"])
+        return QuantScheme(weight_init=opts.w_init, act_init=opts.a_init)
 
     def quantize(
         self,
@@ -228,26 +242,17 @@ class QDiffusion:
         cfg: dict[str, Any],
         scheme: QuantScheme | None = None,
     ) -> RestorerBundle:
-        opts = check_options(
-            cfg,
-            DEFAULTS,
-            self.name,
-            {
-                "running_stat": (False, *RUNNING_STAT_MIN_BITS),
-                "units": tuple(UNIT_TYPES),
-                "weight_stage_attn_operands": ("off", "quantized"),
-            },
-        )
+        opts = QDiffusionOptions.from_dict(cfg, self.name)
         scheme = scheme or self.native_scheme(opts)
         model = copy.deepcopy(fp)
         sites = model.quant_targets()
-        splits = shortcut_splits(model) if opts["split_shortcut"] else {}
+        splits = shortcut_splits(model) if opts.split_shortcut else {}
         layout = scheme.layout(model, sites, plan, splits=splits)
         notes = dict.fromkeys(
             (n for n in splits if n in layout),
             "split shortcut quantizer: [up-path, skip] quantized separately",
         )
-        sm = int(opts["sm_abit"])
+        sm = opts.sm_abit
         for name, lq in list(layout.items()):
             if scheme.exceptions and name.endswith("av_matmul") and sm > lq.a.bits:
                 a = QuantSpec(sm, lq.a.symmetric, "tensor", channel_dim=-1)
@@ -255,13 +260,13 @@ class QDiffusion:
                 notes[name] = SOFTMAX_NOTE.format(b=sm)
         wrap_model(model, layout)
         calibrate_weights(model, scheme.weight_init)
-        images = calib.images[: int(opts["n_samples"])]
+        images = calib.images[: opts.n_samples]
         # Lp-2.4 search on the real activations of the calibration images (Q-Diffusion's init)
-        observe_activation_ranges(model, images, int(opts["batch_size"]), scheme.act_init)
+        observe_activation_ranges(model, images, opts.batch_size, scheme.act_init)
         fp.eval()  # only read (block targets under no_grad): a second 3.5 GB copy buys nothing
         model.eval().requires_grad_(False)
         t0 = time.perf_counter()
-        blocks = find_blocks(model, images, UNIT_TYPES[opts["units"]])
+        blocks = find_blocks(model, images, UNIT_TYPES[opts.units])
         log_timing("find_blocks", len(blocks), time.perf_counter() - t0)
         for k, blk in enumerate(blocks):
             self._reconstruct_unit(model, fp, blk, images, opts, f"{k}:{blk.name}")
@@ -277,7 +282,7 @@ class QDiffusion:
         fp: RestorerBundle,
         blk: Block,
         images: Tensor,
-        opts: dict[str, Any],
+        opts: QDiffusionOptions,
         desc: str,
     ) -> None:
         """Weight stage, running min-max, activation stage of one unit (see the module docstring).
@@ -286,17 +291,17 @@ class QDiffusion:
         code's `asym` capture under `set_quant_state(True, False)`; the activation stages read it
         from the fully quantized network (upstream units final).
         """
-        bs = int(opts["batch_size"])
+        bs = opts.batch_size
         module = model.get_submodule(blk.name)
         targets = capture(fp, blk.name, images, bs, "output")
         if blk.layers:
             layers = {n: model.get_submodule(n) for n in blk.layers}
-            with activations_off(model, opts["weight_stage_attn_operands"] == "off"):
+            with activations_off(model, opts.weight_stage_attn_operands == "off"):
                 inputs = capture(model, blk.name, images, bs, "input")
                 self._weights(module, layers, inputs, targets, opts, f"{desc} W")
         inputs = capture(model, blk.name, images, bs, "input")
-        if opts["running_stat"] is not False:
-            running_stat(module, inputs, min_bits=RUNNING_STAT_MIN_BITS[opts["running_stat"]])
+        if opts.running_stat is not False:
+            running_stat(module, inputs, min_bits=RUNNING_STAT_MIN_BITS[opts.running_stat])
         self._activations(module, inputs, targets, opts, f"{desc} A")
 
     @staticmethod
@@ -305,23 +310,23 @@ class QDiffusion:
         layers: dict[str, QuantLayerMixin],
         inputs: list[Any],
         targets: list[Tensor],
-        opts: dict[str, Any],
+        opts: QDiffusionOptions,
         desc: str,
     ) -> None:
         """AdaRound, called with every activation quantizer off (Q-Diffusion's weight stage)."""
-        iters = int(opts["w_iters"])
-        b_range = (float(opts["b_start"]), float(opts["b_end"]))
-        lam = float(opts["round_weight"])
+        iters = opts.w_iters
+        b_range = (opts.b_start, opts.b_end)
+        lam = opts.round_weight
         with adaround(layers) as rounders:
             params = [p for r in rounders.values() for p in r.parameters()]
 
             def reg(step: int) -> Tensor | None:
-                beta = temperature(step, iters, float(opts["warmup"]), b_range)
+                beta = temperature(step, iters, opts.warmup, b_range)
                 if beta is None:
                     return None
                 return lam * sum(r.regularizer(beta) for r in rounders.values())
 
-            cfg = ReconConfig(iters, float(opts["w_lr"]), 2.0)
+            cfg = ReconConfig(iters, opts.w_lr, 2.0)
             reconstruct(
                 module,
                 inputs,
@@ -338,7 +343,7 @@ class QDiffusion:
         module: nn.Module,
         inputs: list[Any],
         targets: list[Tensor],
-        opts: dict[str, Any],
+        opts: QDiffusionOptions,
         desc: str,
     ) -> None:
         """LSQ step sizes of the block's activation quantizers, p = 2.4, cosine (act stage)."""
@@ -346,7 +351,7 @@ class QDiffusion:
             # a 16-bit quantizer (softmax P) is not learned, as in Q-Diffusion (its step, ~1e-5,
             # is below one Adam step)
             params = [p for p in params if _bits_of(module, p) < 16]
-            cfg = ReconConfig(int(opts["a_iters"]), float(opts["a_lr"]), 2.4, cosine=True)
+            cfg = ReconConfig(opts.a_iters, opts.a_lr, 2.4, cosine=True)
             reconstruct(
                 module,
                 inputs,

@@ -29,18 +29,18 @@ so the LLM's global fused Q is not exact here; methods.md §5 "On the SD UNet/VA
 Quantizers: `native_scheme` (from `w_clip` and `a_clip_ratio`); a given scheme replaces them,
 rotations unchanged; static activation ranges are then observed on the rotated model.
 
-Options (config `method_options.quarot`): a_clip_ratio (1.0), w_clip (true), seed (0),
-rotate_attention (true).
+Options (config `method_options.quarot`): `QuaRotOptions` below.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from quantface.methods.base import check_options
+from quantface.methods.options import Options
 from quantface.models.base import RestorerBundle
 from quantface.quant.apply import calibrate_weights, observe_activation_ranges
 from quantface.quant.calibration import CalibrationSet
@@ -51,12 +51,20 @@ from quantface.quant.rotation import rotate_attention_heads
 from quantface.quant.scheme import QuantScheme
 from quantface.registry import METHODS
 
-DEFAULTS: dict[str, Any] = {
-    "a_clip_ratio": 1.0,
-    "w_clip": True,
-    "seed": 0,
-    "rotate_attention": True,
-}
+
+@dataclass(frozen=True)
+class QuaRotOptions(Options):
+    """QuaRot's options (config `method_options.quarot`; config/README.md).
+
+    a_clip_ratio: per-token dynamic activation range shrink; w_clip: MSE clip search of the
+    weights (false: min-max); seed: of the Hadamard signs (per layer with its name);
+    rotate_attention: per-head Hadamards fused into to_q/to_k and to_v/to_out.0.
+    """
+
+    a_clip_ratio: float = 1.0
+    w_clip: bool = True
+    seed: int = 0
+    rotate_attention: bool = True
 
 
 @METHODS.register("quarot")
@@ -66,16 +74,17 @@ class QuaRot:
     label = "QuaRot"  # how tables and figures name it
 
     name = "quarot"
+    options = QuaRotOptions  # its method_options
 
-    def native_scheme(self, opts: dict[str, Any]) -> QuantScheme:
+    def native_scheme(self, opts: QuaRotOptions) -> QuantScheme:
         """Weights per-channel symmetric (MSE clip with `w_clip`); activations per-token
         dynamic symmetric with `a_clip_ratio`."""
         return QuantScheme(
             weight_symmetric=True,
-            weight_init="mse" if opts["w_clip"] else "minmax",
+            weight_init="mse" if opts.w_clip else "minmax",
             act_symmetric=True,
             act_granularity="token",
-            act_clip_ratio=float(opts["a_clip_ratio"]),
+            act_clip_ratio=opts.a_clip_ratio,
         )
 
     def quantize(
@@ -86,11 +95,11 @@ class QuaRot:
         cfg: dict[str, Any],
         scheme: QuantScheme | None = None,
     ) -> RestorerBundle:
-        opts = check_options(cfg, DEFAULTS, self.name)
+        opts = QuaRotOptions.from_dict(cfg, self.name)
         scheme = scheme or self.native_scheme(opts)
         model = copy.deepcopy(fp)
         sites = model.quant_targets()
-        if opts["rotate_attention"]:
+        if opts.rotate_attention:
             attn_names = {n.rpartition(".")[0] for n, k in sites.items() if k == "matmul"}
             for n in sorted(attn_names):
                 rotate_attention_heads(model.get_submodule(n))
@@ -104,7 +113,7 @@ class QuaRot:
         wrap_model(model, layout)
         for name, mod in model.named_modules():
             if isinstance(mod, QuantLayerMixin) and mod.transform_spec().hadamard:
-                signs = random_signs(mod.weight.shape[1], layer_seed(opts["seed"], name))
+                signs = random_signs(mod.weight.shape[1], layer_seed(opts.seed, name))
                 with torch.no_grad():
                     mod.input_hadamard.signs.copy_(signs)
                     mod.weight.copy_(randomized_hadamard(mod.weight, signs, dim=1))

@@ -26,16 +26,17 @@ Quantizers: `native_scheme` (from `symmetric` and `act_granularity`); a given sc
 protocol) replaces them, smoothing unchanged, ranges re-observed on the smoothed model by the
 scheme's rule. With per-token activations K^T is quantized per key token, as in every method.
 
-Options (config `method_options.smoothquant`): alpha (0.5), online (true),
-act_granularity ("tensor" | "token"), symmetric (true).
+Options (config `method_options.smoothquant`): `SmoothQuantOptions` below.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from quantface.methods.base import check_options, smoothable
+from quantface.methods.base import smoothable
+from quantface.methods.options import Options
 from quantface.models.base import RestorerBundle
 from quantface.quant.apply import calibrate_weights, observe_activation_ranges
 from quantface.quant.calibration import CalibrationSet
@@ -45,12 +46,20 @@ from quantface.quant.scheme import QuantScheme
 from quantface.quant.smoothing import apply_smoothing, calib_absmax, smoothing_groups
 from quantface.registry import METHODS
 
-DEFAULTS: dict[str, Any] = {
-    "alpha": 0.5,
-    "online": True,
-    "act_granularity": "tensor",
-    "symmetric": True,
-}
+
+@dataclass(frozen=True)
+class SmoothQuantOptions(Options):
+    """SmoothQuant's options (config `method_options.smoothquant`; config/README.md).
+
+    alpha: migration strength; online: also smooth unfoldable layers at run time (false:
+    fold-only); act_granularity: `tensor` static (level O3) or `token` dynamic (O1);
+    symmetric: symmetric activation grid.
+    """
+
+    alpha: float = 0.5
+    online: bool = True
+    act_granularity: Literal["tensor", "token"] = "tensor"
+    symmetric: bool = True
 
 
 @METHODS.register("smoothquant")
@@ -60,13 +69,14 @@ class SmoothQuant:
     label = "SmoothQuant"  # how tables and figures name it
 
     name = "smoothquant"
+    options = SmoothQuantOptions  # its method_options
 
-    def native_scheme(self, opts: dict[str, Any]) -> QuantScheme:
+    def native_scheme(self, opts: SmoothQuantOptions) -> QuantScheme:
         """Weights per-channel symmetric absmax; activations `symmetric`, `act_granularity`."""
         return QuantScheme(
             weight_symmetric=True,
-            act_symmetric=bool(opts["symmetric"]),
-            act_granularity=opts["act_granularity"],
+            act_symmetric=opts.symmetric,
+            act_granularity=opts.act_granularity,
         )
 
     def quantize(
@@ -77,20 +87,20 @@ class SmoothQuant:
         cfg: dict[str, Any],
         scheme: QuantScheme | None = None,
     ) -> RestorerBundle:
-        opts = check_options(cfg, DEFAULTS, self.name)
+        opts = SmoothQuantOptions.from_dict(cfg, self.name)
         scheme = scheme or self.native_scheme(opts)
         model = copy.deepcopy(fp)
         sites = model.quant_targets()
         layers = smoothable(model, plan)
         groups = smoothing_groups(model, layers)
-        if not opts["online"]:
+        if not opts.online:
             groups = [g for g in groups if g.fold != "online"]
         online = {n for g in groups if g.fold == "online" for n in g.layers}
         transforms = dict.fromkeys(online, InputTransform(scale=True))
         layout = scheme.layout(model, sites, plan, transforms)
         wrap_model(model, layout)
         absmax = {n: calib_absmax(calib.input_stats(n)) for g in groups for n in g.layers}
-        apply_smoothing(model, groups, absmax, float(opts["alpha"]))
+        apply_smoothing(model, groups, absmax, opts.alpha)
         calibrate_weights(model, scheme.weight_init)
         observe_activation_ranges(model, calib.images, observer=scheme.act_init)
         return model.eval()

@@ -71,8 +71,7 @@ and the refit then score candidates with the scheme's quantizers on the calibrat
 static per-tensor activation range as the rows' own min-max, a stand-in for the final range),
 and static ranges are observed on the smoothed model at the end.
 
-Options (config `method_options.svdquant`): rank (32), num_grids (10), group_size (64),
-lowrank_iters (10), early_stop (true), online (true), max_rank_fraction (0.1).
+Options (config `method_options.svdquant`): `SVDQuantOptions` below.
 """
 
 from __future__ import annotations
@@ -91,7 +90,8 @@ from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from diffusers.models.upsampling import Upsample2D
 from torch import Tensor, nn
 
-from quantface.methods.base import check_options, smoothable
+from quantface.methods.base import smoothable
+from quantface.methods.options import Options
 from quantface.models.base import RestorerBundle
 from quantface.quant.apply import calibrate_weights, observe_activation_ranges
 from quantface.quant.calibration import CalibrationSet
@@ -112,15 +112,26 @@ from quantface.quant.smoothing import (
 from quantface.registry import METHODS
 from quantface.timing import log_timing
 
-DEFAULTS: dict[str, Any] = {
-    "rank": 32,
-    "num_grids": 10,
-    "group_size": 64,
-    "lowrank_iters": 10,
-    "early_stop": True,
-    "online": True,
-    "max_rank_fraction": 0.1,
-}
+
+@dataclass(frozen=True)
+class SVDQuantOptions(Options):
+    """SVDQuant's options (config `method_options.svdquant`; config/README.md).
+
+    rank: of the 16-bit low-rank branch, capped per layer by max_rank_fraction of
+    min(C_out, C_in*k*k); num_grids: of the per-layer smoothing search; group_size: of the
+    weight/activation quantization groups; lowrank_iters, early_stop: the branch refit;
+    online: run-time smoothing where 1/s cannot be folded.
+    """
+
+    rank: int = 32
+    num_grids: int = 10
+    group_size: int = 64
+    lowrank_iters: int = 10
+    early_stop: bool = True
+    online: bool = True
+    max_rank_fraction: float = 0.1
+
+
 SKIPPED_BLOCKS = (ResnetBlock2D, Downsample2D, Upsample2D, TimestepEmbedding)
 EMBED_NAMES = ("conv_in", "conv_out", "quant_conv", "post_quant_conv")
 SEARCH_CHUNK = 1 << 25  # floats per batched candidate chunk (~128 MB of FP32 per operand set)
@@ -295,35 +306,36 @@ class SVDQuant:
     label = "SVDQuant"  # how tables and figures name it
 
     name = "svdquant"
+    options = SVDQuantOptions  # its method_options
 
-    def native_scheme(self, opts: dict[str, Any]) -> QuantScheme:
+    def native_scheme(self, opts: SVDQuantOptions) -> QuantScheme:
         """Per-group INT4: weights symmetric, activations asymmetric dynamic, `group_size`."""
         return QuantScheme(
             weight_symmetric=True,
             weight_granularity="group",
             act_granularity="group",
-            group_size=int(opts["group_size"]),
+            group_size=opts.group_size,
         )
 
     def prepare(
         self,
         fp: RestorerBundle,
         plan: BitPlan,
-        opts: dict[str, Any],
+        opts: SVDQuantOptions,
         scheme: QuantScheme | None = None,
     ) -> tuple[RestorerBundle, list[SmoothGroup], list[str]]:
         """A wrapped copy of fp with identity transforms; its smoothing groups and branch layers."""
         model = copy.deepcopy(fp)
         branch = branch_layers(model, smoothable(model, plan))
         groups = smoothing_groups(model, branch)
-        if not opts["online"]:
+        if not opts.online:
             groups = [g for g in groups if g.fold != "online"]
         online = {n for g in groups if g.fold == "online" for n in g.layers}
-        frac = float(opts["max_rank_fraction"])
+        frac = opts.max_rank_fraction
         ranks = {}
         for name in branch:
             w = model.get_submodule(name).weight
-            ranks[name] = capped_rank(opts["rank"], w.shape[0], w[0].numel(), frac)
+            ranks[name] = capped_rank(opts.rank, w.shape[0], w[0].numel(), frac)
         scheme = scheme or self.native_scheme(opts)
         transforms = {n: InputTransform(n in online, False, ranks.get(n, 0)) for n in branch}
         wrap_model(model, scheme.layout(model, model.quant_targets(), plan, transforms))
@@ -357,11 +369,11 @@ class SVDQuant:
         cfg: dict[str, Any],
         scheme: QuantScheme | None = None,
     ) -> RestorerBundle:
-        opts = check_options(cfg, DEFAULTS, self.name)
+        opts = SVDQuantOptions.from_dict(cfg, self.name)
         scheme = scheme or self.native_scheme(opts)
         model, groups, branch = self.prepare(fp, plan, opts, scheme)
         known: dict[str, KnownBranch] = {}
-        chosen = self.smooth(model, groups, calib, int(opts["num_grids"]), known)
+        chosen = self.smooth(model, groups, calib, opts.num_grids, known)
         for name in branch:
             mod = model.get_submodule(name)
             assert isinstance(mod, QuantLayerMixin)
@@ -374,8 +386,8 @@ class SVDQuant:
                 mod,
                 rows,
                 s,
-                int(opts["lowrank_iters"]),
-                bool(opts["early_stop"]),
+                opts.lowrank_iters,
+                opts.early_stop,
                 known.pop(name, None),
             )
             log_timing("lowrank_iter", len(errors), time.perf_counter() - t0)

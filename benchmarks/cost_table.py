@@ -61,13 +61,10 @@ FAST = {  # budgets only: the structure (and so the cost) does not depend on the
     "quantface": {"steps": 1},
     "quantface_mp": {"steps": 1, "sensitivity_images": 1},
 }
+SVDQ, QF = svdquant.SVDQuantOptions(), qf.QuantFaceOptions()  # the defaults
 RANK_RULES = {  # (out channels, fan-in) -> rank of the saved low-rank branch, per method
-    "svdquant": lambda o, f: capped_rank(
-        svdquant.DEFAULTS["rank"], o, f, svdquant.DEFAULTS["max_rank_fraction"]
-    ),
-    "quantface": lambda o, f: (
-        2 * max(1, capped_rank(qf.DEFAULTS["rank"], o, f, qf.DEFAULTS["max_rank_fraction"]))
-    ),
+    "svdquant": lambda o, f: capped_rank(SVDQ.rank, o, f, SVDQ.max_rank_fraction),
+    "quantface": lambda o, f: 2 * max(1, capped_rank(QF.rank, o, f, QF.max_rank_fraction)),
 }
 RANK_RULES["quantface_mp"] = RANK_RULES["quantface"]
 assert qdlora.BRANCHES[0] == "both"  # QuantFace's default: SVD + LoRA branch, rank r each
@@ -130,7 +127,7 @@ def transfer(layout: dict[str, LayerQuant], sd: OSDFaceRestorer, method: str):
         if lq.kind != "matmul":
             o, fan_in, c_in = mod.weight.shape[0], mod.weight[0].numel(), mod.weight.shape[1]
             if a.granularity == "group" or w.granularity == "group":  # SVDQuant's per-group
-                scheme = svdquant.SVDQuant().native_scheme(svdquant.DEFAULTS)
+                scheme = svdquant.SVDQuant().native_scheme(SVDQ)
                 a, w = scheme.act_spec(a.bits, lq.kind, c_in), scheme.weight_spec(w.bits, c_in)
             if t.lowrank:
                 t = replace(t, lowrank=RANK_RULES[method](o, fan_in))

@@ -162,14 +162,14 @@ def _check_architecture(config: dict[str, Any]) -> None:
 
 def _check_perceptual(config: dict[str, Any]) -> None:
     """quantface_mp's perceptual metric (a name the schema only knows as a string)."""
-    from quantface.methods.quantface_options import MP_DEFAULTS, check_perceptual
+    from quantface.methods.quantface_options import QuantFaceMPOptions, check_perceptual
 
     keys = {m: f"method_options.{m}" for m in config["methods"] if m == "quantface_mp"}
     for v, spec in ablation_variants(config).items():
         if spec["method"] == "quantface_mp":
             keys[v] = f"ablation.variants.{v}.options"
     for name, key in keys.items():
-        opts = {**MP_DEFAULTS, **resolve_method(config, name)[1]}
+        opts = {**QuantFaceMPOptions.defaults(), **resolve_method(config, name)[1]}
         try:
             check_perceptual(opts["perceptual"], Path(opts["weights_dir"]))
         except QuantFaceError as e:
@@ -294,7 +294,7 @@ def _check_mp_budgets(config: dict[str, Any]) -> None:
 
     Checked here so the run stops at parse time, not after minutes of sensitivity analysis.
     """
-    from quantface.methods.quantface_options import MP_DEFAULTS
+    from quantface.methods.quantface_options import QuantFaceMPOptions
 
     runs = [
         (m, config.get("method_options", {}).get(m, {}), b, f"method_options.{m}")
@@ -307,7 +307,7 @@ def _check_mp_budgets(config: dict[str, Any]) -> None:
             opts = resolve_method(config, name)[1]
             runs.append((name, opts, bits, f"ablation.variants.{name}.options"))
     for name, opts, bits, options_key in runs:
-        lowest = min(opts.get("candidates", MP_DEFAULTS["candidates"]))
+        lowest = min(opts.get("candidates", QuantFaceMPOptions.candidates))
         budget = opts.get("budget") or parse_bits(bits).a_bits
         if budget < lowest:
             key = f"{options_key}.budget" if opts.get("budget") else "bits"

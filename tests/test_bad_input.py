@@ -174,17 +174,16 @@ def test_valid_micro_config_passes_the_cli_check(capsys):
 
 
 def test_every_method_option_is_in_the_schema():
-    """Option keys are validated at parse time only if the schema knows each method's options."""
-    import importlib
-
+    """Option keys are validated at parse time only if the schema knows each method's options
+    (tests/test_options.py checks their types and defaults too)."""
     from quantface.config import schema
+    from quantface.methods.options import Options
     from quantface.registry import METHODS
 
     options = schema()["properties"]["method_options"]["properties"]
     for name in METHODS.names():
-        module = importlib.import_module(METHODS.get(name).__module__)
-        defaults = getattr(module, "MP_DEFAULTS" if name == "quantface_mp" else "DEFAULTS", {})
-        assert set(options[name].get("properties", {})) == set(defaults), name
+        fields = getattr(METHODS.get(name), "options", Options).defaults()
+        assert set(options[name].get("properties", {})) == set(fields), name
         assert options[name]["additionalProperties"] is False, name
 
 

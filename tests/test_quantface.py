@@ -9,7 +9,8 @@ import torch
 
 from quantface.config import quantized_cells
 from quantface.methods.qdlora import branch_ranks, init_qdlora
-from quantface.methods.quantface import DEFAULTS, build_balanced, train_qdlora
+from quantface.methods.quantface import build_balanced, train_qdlora
+from quantface.methods.quantface_options import QuantFaceOptions
 from quantface.models.checkpoint import load_bundle, save_bundle
 from quantface.quant.apply import current_layout, plan_of
 from quantface.quant.calibration import collect_calibration
@@ -37,7 +38,7 @@ def test_balancing_keeps_fp_output_and_cuts_w4a4_error_on_an_outlier_channel():
     plan = BitPlan.uniform(fp.quant_targets(), 4, 4)
     err = {}
     for balancing in ("both", "none"):
-        opts = {**DEFAULTS, "balancing": balancing, "branches": "none", "act_granularity": "tensor"}
+        opts = QuantFaceOptions(balancing=balancing, branches="none", act_granularity="tensor")
         model = build_balanced(fp, calib, plan, opts)
         err[balancing] = (model.restore(test) - ref).pow(2).mean().item()
         if balancing == "both":
@@ -70,7 +71,7 @@ def test_qdlora_split_reconstructs_the_weight_and_starts_with_a_silent_lora():
 def test_qdlora_training_lowers_the_distillation_loss(micro_model, micro_images):
     calib = collect_calibration(copy.deepcopy(micro_model), micro_images, 2, 64)
     plan = BitPlan.uniform(micro_model.quant_targets(), 4, 4)
-    opts = {**DEFAULTS, "max_rank_fraction": 0.25, "steps": 8, "crop": 32, "batch_size": 4}
+    opts = QuantFaceOptions(max_rank_fraction=0.25, steps=8, crop=32, batch_size=4)
     model = build_balanced(micro_model, calib, plan, opts)
     with torch.no_grad():
         ref = micro_model.restore(micro_images)

@@ -177,14 +177,14 @@ class TwoInputBundle(RestorerBundle):
 
 def _svdquant_search():
     """SVDQuant's prepared (wrapped, unsmoothed) TwoInputBundle at W4A4 and its calibration."""
-    from baselines.svdquant import DEFAULTS, SVDQuant
+    from baselines.svdquant import SVDQuant, SVDQuantOptions
 
     fp = TwoInputBundle().eval()
     imgs = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     calib = collect_calibration(copy.deepcopy(fp), imgs, 2, 64)
     plan = BitPlan.uniform(fp.quant_targets(), 4, 4)
     method = SVDQuant()
-    model, groups, _ = method.prepare(fp, plan, dict(DEFAULTS))
+    model, groups, _ = method.prepare(fp, plan, SVDQuantOptions())
     return method, model, groups, calib
 
 

@@ -16,9 +16,10 @@ EfficientDM). The quantizer alone moves PSNR-FP at A4 by several dB, so tables s
 and the matched protocol hands every method one scheme (`native_scheme` is QuantFace's own);
 attention QK^T and AV at the activation bits (as every method here), with Q/K/V rotated per head by a
 Hadamard (`rotate_attention`, the RHT applied to the attention operands). The visual prompt
-embedder stays FP. Ablations are options (see config/README.md): balancing both|scale|rht|none,
-branches both|svd|lora|none ("none" = no QD-LoRA: no branches and no distillation), lam (1.0 =
-allocation by quantization error only).
+embedder stays FP. Options: `QuantFaceOptions` and `QuantFaceMPOptions`
+(methods/quantface_options.py; config/README.md). Ablations are options: balancing
+both|scale|rht|none, branches both|svd|lora|none ("none" = no QD-LoRA: no branches and no
+distillation), lam (1.0 = allocation by quantization error only).
 """
 
 from __future__ import annotations
@@ -43,14 +44,18 @@ from quantface.methods.allocation import (
     solve_allocation,
     spaced_subset,
 )
-from quantface.methods.base import check_options, smoothable
+from quantface.methods.base import smoothable
 from quantface.methods.qdlora import (
     branch_parameters,
     branch_ranks,
     init_qdlora,
     round_branches_to_fp16,
 )
-from quantface.methods.quantface_options import DEFAULTS, MP_DEFAULTS, check_perceptual
+from quantface.methods.quantface_options import (
+    QuantFaceMPOptions,
+    QuantFaceOptions,
+    check_perceptual,
+)
 from quantface.methods.rotation_scaling import apply_balancing, plan_balancing
 from quantface.models.base import RestorerBundle
 from quantface.quant.apply import calibrate_weights, observe_activation_ranges
@@ -66,22 +71,17 @@ from quantface.registry import METHODS
 log = logging.getLogger(__name__)
 
 
-def native_scheme(opts: dict[str, Any]) -> QuantScheme:
+def native_scheme(opts: QuantFaceOptions) -> QuantScheme:
     """Per-channel asym weights from `weight_observer`; activations asym, `act_granularity`
     (token: dynamic; tensor: static min-max on the balanced model)."""
-    gran = opts["act_granularity"]
-    if gran not in ("tensor", "token"):
-        raise ConfigError(
-            f"method_options.quantface.act_granularity must be tensor|token, got {gran!r}"
-        )
-    return QuantScheme(weight_init=opts["weight_observer"], act_granularity=gran)
+    return QuantScheme(weight_init=opts.weight_observer, act_granularity=opts.act_granularity)
 
 
 def build_balanced(
     fp: RestorerBundle,
     calib: CalibrationSet,
     plan: BitPlan,
-    opts: dict[str, Any],
+    opts: QuantFaceOptions,
     scheme: QuantScheme | None = None,
 ) -> RestorerBundle:
     """Balanced, split and calibrated (not yet trained) QuantFace model; FP-exact with quantizers
@@ -90,16 +90,16 @@ def build_balanced(
     model = copy.deepcopy(fp)
     sites = model.quant_targets()
     layers = smoothable(model, plan)
-    if opts["rotate_attention"] and opts["balancing"] in ("both", "rht"):
+    if opts.rotate_attention and opts.balancing in ("both", "rht"):
         for attn in sorted({n.rpartition(".")[0] for n in plan if sites[n] == "matmul"}):
             rotate_attention_heads(model.get_submodule(attn))
-    groups, online_scale, rotated = plan_balancing(model, layers, opts["balancing"])
+    groups, online_scale, rotated = plan_balancing(model, layers, opts.balancing)
     ranks = {
         n: branch_ranks(
             model.get_submodule(n).weight.shape,
-            int(opts["rank"]),
-            float(opts["max_rank_fraction"]),
-            opts["branches"],
+            opts.rank,
+            opts.max_rank_fraction,
+            opts.branches,
         )
         for n in layers
     }
@@ -108,8 +108,8 @@ def build_balanced(
     }
     layout = scheme.layout(model, sites, plan, transforms)
     wrap_model(model, layout)
-    apply_balancing(model, calib, groups, float(opts["alpha"]), int(opts["seed"]))
-    gen = torch.Generator().manual_seed(int(opts["seed"]))
+    apply_balancing(model, calib, groups, opts.alpha, opts.seed)
+    gen = torch.Generator().manual_seed(opts.seed)
     for name, (svd_rank, lora_rank) in ranks.items():
         init_qdlora(model.get_submodule(name), svd_rank, lora_rank, gen)
     calibrate_weights(model, scheme.weight_init)
@@ -118,28 +118,20 @@ def build_balanced(
 
 
 def train_qdlora(
-    model: RestorerBundle, fp: RestorerBundle, calib: CalibrationSet, opts: dict[str, Any]
+    model: RestorerBundle, fp: RestorerBundle, calib: CalibrationSet, opts: QuantFaceOptions
 ) -> list[float]:
     """Jointly train the branches and every static step size against the FP model's outputs."""
-    if opts["branches"] == "none" or int(opts["steps"]) <= 0:
+    if opts.branches == "none" or opts.steps <= 0:
         return []
-    cfg = DistillConfig(
-        int(opts["steps"]),
-        float(opts["lr"]),
-        int(opts["batch_size"]),
-        opts["loss"],
-        int(opts["seed"]),
-    )
-    images = random_crops(
-        calib.images, int(opts["crop"]), int(opts["crops_per_image"]), int(opts["seed"])
-    )
+    cfg = DistillConfig(opts.steps, opts.lr, opts.batch_size, opts.loss, opts.seed)
+    images = random_crops(calib.images, opts.crop, opts.crops_per_image, opts.seed)
     targets = fp_targets(fp, images, cfg.batch_size)
     model.requires_grad_(False)
     branches = branch_parameters(model)
     for p in branches:
         p.requires_grad_(True)
     with learnable_scales(model) as scales:
-        groups = [{"params": branches}, {"params": scales, "lr": float(opts["scale_lr"])}]
+        groups = [{"params": branches}, {"params": scales, "lr": opts.scale_lr}]
         curve = distill(model, images, targets, groups, cfg, lambda: clamp_scales_(scales))
     model.requires_grad_(False)
     round_branches_to_fp16(model)
@@ -156,8 +148,9 @@ class QuantFace:
 
     name = "quantface"
     mixed_precision = False
+    options = QuantFaceOptions  # its method_options
 
-    def native_scheme(self, opts: dict[str, Any]) -> QuantScheme:
+    def native_scheme(self, opts: QuantFaceOptions) -> QuantScheme:
         return native_scheme(opts)
 
     def quantize(
@@ -168,7 +161,7 @@ class QuantFace:
         cfg: dict[str, Any],
         scheme: QuantScheme | None = None,
     ) -> RestorerBundle:
-        opts = check_options(cfg, DEFAULTS, self.name)
+        opts = QuantFaceOptions.from_dict(cfg, self.name)
         model = build_balanced(fp, calib, plan, opts, scheme)
         curve = train_qdlora(model, fp, calib, opts)
         model.plan_notes = _curve_notes(curve)
@@ -183,8 +176,9 @@ class QuantFaceMP:
 
     name = "quantface_mp"
     mixed_precision = True
+    options = QuantFaceMPOptions  # its method_options
 
-    def native_scheme(self, opts: dict[str, Any]) -> QuantScheme:
+    def native_scheme(self, opts: QuantFaceOptions) -> QuantScheme:
         return native_scheme(opts)
 
     def quantize(
@@ -195,27 +189,25 @@ class QuantFaceMP:
         cfg: dict[str, Any],
         scheme: QuantScheme | None = None,
     ) -> RestorerBundle:
-        opts = check_options(cfg, MP_DEFAULTS, self.name)
-        budget = float(opts["budget"] or _plan_act_bits(plan))
-        candidates = sorted(int(b) for b in opts["candidates"])
+        opts = QuantFaceMPOptions.from_dict(cfg, self.name)
+        budget = float(opts.budget or _plan_act_bits(plan))
+        candidates = sorted(opts.candidates)
         model = build_balanced(fp, calib, plan, opts, scheme)
         images = random_crops(
-            calib.images[: int(opts["sensitivity_images"])],
-            int(opts["sensitivity_crop"]),
+            calib.images[: opts.sensitivity_images],
+            opts.sensitivity_crop,
             1,
-            int(opts["seed"]) + 1,
+            opts.seed + 1,
         )
         perceptual = perceptual_distance(
-            opts["perceptual"], Path(opts["weights_dir"]), module_device(model)
+            opts.perceptual, Path(opts.weights_dir), module_device(model)
         )
         every = list(activation_sites(model))
-        only = spaced_subset(every, opts["sensitivity_sites"])
-        e_q, e_p = layer_sensitivity(
-            model, images, candidates, perceptual, int(opts["batch_size"]), only
-        )
+        only = spaced_subset(every, opts.sensitivity_sites)
+        e_q, e_p = layer_sensitivity(model, images, candidates, perceptual, opts.batch_size, only)
         e_q, e_p = fill_unmeasured(e_q, every), fill_unmeasured(e_p, every)
         weight = activation_elements(model, list(e_q))
-        problem = AllocationProblem(combine_costs(e_q, e_p, float(opts["lam"])), weight, budget)
+        problem = AllocationProblem(combine_costs(e_q, e_p, opts.lam), weight, budget)
         alloc = solve_allocation(problem)
         sites = activation_sites(model)
         for name, bits in alloc.bits.items():
@@ -229,8 +221,8 @@ class QuantFaceMP:
                     "budget": budget,
                     "average_act_bits": round(alloc.average_bits, 4),
                     "candidates": candidates,
-                    "lam": float(opts["lam"]),
-                    "perceptual": opts["perceptual"],
+                    "lam": opts.lam,
+                    "perceptual": opts.perceptual,
                     "sensitivity_sites": f"{len(only or every)} of {len(every)}",
                     "weighting": "activation elements per image",
                     "ilp_variables": alloc.n_variables,
