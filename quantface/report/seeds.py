@@ -77,8 +77,10 @@ def write_seed_table(
         *footnote,
         (
             f"Each seed draws its own calibration set and quantization seed (seed {run_seed}: the "
-            "tables' rows); FP model, test sets and restoration unchanged. std: sample standard "
-            "deviation over seeds (n - 1); n: seeds per cell. Per-seed values in seeds.csv."
+            "tables' rows); FP model, test sets, restoration and each method's own `seed` option "
+            "(Hadamard signs, LoRA init) unchanged, so a method that does not use calibration data "
+            "shows no spread. std: sample standard deviation over seeds (n - 1); n: seeds per "
+            "cell. Per-seed values in seeds.csv."
         ),
     ]
 
