@@ -352,6 +352,24 @@ def test_let_scale_and_shift_leave_the_fp_output_unchanged(conv):
     assert torch.allclose(q.to_float()(x), fp(x), atol=1e-4)
 
 
+def test_let_keeps_no_second_copy_of_the_weights():
+    """At full size a copy of every weight is 3.5 GB: the stage trains s on the FP weight in
+    place, and W*diag(s) lives only while its layer runs (the rest of the graph holds it)."""
+    fp, q, x = _layer(conv=True)
+    q.add_transform(InputTransform(scale=True, shift=True))
+    q.input_scale.fill_(2.0)
+    storage = q.weight.data_ptr()
+    with learnable_let({"l": q}) as params:
+        set_quant_mode(q, "off")
+        y = q(x)
+        assert "weight" not in q.__dict__ and "weight" not in q._parameters  # dropped
+        y.sum().backward()  # the gradient still reaches s
+        assert params[0].grad is not None and params[0].grad.abs().sum() > 0
+    assert q.weight.data_ptr() == storage  # the FP weight became W*diag(s) in place
+    with torch.no_grad():
+        assert torch.allclose(q(x), fp(x), atol=1e-4)
+
+
 @torch.no_grad()
 def test_border_shift_map_is_the_conv_of_the_broadcast_shift():
     """The official correction conv(d.expand_as(x), W): constant inside, smaller at the borders."""

@@ -60,7 +60,12 @@ def _set_shift(mod: QuantLayerMixin, w0: Tensor, d: Tensor) -> None:
 
 @contextlib.contextmanager
 def learnable_let(layers: dict[str, QuantLayerMixin]) -> Iterator[list[nn.Parameter]]:
-    """Train (s, d) of layers whose weight is still the FP weight and `input_scale` holds s_init."""
+    """Train (s, d) of layers whose weight is still the FP weight and `input_scale` holds s_init.
+
+    Memory: the FP weight is used in place (frozen, not copied), and W·diag(s) exists only while
+    its layer runs (dropped after each call; a checkpointed block rebuilds it in the backward),
+    so at full size the stage holds no second copy of the weights (SD-2.1: 3.5 GB each).
+    """
     state = {}
     params: list[nn.Parameter] = []
     for n, m in layers.items():
@@ -68,31 +73,36 @@ def learnable_let(layers: dict[str, QuantLayerMixin]) -> Iterator[list[nn.Parame
         s = nn.Parameter(m.input_scale.detach().clone())
         d = nn.Parameter(m.input_shift.detach().clone()) if "input_shift" in m._buffers else None
         params += [s] + ([d] if d is not None else [])
-        state[n] = (w_param, w_param.detach().clone(), s, d)
+        state[n] = (w_param, s, d)
 
         def hook(mod, args, st=state[n]):
-            _, w0, s, d = st
+            w_param, s, d = st
+            w0 = w_param.detach()
             s = s.clamp_min(S_MIN)
             object.__setattr__(mod, "weight", w0 * _columns(w0, s))
             mod._buffers["input_scale"] = s
             if d is not None:
                 _set_shift(mod, w0, d)
 
-        state[n] = (*state[n], m.register_forward_pre_hook(hook))
+        def drop(mod, args, output):
+            mod.__dict__.pop("weight", None)
+
+        state[n] = (*state[n], (m.register_forward_pre_hook(hook), m.register_forward_hook(drop)))
     try:
         yield params
     finally:
         for n, m in layers.items():
-            w_param, w0, s, d, handle = state[n]
-            handle.remove()
+            w_param, s, d, handles = state[n]
+            for handle in handles:
+                handle.remove()
             with torch.no_grad():
                 s = s.detach().clamp_min(S_MIN)
                 m.__dict__.pop("weight", None)
-                w_param.copy_(w0 * _columns(w0, s))
+                if d is not None:  # from the FP weight, before it becomes W·diag(s)
+                    _set_shift(m, w_param.detach(), d.detach().clone())
+                w_param.copy_(w_param * _columns(w_param, s))
                 m._parameters["weight"] = w_param
                 m._buffers["input_scale"] = s.clone()
-                if d is not None:
-                    _set_shift(m, w0, d.detach().clone())
 
 
 @contextlib.contextmanager
