@@ -24,8 +24,9 @@ Adaptation here:
 - the learned activation zero points are rounded in the forward (straight-through: the code's
   gradient), where the code adds them unrounded, so every quantizer stays an integer b-bit grid
   (`quant/learnable.py`); they train in the activation step-size group (lr a_lr, as the code);
-- 8-bit: `unet.time_embedding.linear_1`, `unet.time_embedding.linear_2`, `unet.conv_in`,
-  `unet.conv_out` (the code only quantizes the UNet; the VAE follows the plan), noted in
+- 8-bit, by layer role (`RestorerBundle.layer_roles`): the time MLP's two Linears and the UNet's
+  first and last convs, `unet.time_embedding.linear_1/2`, `unet.conv_in`, `unet.conv_out` on the
+  diffusers models here (the code only quantizes the UNet; the VAE follows the plan), noted in
   plan.json and paid for in cost.json; as the code's plain `QuantModule`s they get no LoRA and
   none of their step sizes or zero points is trained;
 - activation ranges are searched on the FP network's activations (the code's init forward runs
@@ -103,12 +104,9 @@ class EfficientDMOptions(Options):
 
 
 CODE_LORA_LR_SCALE, CODE_STEPS = 1 / 2500, 160 * 100  # train_efficientdm.py: lr, epochs x steps
-EIGHT_BIT = (
-    "unet.time_embedding.linear_1",
-    "unet.time_embedding.linear_2",
-    "unet.conv_in",
-    "unet.conv_out",
-)
+# set_first_last_layer_to_8bit: the time MLP, the first and the last conv, by role (the model
+# adapter names them: RestorerBundle.layer_roles)
+EIGHT_BIT_ROLES = ("time_embedding_in", "time_embedding_out", "unet_in", "unet_out")
 EIGHT_BIT_NOTE = "kept at W8A8 as in EfficientDM (set_first_last_layer_to_8bit)"
 
 
@@ -137,7 +135,8 @@ class EfficientDM:
         opts = EfficientDMOptions.from_dict(cfg, self.name)
         scheme = scheme or self.native_scheme(opts)
         # the 8-bit layers are plain QuantModules in the code: no LoRA, nothing of them trained
-        frozen = [n for n in EIGHT_BIT if n in plan] if scheme.exceptions else []
+        eight_bit = fp.layers_in_roles(EIGHT_BIT_ROLES)
+        frozen = [n for n in eight_bit if n in plan] if scheme.exceptions else []
         plan = plan.at_least(frozen, 8, EIGHT_BIT_NOTE)
         model = copy.deepcopy(fp).eval()
         wrap_model(model, scheme.layout(model, model.quant_targets(), plan))

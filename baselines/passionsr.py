@@ -37,9 +37,9 @@ Adaptation here:
 - biases stay FP32, as for every method in the benchmark (cost.json counts them at 32 bits):
   the official W-bit per-tensor bias quantizer only adds error, and the comparison holds the bias
   precision equal across methods;
-- the 8-bit list maps to diffusers names `unet.time_embedding.linear_1`, `unet.conv_out`,
-  `vae.quant_conv`, `vae.post_quant_conv`, `vae.encoder.conv_out`, `vae.decoder.conv_out`; those
-  layers run at W8A8 (when the setting is lower), noted in plan.json and paid for in cost.json;
+- the 8-bit list maps to layer roles the model adapter answers (`RestorerBundle.layer_roles`;
+  on the diffusers models here `unet.time_embedding.linear_1`, `unet.conv_out`, `vae.quant_conv`,
+  `vae.post_quant_conv`, `vae.encoder.conv_out`, `vae.decoder.conv_out`); those layers run at W8A8 (when the setting is lower), noted in plan.json and paid for in cost.json;
 - LET on every ungrouped Linear/Conv2d, the shift on all of them: written `x − d` (exact, unlike
   the code's Linear `x + d`); on a zero-padded conv the correction is the official border-exact
   `conv(d broadcast, W_fp)`, computed per call from the per-tap sums `W_fp d` (layers.py); the
@@ -119,13 +119,15 @@ class PassionSROptions(Options):
     keep_8bit: bool = True
 
 
-EIGHT_BIT = (
-    "unet.time_embedding.linear_1",
-    "unet.conv_out",
-    "vae.quant_conv",
-    "vae.post_quant_conv",
-    "vae.encoder.conv_out",
-    "vae.decoder.conv_out",
+# the official special layers (time_embed.0, out.2, quant_conv, post_quant_conv, the encoder's
+# and decoder's conv_out) by role: the model adapter names them (RestorerBundle.layer_roles)
+EIGHT_BIT_ROLES = (
+    "time_embedding_in",
+    "unet_out",
+    "vae_latent_out",
+    "vae_latent_in",
+    "vae_encoder_out",
+    "vae_decoder_out",
 )
 EIGHT_BIT_NOTE = "kept at W8A8 as in PassionSR (quant_model.py special layers)"
 
@@ -168,7 +170,7 @@ class PassionSR:
         opts = PassionSROptions.from_dict(cfg, self.name)
         scheme = scheme or self.native_scheme(opts)
         if scheme.exceptions:
-            plan = plan.at_least(EIGHT_BIT, 8, EIGHT_BIT_NOTE)
+            plan = plan.at_least(fp.layers_in_roles(EIGHT_BIT_ROLES), 8, EIGHT_BIT_NOTE)
         model = copy.deepcopy(fp).eval()
         sites = model.quant_targets()
         let_names = smoothable(model, plan)

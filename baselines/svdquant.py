@@ -22,7 +22,8 @@ transformer_proj_in/out, transformer norms, down_sample, up_sample are quantized
 smoothing nor a branch. On this suite's diffusers UNet and VAE that is (`branch_layers`):
 
   embed        -> UNet conv_in, conv_out, time_embedding; VAE encoder/decoder conv_in,
-                  conv_out, quant_conv, post_quant_conv (the latent's in/out projections)
+                  conv_out, quant_conv, post_quant_conv (the latent's in/out projections);
+                  the convs by role, as the model adapter names them (`layer_roles`)
   resblock     -> every layer in a ResnetBlock2D (conv1, conv2, conv_shortcut, time_emb_proj)
   proj_in/out  -> Transformer2DModel.proj_in / proj_out
   down/up_sample -> Downsample2D / Upsample2D convs
@@ -133,7 +134,18 @@ class SVDQuantOptions(Options):
 
 
 SKIPPED_BLOCKS = (ResnetBlock2D, Downsample2D, Upsample2D, TimestepEmbedding)
-EMBED_NAMES = ("conv_in", "conv_out", "quant_conv", "post_quant_conv")
+# deepcompressor's `embed` skip: the first and last convs and the latent convs, by role (the
+# model adapter names them: RestorerBundle.layer_roles)
+EMBED_ROLES = (
+    "unet_in",
+    "unet_out",
+    "vae_encoder_in",
+    "vae_encoder_out",
+    "vae_decoder_in",
+    "vae_decoder_out",
+    "vae_latent_out",
+    "vae_latent_in",
+)
 SEARCH_CHUNK = 1 << 25  # floats per batched candidate chunk (~128 MB of FP32 per operand set)
 
 
@@ -151,23 +163,17 @@ def _single_row_input(mod: nn.Module) -> bool:
     return isinstance(mod, nn.Linear)
 
 
-def branch_layers(model: nn.Module, layers: Collection[str]) -> list[str]:
+def branch_layers(model: RestorerBundle, layers: Collection[str]) -> list[str]:
     """The layers deepcompressor smooths and gives a branch: `layers` minus its skip list
     (embed, resblock, transformer_proj_in/out, down/up_sample), mapped in the module docstring."""
-    skipped: set[str] = set()
+    skipped: set[str] = set(model.layers_in_roles(EMBED_ROLES))
     for name, mod in model.named_modules():
         pre = f"{name}." if name else ""
         if isinstance(mod, SKIPPED_BLOCKS):
             skipped |= {pre + n for n, _ in mod.named_modules() if n}
         elif isinstance(mod, Transformer2DModel):
             skipped |= {f"{pre}proj_in", f"{pre}proj_out"}
-    return [
-        n
-        for n in layers
-        if n not in skipped
-        and n.rpartition(".")[2] not in EMBED_NAMES
-        and _single_row_input(model.get_submodule(n))
-    ]
+    return [n for n in layers if n not in skipped and _single_row_input(model.get_submodule(n))]
 
 
 def _row_quantizer(spec: QuantSpec, act: bool) -> UniformQuantizer:

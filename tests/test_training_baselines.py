@@ -544,6 +544,13 @@ def test_efficientdm_trains_zero_points_and_lora_unclipped_but_not_its_8_bit_lay
 
     trained, eight_bit, lora_lrs = [], [], []
     real = edm.distill
+    # the official set_first_last_layer_to_8bit layers, as named in the diffusers UNet
+    eight_bit_layers = {
+        "unet.time_embedding.linear_1",
+        "unet.time_embedding.linear_2",
+        "unet.conv_in",
+        "unet.conv_out",
+    }
 
     def spy(model, images, targets, groups, cfg, after_step=None):
         assert cfg.clip_grad_norm is None  # the official loop does not clip gradients
@@ -554,7 +561,7 @@ def test_efficientdm_trains_zero_points_and_lora_unclipped_but_not_its_8_bit_lay
             if isinstance(m, QuantLayerMixin):
                 own = {id(p) for p in m.parameters()} & params
                 lora = "quantized_weight" in vars(m)
-                if n in edm.EIGHT_BIT:  # plain QuantModules in the code: nothing trained
+                if n in eight_bit_layers:  # plain QuantModules in the code: nothing trained
                     eight_bit.append(not own and not lora)
                 else:
                     trained.append(id(m.act_quantizer.zero_param) in params and lora)

@@ -72,6 +72,46 @@ class RestorerBundle(nn.Module):
         return self.restore(lq)
 
     # --- quantization ------------------------------------------------------------------------
+    def layer_roles(self) -> dict[str, tuple[str, ...]]:
+        """Layers by the role methods make exceptions for (first/last layers, the time
+        embedding, the VAE's latent convs), as module names of this bundle.
+
+        Methods ask for roles, never for module names, so a model whose modules are named
+        otherwise overrides this one method. This implementation answers for the diffusers
+        UNet2DConditionModel + AutoencoderKL pair every bundle here is built from:
+        - time_embedding_in / _out: the two Linears of the timestep MLP;
+        - unet_in / unet_out: the UNet's first and last convs;
+        - vae_encoder_in / _out, vae_decoder_in / _out: the VAE's first and last convs;
+        - vae_latent_out / vae_latent_in: the 1x1 convs into and out of the latent
+          (`quant_conv`, `post_quant_conv`).
+        A role a model lacks maps to no layer.
+        """
+        names = {id(m): n for n, m in self.named_modules()}
+        unet, vae = getattr(self, "unet", None), getattr(self, "vae", None)
+        encoder, decoder = getattr(vae, "encoder", None), getattr(vae, "decoder", None)
+        time_mlp = getattr(unet, "time_embedding", None)
+        parts = {
+            "time_embedding_in": getattr(time_mlp, "linear_1", None),
+            "time_embedding_out": getattr(time_mlp, "linear_2", None),
+            "unet_in": getattr(unet, "conv_in", None),
+            "unet_out": getattr(unet, "conv_out", None),
+            "vae_encoder_in": getattr(encoder, "conv_in", None),
+            "vae_encoder_out": getattr(encoder, "conv_out", None),
+            "vae_decoder_in": getattr(decoder, "conv_in", None),
+            "vae_decoder_out": getattr(decoder, "conv_out", None),
+            "vae_latent_out": getattr(vae, "quant_conv", None),
+            "vae_latent_in": getattr(vae, "post_quant_conv", None),
+        }
+        return {
+            role: (names[id(m)],) if isinstance(m, nn.Module) and id(m) in names else ()
+            for role, m in parts.items()
+        }
+
+    def layers_in_roles(self, roles: tuple[str, ...]) -> list[str]:
+        """The module names of the given roles, in the order given."""
+        answer = self.layer_roles()
+        return [n for role in roles for n in answer[role]]
+
     def quant_targets(self) -> dict[str, str]:
         """Quantizable sites of the UNet and VAE (name -> kind); the embedder stays FP."""
         return quant_sites(self, self.quant_prefixes)
