@@ -8,9 +8,9 @@
     restore("out/maxmin_w4a4/model.pt", "my/faces", "restored")
     evaluate("restored", ["niqe", "piqe"], out="restored_metrics.csv")
 
-`quantface calibrate` and `quantface quantize` are thin wrappers over these functions (argument
-parsing, logging, exit codes and the output files), `restore` and `evaluate` over the functions
-these call, so a notebook gets what the CLI and the workflow get for the same arguments. (The
+`quantface calibrate`, `quantize`, `restore` and `evaluate` are thin wrappers over these
+functions (argument parsing, logging, exit codes and the output files), so a notebook gets what
+the CLI and the workflow get for the same arguments. (The
 functions live here, not in the package root: `quantface.restore` and `quantface.evaluate` are
 the modules that do the work.)
 """
@@ -253,10 +253,12 @@ def evaluate(
     labels: dict[str, Any] | None = None,
     weights_dir: str | Path = "results/.weights",
     batch_size: int = 8,
+    manifest: str | Path | None = None,
     device: str | torch.device = "auto",
 ) -> pd.DataFrame:
     """Score the images of `pred` (against `ref`, the HQ folder, and `fp`, the FP model's
-    restorations, where a metric needs them); writes `out` and its per-image scores beside it."""
+    restorations, where a metric needs them); writes `out` and its per-image scores beside it.
+    `manifest` (a dataset's manifest.json) checks that `pred` holds every image it lists."""
     from quantface.device import as_device
     from quantface.evaluate import evaluate_folder
 
@@ -269,5 +271,6 @@ def evaluate(
         labels=labels or {},
         weights_dir=Path(weights_dir),
         batch_size=batch_size,
+        manifest=Path(manifest) if manifest else None,
         device=as_device(device),
     )

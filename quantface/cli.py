@@ -318,14 +318,14 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_restore(args: argparse.Namespace) -> None:
-    from quantface.restore import restore_folder
+    from quantface.api import restore
 
     enter_stage("restore")
-    restore_folder(
+    restore(
         args.model,
         args.input,
         args.output,
-        args.batch_size,
+        batch_size=args.batch_size,
         keep_size=args.keep_size,
         overwrite=args.overwrite,
         device=args.device,
@@ -338,18 +338,18 @@ def _labels(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from quantface.evaluate import evaluate_folder
+    from quantface.api import evaluate
 
-    evaluate_folder(
-        pred=Path(args.pred),
-        ref=Path(args.ref) if args.ref else None,
-        fp=Path(args.fp) if args.fp else None,
-        metrics=[m for m in args.metrics.split(",") if m],
-        out=Path(args.out),
+    evaluate(
+        args.pred,
+        [m for m in args.metrics.split(",") if m],
+        out=args.out,
+        ref=args.ref,
+        fp=args.fp,
         labels={**_labels(args), "dataset": args.dataset},
-        weights_dir=Path(args.weights_dir),
+        weights_dir=args.weights_dir,
         batch_size=args.batch_size,
-        manifest=Path(args.manifest) if args.manifest else None,
+        manifest=args.manifest,
         device=args.device,
     )
 
