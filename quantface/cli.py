@@ -436,22 +436,47 @@ def cmd_list(registry_name: str):
     return run
 
 
+WEIGHTS = "folder of the metric networks' weights"
+
+
 # --- parser ------------------------------------------------------------------------------------
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, so `--help` alone tells what a run without the
+    flag does; left out where there is nothing to show (no default, an off switch, an empty
+    list) or where the help already says the default in words."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        d = action.default
+        if d is None or d is False or (isinstance(d, str | list) and not d) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="quantface", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="quantface", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("--version", action="version", version=f"quantface {_package_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(name: str, func, help_: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_, description=help_)
+        sp = sub.add_parser(name, help=help_, description=help_, formatter_class=HelpFormatter)
         sp.set_defaults(func=func)
         return sp
 
     def common(sp: argparse.ArgumentParser, seed: bool = True) -> None:
         if seed:
-            sp.add_argument("--seed", type=int, default=0)
-        sp.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+            sp.add_argument(
+                "--seed", type=int, default=0, help="seed of the global RNGs and seeded draws"
+            )
+        sp.add_argument(
+            "--threads",
+            type=int,
+            default=None,
+            help="torch intra-op threads (default: torch's own)",
+        )
         device_option(sp)
 
     def device_option(sp: argparse.ArgumentParser) -> None:
@@ -462,18 +487,22 @@ def build_parser() -> argparse.ArgumentParser:
             "else CPU), cpu, cuda or cuda:N (default: auto)",
         )
 
+    def label_options(sp: argparse.ArgumentParser) -> None:
+        for flag, what in (("--model-name", "model"), ("--method", "method"), ("--bits", "bits")):
+            sp.add_argument(flag, default="", help=f"{what} label of the metrics rows")
+
     sp = add("check-config", cmd_check_config, "validate workflow config files (as snakemake does)")
     sp.add_argument("config", nargs="+", help="YAML files, later ones merged onto earlier ones")
 
     sp = add("prepare-data", cmd_prepare_data, "write a dataset folder (lq/, hq/, manifest.json)")
-    sp.add_argument("--dataset", required=True)
-    sp.add_argument("--out", required=True)
+    sp.add_argument("--dataset", required=True, help="registered dataset name")
+    sp.add_argument("--out", required=True, help="dataset folder to write")
     sp.add_argument("--options", help="JSON: n_images, image_size, degradation")
     common(sp)
 
     sp = add("train", cmd_train, "train a restorer (the embedded tiny model) and save it")
     sp.add_argument("--model", default="tiny", help="registered model name")
-    sp.add_argument("--out", required=True)
+    sp.add_argument("--out", required=True, help="model.pt to write")
     sp.add_argument("--options", help="JSON: {arch: {...}, train: {...}, degradation: {...}}")
     common(sp)
 
@@ -483,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the study's FP model: convert local weights (osdface) or train (tiny)",
     )
     sp.add_argument("--model", default="tiny", help="registered model name")
-    sp.add_argument("--out", required=True)
+    sp.add_argument("--out", required=True, help="model.pt to write")
     sp.add_argument(
         "--options", help="JSON: {arch, assets (local weight paths), train, degradation}"
     )
@@ -491,27 +520,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("pretrain-vae", cmd_pretrain_vae, "pretrain the tiny model's VAE (the shipped asset)")
     sp.add_argument("--out", required=True, help="a .safetensors file")
-    sp.add_argument("--steps", type=int, default=2400)
+    sp.add_argument("--steps", type=int, default=2400, help="VAE training steps")
     sp.add_argument("--options", help="JSON: {arch: {...}} overrides of the tiny architecture")
     common(sp)
 
     sp = add("calibrate", cmd_calibrate, "collect and cache calibration activation statistics")
-    sp.add_argument("--model", required=True)
-    sp.add_argument("--out", required=True)
+    sp.add_argument("--model", required=True, help="the FP model.pt")
+    sp.add_argument("--out", required=True, help="activations.pt to write")
     sp.add_argument(
         "--images", help="folder of LQ calibration images (default: degraded synthetic faces)"
     )
     sp.add_argument("--degradation", help="JSON degradation ranges for the synthetic LQ faces")
-    sp.add_argument("--n-images", type=int, default=32)
-    sp.add_argument("--batch-size", type=int, default=8)
-    sp.add_argument("--sample-rows", type=int, default=512)
+    sp.add_argument("--n-images", type=int, default=32, help="calibration images")
+    sp.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    sp.add_argument("--sample-rows", type=int, default=512, help="activation rows kept per site")
     common(sp)
 
     sp = add("quantize", cmd_quantize, "quantize an FP model with a method at a bit setting")
-    sp.add_argument("--model", required=True)
-    sp.add_argument("--method", required=True)
+    sp.add_argument("--model", required=True, help="the FP model.pt")
+    sp.add_argument("--method", required=True, help="registered method name")
     sp.add_argument("--bits", required=True, help="wXaY (e.g. w4a4) or mpX")
-    sp.add_argument("--calib", required=True)
+    sp.add_argument("--calib", required=True, help="activations.pt of `calibrate` on --model")
     sp.add_argument("--out", required=True, help="output folder (model.pt, plan.json, cost.json)")
     sp.add_argument("--options", help="JSON method options")
     sp.add_argument(
@@ -525,8 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
 
     sp = add("cost", cmd_cost, "cost accounting of a saved model (cost.json)")
-    sp.add_argument("--model", required=True)
-    sp.add_argument("--out", required=True)
+    sp.add_argument("--model", required=True, help="an FP or quantized model.pt")
+    sp.add_argument("--out", required=True, help="cost.json to write")
     device_option(sp)
 
     sp = add("export", cmd_export, "write a quantized model as a packed low-bit safetensors file")
@@ -537,14 +566,14 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
 
     sp = add("restore", cmd_restore, "restore a folder of face images")
-    sp.add_argument("--model", required=True)
-    sp.add_argument("--input", required=True)
+    sp.add_argument("--model", required=True, help="an FP or quantized model.pt")
+    sp.add_argument("--input", required=True, help="folder of degraded face images")
     sp.add_argument(
         "--output",
         required=True,
         help="folder for the restored PNGs (not the input folder nor inside it)",
     )
-    sp.add_argument("--batch-size", type=int, default=8)
+    sp.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     sp.add_argument(
         "--keep-size",
         action="store_true",
@@ -558,18 +587,16 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp, seed=False)
 
     sp = add("evaluate", cmd_evaluate, "score restored images (long-format metrics CSV)")
-    sp.add_argument("--pred", required=True)
+    sp.add_argument("--pred", required=True, help="folder of restored images to score")
     sp.add_argument("--ref", help="HQ folder (full-reference metrics)")
     sp.add_argument("--fp", help="FP model output folder (fidelity metrics)")
     sp.add_argument("--metrics", required=True, help="comma-separated metric names")
-    sp.add_argument("--out", required=True)
+    sp.add_argument("--out", required=True, help="metrics CSV to write")
     sp.add_argument("--manifest", help="dataset manifest.json: --pred must hold exactly its images")
-    sp.add_argument("--weights-dir", default=os.path.join("results", ".weights"))
-    sp.add_argument("--batch-size", type=int, default=8)
-    sp.add_argument("--model-name", default="")
-    sp.add_argument("--method", default="")
-    sp.add_argument("--bits", default="")
-    sp.add_argument("--dataset", default="")
+    sp.add_argument("--weights-dir", default=os.path.join("results", ".weights"), help=WEIGHTS)
+    sp.add_argument("--batch-size", type=int, default=8, help="images per metric batch")
+    label_options(sp)
+    sp.add_argument("--dataset", default="", help="dataset label of the rows")
     common(sp)
 
     sp = add(
@@ -583,21 +610,19 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="JSON list of {dataset, lq, manifest, metrics_out, metrics, images, hq, fp}",
     )
-    sp.add_argument("--weights-dir", default=os.path.join("results", ".weights"))
+    sp.add_argument("--weights-dir", default=os.path.join("results", ".weights"), help=WEIGHTS)
     sp.add_argument("--batch-size", type=int, default=8, help="restoration batch")
-    sp.add_argument("--metric-batch-size", type=int, default=8)
-    sp.add_argument("--model-name", default="")
-    sp.add_argument("--method", default="")
-    sp.add_argument("--bits", default="")
+    sp.add_argument("--metric-batch-size", type=int, default=8, help="images per metric batch")
+    label_options(sp)
     common(sp)
 
     sp = add("aggregate", cmd_aggregate, "merge per-job metrics CSVs / cost.json files")
-    sp.add_argument("--metrics", nargs="*", default=[])
-    sp.add_argument("--out")
+    sp.add_argument("--metrics", nargs="*", default=[], help="per-job metrics CSVs")
+    sp.add_argument("--out", help="merged metrics CSV to write")
     sp.add_argument("--per-image", nargs="*", default=[], help="per-image score CSVs")
-    sp.add_argument("--per-image-out")
-    sp.add_argument("--costs", nargs="*", default=[])
-    sp.add_argument("--cost-out")
+    sp.add_argument("--per-image-out", help="merged per-image CSV to write")
+    sp.add_argument("--costs", nargs="*", default=[], help="cost.json files of `quantize`/`cost`")
+    sp.add_argument("--cost-out", help="cost CSV to write")
     sp.add_argument("--exports", nargs="*", default=[], help="size.json files of `export`")
     sp.add_argument("--export-out", help="CSV of bytes on disk vs the cost model")
 
@@ -613,7 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-image scores (metrics_per_image.csv): 95%% bootstrap intervals and ties",
     )
     sp.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
-    sp.add_argument("--out", default=os.path.join("results", "tables"))
+    sp.add_argument("--out", default=os.path.join("results", "tables"), help="folder to write")
     sp.add_argument(
         "--synthetic", help="comma-separated datasets for Table 1 (default: paired ones)"
     )
@@ -634,7 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--per-image", nargs="*", default=[], help="per-image scores: 95%% intervals as error bars"
     )
     sp.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
-    sp.add_argument("--out", default=os.path.join("results", "figures"))
+    sp.add_argument("--out", default=os.path.join("results", "figures"), help="folder to write")
     sp.add_argument("--cost", nargs="*", default=[], help="cost CSVs: quality-vs-cost plots")
     sp.add_argument("--calib", help="calibration statistics: activation-distribution plot")
     sp.add_argument("--calib-after", help="statistics after a balancing transform (optional)")

@@ -1,5 +1,6 @@
 """The `quantface` CLI on a micro model: every subcommand a rule calls, and its error contract."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -7,7 +8,7 @@ import sys
 import pandas as pd
 import pytest
 
-from quantface.cli import main
+from quantface.cli import build_parser, main
 from tests.conftest import MICRO_ARCH
 
 TRAIN = {
@@ -204,3 +205,35 @@ def test_restore_refuses_a_prepared_set_with_a_missing_image(workdir, tmp_path, 
     (data / "lq" / "00002.png").unlink()
     assert _restore(workdir / "fp.pt", data / "lq", tmp_path / "out") == 2
     assert "00002.png" in capsys.readouterr().err
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    found = {"quantface": parser}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found.update({f"quantface {n}": sp for n, sp in action.choices.items()})
+    return found
+
+
+def test_every_option_has_help_and_its_help_shows_the_default():
+    """`--help` is the reference for every flag a rule passes: each says what it is and what a
+    run without it does."""
+    for name, parser in _subparsers(build_parser()).items():
+        text = " ".join(parser.format_help().split())
+        for action in parser._actions:
+            if not action.option_strings or action.help == argparse.SUPPRESS:
+                continue
+            assert action.help, (name, action.option_strings)
+            d = action.default
+            if (
+                d is None
+                or d is False
+                or d == argparse.SUPPRESS
+                or (isinstance(d, str | list) and not d)
+            ):
+                continue  # nothing to show: required, an off switch, an empty list or label
+            help_text = " ".join(action.help.split())
+            shown = f"(default: {d})" in text or "default" in help_text
+            assert shown, (name, action.option_strings, d)
+    calibrate = " ".join(_subparsers(build_parser())["quantface calibrate"].format_help().split())
+    assert "calibration images (default: 32)" in calibrate
