@@ -185,3 +185,38 @@ def test_cost_table_is_grouped_with_directions_and_latex(tmp_path):
     assert "**585.9**" in md[5] and "<u>683.6</u>" in md[6]
     tex = (tmp_path / "t" / "cost.tex").read_text()
     assert r"\toprule" in tex and r"\bottomrule" in tex
+
+
+def test_every_markdown_table_has_an_html_rendering_with_the_same_marks(tmp_path):
+    """The HTML twin is what the Snakemake report shows as a page: a real <table>, with the
+    Markdown's bold best, underlined second and footnotes."""
+    from html.parser import HTMLParser
+
+    csv = tmp_path / "m.csv"
+    pd.DataFrame(_rows(), columns=COLUMNS).to_csv(csv, index=False)
+    write_tables(csv, None, tmp_path / "t", ["syn"], ["real"], ["Model: tiny"])
+    for stem in ("table1_synthetic", "table3_realworld"):
+        assert (tmp_path / "t" / f"{stem}.html").is_file(), stem
+    page = (tmp_path / "t" / "table1_synthetic.html").read_text()
+
+    class Cells(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tags: list[str] = []
+            self.cells: list[str] = []
+
+        def handle_starttag(self, tag: str, attrs: list) -> None:
+            self.tags.append(tag)
+            if tag in ("td", "th"):
+                self.cells.append("")
+
+        def handle_data(self, data: str) -> None:
+            if self.cells:
+                self.cells[-1] += data
+
+    parsed = Cells()
+    parsed.feed(page)
+    assert parsed.tags.count("table") == 1 and "tbody" in parsed.tags
+    assert {"PSNR↑", "GMSD↓", "Input (LQ)", "W4A4"} <= {c.strip() for c in parsed.cells}
+    assert "<strong>24.00</strong>" in page and "<u>23.00</u>" in page
+    assert "<li>Model: tiny</li>" in page and "|" not in page.split("<body>")[1]

@@ -1,5 +1,7 @@
 """The Snakemake DAG end to end on the micro config: dry run, full run, no-op rerun."""
 
+import base64
+import json
 import os
 import re
 import shutil
@@ -91,6 +93,7 @@ def test_micro_study_runs_end_to_end_and_reruns_nothing(micro_study):
         "cost.csv",
         "tables/table1_synthetic.md",
         "tables/table1_synthetic.tex",
+        "tables/table1_synthetic.html",
         "tables/table3_realworld.csv",
         "tables/cost.md",
         "figures/quality_vs_bits_synthetic_faces.png",
@@ -122,6 +125,20 @@ def test_micro_study_runs_end_to_end_and_reruns_nothing(micro_study):
         assert name in html, name
     assert "Pareto front" in html  # a caption from workflow/report/
     assert not re.search(r'(src|href)="https?://', html)  # nothing fetched when opened
+    # every table is also an HTML result, which the report shows as a page: a real <table>
+    uris = re.findall(r"data:text/html;charset=utf8;filename=([^;]+);base64,([^\"']+)", html)
+    pages = {name: base64.b64decode(data).decode() for name, data in uris}
+    assert {"table1_synthetic.html", "table3_realworld.html", "cost.html"} <= set(pages)
+    assert all("<table>" in page and "<td>" in page for page in pages.values())
+    # the landing page says what the study is, filled from the config, and links the main result
+    landing = json.loads(re.search(r'var workflow_desc = (".*?(?<!\\)");', html).group(1))
+    config = yaml.safe_load(MICRO.read_text())
+    text = re.sub(r"<[^>]+>", "", landing)
+    assert f"quantization of the {config['model']['name']} face restorer" in text
+    assert f"Global seed {config['seed']}" in text and "W8A8, W4A4" in text
+    for name, opts in config["data"]["datasets"].items():
+        assert f"{name}: {opts['n_images']} images" in text, name
+    assert "showResultInfo('results/tables/table1_synthetic.html')" in landing
     # tables are a pure function of metrics.csv: regenerate them from it alone
     shutil.rmtree(res / "tables")
     r = snakemake(tmp_path, "--forcerun", "tables")
@@ -132,7 +149,6 @@ def test_empty_no_reference_list_runs_the_unpaired_evaluations(tmp_path):
     """`metrics.no_reference: []` leaves an unpaired dataset's fp/input evaluations without any
     metric: the job's test sets carry an empty metric list (not a missing argument) and the job
     writes a header-only metrics.csv that aggregation reads."""
-    import json
     import shlex
 
     from quantface.cli import main

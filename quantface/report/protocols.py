@@ -15,6 +15,7 @@ import pandas as pd
 
 from quantface.io import atomic_write_text
 from quantface.registry import METHODS
+from quantface.report.html import write_markdown_table
 from quantface.report.seeds import is_seed_cell
 from quantface.report.stats import paired_difference_interval
 from quantface.report.tables import REFERENCE_ROWS, _tex_escape, _write_table
@@ -117,7 +118,7 @@ def _verdict(row: pd.Series) -> str:
 def write_effect_table(
     rows: pd.DataFrame, protocol: str, out: Path, stem: str, notes: list[str]
 ) -> None:
-    """quantizer_effect_<protocol>.{md,tex,csv}: per method, native minus the protocol's."""
+    """quantizer_effect_<protocol>.{md,html,tex,csv}: per method, native minus the protocol's."""
     if rows.empty:
         return
     rows = rows.assign(protocol=protocol)
@@ -144,7 +145,7 @@ def write_effect_table(
     md.append("|" + "|".join(["---"] * 3 + ["---:"] * 4 + ["---"]) + "|")
     md += ["| " + " | ".join(line) + " |" for line in body]
     md += ["", *(f"- {n}" for n in notes)]
-    atomic_write_text(out / f"{stem}.md", "\n".join(md) + "\n")
+    write_markdown_table(out / f"{stem}.md", "\n".join(md) + "\n")
     tex = [
         "\\begin{table}[t]",
         "\\centering",

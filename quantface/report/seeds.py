@@ -16,6 +16,7 @@ import pandas as pd
 
 from quantface.io import atomic_write_text
 from quantface.registry import METHODS
+from quantface.report.html import write_markdown_table
 from quantface.report.tables import _bits_key, _tex_escape
 
 SEED_CELL = re.compile(r"^seed(\d+)/(.+)$")
@@ -59,7 +60,7 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
 def write_seed_table(
     everything: pd.DataFrame, run_seed: int, datasets: list[str], out: Path, footnote: list[str]
 ) -> None:
-    """seeds.{md,tex,csv}: rows (bits, method), a "mean ± std" column per dataset; the csv keeps
+    """seeds.{md,html,tex,csv}: rows (bits, method), a "mean ± std" column per dataset; the csv keeps
     every seed's value beside the summary."""
     rows = seed_rows(everything, run_seed)
     if rows.empty:
@@ -97,7 +98,7 @@ def write_seed_table(
     md.append("|" + "|".join(["---"] * 2 + ["---:"] * len(sets)) + "|")
     md += ["| " + " | ".join(line) + " |" for line in body]
     md += ["", *(f"- {n}" for n in notes)]
-    atomic_write_text(out / "seeds.md", "\n".join(md) + "\n")
+    write_markdown_table(out / "seeds.md", "\n".join(md) + "\n")
     tex = [
         "\\begin{table}[t]",
         "\\centering",

@@ -1,4 +1,4 @@
-"""Paper-style tables (Markdown, LaTeX booktabs, CSV) as pure functions of metrics.csv.
+"""Paper-style tables (Markdown, its HTML rendering, LaTeX booktabs, CSV) from metrics.csv.
 
 Layout follows QuantFace's Tables 1 and 3: the degraded input and the FP model on top, then one
 block per bit setting (W8A8, W6A6, W4A6, W4A4, mixed precision) with a row per method; columns
@@ -19,6 +19,7 @@ import pandas as pd
 from quantface.io import atomic_write_text
 from quantface.registry import METHODS
 from quantface.report.aggregate import read_metrics, read_per_image
+from quantface.report.html import write_markdown_table
 from quantface.report.stats import N_BOOT, lead_is_significant, mean_interval
 
 REFERENCE_ROWS = ("input", "fp")
@@ -382,7 +383,7 @@ def _write_table(
         *_metric_notes(sub),
         _ranking_note(marks, seed),
     ]
-    atomic_write_text(out / f"{stem}.md", to_markdown(wide, marks, title, notes))
+    write_markdown_table(out / f"{stem}.md", to_markdown(wide, marks, title, notes))
     atomic_write_text(out / f"{stem}.tex", to_latex(wide, marks, title, notes))
     atomic_write_text(out / f"{stem}.csv", to_csv(wide, marks))
 
@@ -417,7 +418,7 @@ def cost_long(cost: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_cost_table(cost: pd.DataFrame, out: Path, footnote: list[str]) -> None:
-    """Cost table (md, tex, csv) in the quality tables' layout: FP on top, grouped by bits."""
+    """Cost table (md, html, tex, csv) in the quality tables' layout: FP on top, grouped by bits."""
     wide, marks = build_table(cost_long(cost), ["cost"])
     if wide.empty:
         return
@@ -428,7 +429,7 @@ def write_cost_table(cost: pd.DataFrame, out: Path, footnote: list[str]) -> None
         "Best per bit setting in bold, second underlined.",
     ]
     title = "Model cost"
-    atomic_write_text(out / "cost.md", to_markdown(wide, marks, title, notes))
+    write_markdown_table(out / "cost.md", to_markdown(wide, marks, title, notes))
     atomic_write_text(out / "cost.tex", to_latex(wide, marks, title, notes))
     atomic_write_text(out / "cost.csv", to_csv(wide, marks))
 
@@ -454,11 +455,11 @@ def write_tables(
     """Every table from metrics (and cost) CSVs; several files are merged like shards.
 
     Datasets default to: scored with full-reference metrics -> Table 1, the rest -> Table 3.
-    `ablation` (variant names) adds ablation.{md,tex,csv} on the Table 1 datasets, with the FP
+    `ablation` (variant names) adds ablation.{md,html,tex,csv} on the Table 1 datasets, with the FP
     row and the `ablation_reference` methods beside them; variants stay out of Tables 1 and 3.
     Rows of a protocol ("<protocol>/<method>") get their own Tables 1 and 3 and the quantizer
     effect table (quantface/report/protocols.py), and stay out of the native ones; seed cells
-    ("seed<s>/<method>") give seeds.{md,tex,csv}, mean ± std over seeds (quantface/report/seeds.py).
+    ("seed<s>/<method>") give seeds.{md,html,tex,csv}, mean ± std over seeds (quantface/report/seeds.py).
     """
     footnote = footnote or []
     everything = read_metrics(list(metrics) if isinstance(metrics, list) else [metrics])

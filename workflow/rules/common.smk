@@ -206,22 +206,26 @@ def all_cost_files():
     ]
 
 
+# every table in each format; .html is the Markdown rendered, shown as a page in the report
+TABLE_FORMATS = ("md", "html", "tex", "csv")
+
+
 def table_outputs():
     outs = []
     rep = config["report"]
     for stem, key in (("table1_synthetic", "synthetic"), ("table3_realworld", "realworld")):
         if rep.get(key):
-            outs += [f"results/tables/{stem}.{ext}" for ext in ("md", "tex", "csv")]
+            outs += [f"results/tables/{stem}.{ext}" for ext in TABLE_FORMATS]
     if ABLATION_CELLS:
-        outs += [f"results/tables/ablation.{ext}" for ext in ("md", "tex", "csv")]
+        outs += [f"results/tables/ablation.{ext}" for ext in TABLE_FORMATS]
     for p in qf_config.protocol_schemes(config):
         for stem, key in (("table1_synthetic", "synthetic"), ("table3_realworld", "realworld")):
             if rep.get(key):
-                outs += [f"results/tables/{stem}_{p}.{ext}" for ext in ("md", "tex", "csv")]
-        outs += [f"results/tables/quantizer_effect_{p}.{ext}" for ext in ("md", "tex", "csv")]
+                outs += [f"results/tables/{stem}_{p}.{ext}" for ext in TABLE_FORMATS]
+        outs += [f"results/tables/quantizer_effect_{p}.{ext}" for ext in TABLE_FORMATS]
     if SEED_CELLS:
-        outs += [f"results/tables/seeds.{ext}" for ext in ("md", "tex", "csv")]
-    return outs + [f"results/tables/cost.{ext}" for ext in ("md", "tex", "csv")]
+        outs += [f"results/tables/seeds.{ext}" for ext in TABLE_FORMATS]
+    return outs + [f"results/tables/cost.{ext}" for ext in TABLE_FORMATS]
 
 
 def qualitative_dataset():
