@@ -148,3 +148,76 @@ def test_write_figures_merges_inputs_and_reads_plans(tmp_path):
         "quality_vs_bits_syn.png",
         "quality_vs_cost_syn.png",
     ]
+
+
+def _outside(inner, outer, tol: float = 1.0) -> bool:
+    return (
+        inner.x0 < outer.x0 - tol
+        or inner.y0 < outer.y0 - tol
+        or inner.x1 > outer.x1 + tol
+        or inner.y1 > outer.y1 + tol
+    )
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """Each figure by name, measured as drawn just before it is saved: its figure, the box of
+    everything drawn and, per annotation, its box and its panel's (in inches)."""
+    from quantface.report import figures
+
+    kept = {}
+    save = figures._save
+
+    def keep(fig, path):
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        inches = fig.dpi_scale_trans.inverted()
+        notes = [
+            (t.get_text(), t.get_window_extent(renderer).transformed(inches), ax_box)
+            for ax in fig.axes
+            for ax_box in [ax.get_window_extent(renderer).transformed(inches)]
+            for t in ax.texts
+        ]
+        kept[path.name] = fig, fig.get_tightbbox(renderer).frozen(), notes
+        return save(fig, path)
+
+    monkeypatch.setattr(figures, "_save", keep)
+    return kept
+
+
+def test_no_text_is_clipped_and_axes_carry_units_and_paper_names(tmp_path, drawn):
+    from quantface.report.figures import quality_vs_bits
+
+    df, cost = _metrics_and_cost()
+    names = {"a": "maxmin", "b": "qdiffusion"}
+    df["method"], cost["method"] = df["method"].replace(names), cost["method"].replace(names)
+    quality_vs_bits(df, "syn", tmp_path)
+    quality_vs_cost(df, cost, "syn", tmp_path)
+    # four layers whose names differ only in the middle, as a real UNet's do
+    site = "unet.down_blocks.{}.attentions.0.transformer_blocks.0.ff.net.2.input"
+    before = {site.format(i): _stats(4)[f"unet.layer{i}.input"] for i in range(4)}
+    activation_distribution(before, tmp_path, after=before)
+    bit_width_map({"QuantFace-MP MP4": BitPlan.uniform(["x", "y"], 4, 6)}, tmp_path)
+    assert len(drawn) == 4
+    for name, (fig, drawn_box, notes) in drawn.items():
+        # everything drawn (titles, labels, ticks, legend) lies on the canvas
+        assert not _outside(drawn_box, fig.bbox_inches, 0.01), name
+        for text, box, panel in notes:  # a point's bits label stays inside its panel
+            assert not _outside(box, panel, 0.01), (name, text)
+    for name in ("quality_vs_bits_syn.png", "quality_vs_cost_syn.png"):
+        fig = drawn[name][0]
+        axes = [ax for ax in fig.axes if ax.axison]
+        for ax in axes:
+            assert "(" in ax.get_xlabel() and "(" in ax.get_ylabel(), (name, ax.get_title())
+        psnr = [ax.get_ylabel() for ax in axes if ax.get_title().startswith("PSNR")]
+        assert psnr and all(label == "PSNR (dB)" for label in psnr), name
+        legend = {t.get_text() for t in fig.legends[0].get_texts()}
+        assert {"MaxMin", "Q-Diffusion"} <= legend, name
+    xlabels = {ax.get_xlabel() for ax in drawn["quality_vs_cost_syn.png"][0].axes if ax.axison}
+    assert xlabels == {"model size (MiB)", "GBOPs (10⁹ bit operations)"}
+    # panel titles name each layer in full (a cut name left two panels with the same title)
+    titles = [
+        ax.get_title().replace("\n", "") for ax in drawn["activation_distribution.png"][0].axes
+    ]
+    for layer in before:
+        assert sum(t.startswith(layer.removesuffix(".input")) for t in titles) == 2, layer

@@ -35,6 +35,10 @@ from quantface.report.aggregate import read_metrics, read_per_image
 from quantface.report.stats import mean_interval
 from quantface.report.tables import METRIC_LABELS, REFERENCE_ROWS, _bits_key
 
+# Units of the metrics that have one (the others are unitless scores); a y axis reads "PSNR (dB)".
+METRIC_UNITS = {"psnr": "dB", "psnr_fp": "dB", "deg": "degrees", "lmd": "px at 512x512"}
+BITS_AXIS = "bit setting (weight / activation bits)"
+
 # Zoom window of the qualitative grid, as fractions of (top, bottom, left, right): the eye and nose
 # region of an FFHQ-aligned face, where restoration artefacts are easiest to see.
 ZOOM_BOX = (0.30, 0.62, 0.22, 0.78)
@@ -49,6 +53,19 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 def _metric_title(metric: str, hib: bool) -> str:
     return f"{METRIC_LABELS.get(metric, metric)} {'↑' if hib else '↓'}"
+
+
+def _metric_axis(metric: str) -> str:
+    """A metric's axis label with its unit, or marked unitless, so no axis is a bare number."""
+    unit = METRIC_UNITS.get(metric, "unitless")
+    return f"{METRIC_LABELS.get(metric, metric)} ({unit})"
+
+
+def _legend_below(fig: plt.Figure, ax: plt.Axes) -> None:
+    """The shared legend under the panels, inside the figure: constrained layout makes room for
+    an "outside" legend, where a legend anchored below the axes would lie off the canvas."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(6, len(labels)))
 
 
 def _method_colors(methods: list[str]) -> dict[str, Any]:
@@ -99,7 +116,9 @@ def quality_vs_bits(
     bits = sorted(quant["bits"].unique(), key=_bits_key)
     cols = min(4, len(metrics))
     rows = math.ceil(len(metrics) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.6 * cols, 3.1 * rows), squeeze=False, layout="constrained"
+    )
     for ax, metric in zip(axes.flat, metrics):
         m = sub[sub["metric"] == metric]
         for method, g in m[~m["method"].isin(REFERENCE_ROWS)].groupby("method"):
@@ -124,17 +143,15 @@ def quality_vs_bits(
                     label=ref.upper() if ref == "fp" else "input (LQ)",
                 )
         ax.set_title(_metric_title(metric, bool(m["higher_is_better"].iloc[0])))
+        ax.set_xlabel(BITS_AXIS, fontsize=8)
+        ax.set_ylabel(_metric_axis(metric), fontsize=8)
         ax.tick_params(axis="x", labelsize=8)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(
-        handles, labels, loc="upper center", ncol=min(6, len(labels)), bbox_to_anchor=(0.5, 0.0)
-    )
+    _legend_below(fig, axes.flat[0])
     bars = ", 95% bootstrap intervals" if per_image is not None and not per_image.empty else ""
     fig.suptitle(f"Quality vs bit setting on {dataset} (simulated quantization{bars})")
-    fig.tight_layout()
     return _save(fig, out / f"quality_vs_bits_{dataset}.png")
 
 
@@ -168,11 +185,13 @@ def quality_vs_cost(df: pd.DataFrame, cost: pd.DataFrame, dataset: str, out: Pat
     merged["gbops"] = merged["bops"] / 1e9
     metrics = list(dict.fromkeys(merged["metric"]))
     colors = _method_colors([m for m in merged["method"].unique() if m != "fp"])
-    axes_x = (("size_mib", "model size (MiB)"), ("gbops", "GBOPs"))
+    axes_x = (("size_mib", "model size (MiB)"), ("gbops", "GBOPs (10⁹ bit operations)"))
     per_row = 2  # metrics per row; each metric gets a size panel and a BOPs panel
     rows = math.ceil(len(metrics) / per_row)
     ncols = 2 * min(per_row, len(metrics))
-    fig, axes = plt.subplots(rows, ncols, figsize=(3.3 * ncols, 2.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, ncols, figsize=(3.3 * ncols, 3.0 * rows), squeeze=False, layout="constrained"
+    )
     for k, metric in enumerate(metrics):
         m = merged[merged["metric"] == metric].reset_index(drop=True)
         hib = bool(m["higher_is_better"].iloc[0])
@@ -207,18 +226,16 @@ def quality_vs_cost(df: pd.DataFrame, cost: pd.DataFrame, dataset: str, out: Pat
             ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.margins(x=0.15, y=0.12)  # room for the bits labels beside the outermost points
             ax.set_xlabel(xlabel, fontsize=8)
+            ax.set_ylabel(_metric_axis(metric), fontsize=8)
             ax.set_title(_metric_title(metric, hib), fontsize=9)
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3, which="both")
     for ax in list(axes.flat)[2 * len(metrics) :]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(
-        handles, labels, loc="upper center", ncol=min(6, len(labels)), bbox_to_anchor=(0.5, 0.0)
-    )
+    _legend_below(fig, axes.flat[0])
     fig.suptitle(f"Quality vs cost on {dataset} (simulated quantization; cost from cost.csv)")
-    fig.tight_layout()
     return _save(fig, out / f"quality_vs_cost_{dataset}.png")
 
 
@@ -237,9 +254,14 @@ def bit_width_map(plans: Mapping[str, BitPlan], out: Path, name: str = "bit_widt
     levels = sorted(set(w.ravel()) | set(a.ravel()))
     cmap = plt.get_cmap("viridis", len(levels))
     index = {b: i for i, b in enumerate(levels)}
-    width = min(24.0, 3.0 + 0.12 * len(layers))
+    width = min(24.0, 5.0 + 0.12 * len(layers))  # room for the row labels beside few layers
     fig, axes = plt.subplots(
-        2, 1, figsize=(width, 1.2 + 0.9 * len(labels) * 2), squeeze=False, sharex=True
+        2,
+        1,
+        figsize=(width, 2.4 + 0.9 * len(labels) * 2),
+        squeeze=False,
+        sharex=True,
+        layout="constrained",
     )
     for ax, grid, what in ((axes[0][0], w, "weight"), (axes[1][0], a, "activation")):
         im = ax.imshow(
@@ -253,7 +275,9 @@ def bit_width_map(plans: Mapping[str, BitPlan], out: Path, name: str = "bit_widt
         means = [_mean_label(lab, grid[i], plans[lab], what) for i, lab in enumerate(labels)]
         ax.set_yticks(range(len(labels)), means, fontsize=8)
         ax.set_title(f"{what} bits per layer", fontsize=9)
+        ax.set_ylabel("plan", fontsize=8)
     axes[1][0].set_xticks(range(len(layers)), layers, rotation=90, fontsize=5)
+    axes[1][0].set_xlabel("quantized layer (model order)", fontsize=8)
     cbar = fig.colorbar(im, ax=[ax[0] for ax in axes], ticks=range(len(levels)), pad=0.01)
     cbar.ax.set_yticklabels([str(b) for b in levels], fontsize=8)
     cbar.set_label("bits (32 = kept FP)", fontsize=8)
@@ -310,7 +334,11 @@ def activation_distribution(
         return None
     rows = 2 if after is not None else 1
     fig, axes = plt.subplots(
-        rows, len(layers), figsize=(3.4 * len(layers), 2.6 * rows), squeeze=False
+        rows,
+        len(layers),
+        figsize=(3.4 * len(layers), 2.9 * rows),
+        squeeze=False,
+        layout="constrained",
     )
     for j, site in enumerate(layers):
         for i, (label, stats) in enumerate((("before", before), (after_label, after))[:rows]):
@@ -321,24 +349,28 @@ def activation_distribution(
             v = _channel_absmax(stats[site])
             ax.bar(np.arange(len(v)), v, width=1.0, color="C0" if i == 0 else "C2")
             ax.set_title(
-                f"{_short(site.removesuffix('.input'))}\n{label}: max/median "
-                f"{outlier_ratio(v):.1f}",
+                f"{_wrap(site.removesuffix('.input'))}\n{label}: max/median {outlier_ratio(v):.1f}",
                 fontsize=7,
             )
-            ax.set_xlabel("input channel", fontsize=7)
+            ax.set_xlabel("input channel (index)", fontsize=7)
             ax.tick_params(labelsize=6)
-        axes[0][j].set_ylabel("max |x| over calibration set", fontsize=7)
-    fig.suptitle("Per-channel activation magnitude (FP calibration statistics)", fontsize=9)
-    fig.tight_layout()
+        for i in range(rows):
+            axes[i][j].set_ylabel("max |x| (activation units)", fontsize=7)
+    fig.suptitle("Per-channel activation magnitude (calibration statistics)", fontsize=9)
     return _save(fig, out / "activation_distribution.png")
 
 
-def _short(name: str, width: int = 40) -> str:
-    """A layer name cut to its last dotted parts so panel titles do not run into each other."""
-    parts = name.split(".")
-    while len(".".join(parts)) > width and len(parts) > 2:
-        parts = parts[1:]
-    return name if parts == name.split(".") else "…" + ".".join(parts)
+def _wrap(name: str, width: int = 34) -> str:
+    """A layer name broken over lines at its dots, whole: a cut name can leave two panels with
+    the same title (every UNet block ends in "transformer_blocks.0.ff.net.2")."""
+    lines = [""]
+    for part in name.split("."):
+        piece = part if not lines[-1] else "." + part
+        if lines[-1] and len(lines[-1]) + len(piece) > width:
+            lines.append(piece)
+        else:
+            lines[-1] += piece
+    return "\n".join(lines)
 
 
 def _zoom(img: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
@@ -360,9 +392,10 @@ def qualitative_grid(spec: dict[str, Any], out: Path) -> Path | None:
     fig, axes = plt.subplots(
         2 * len(names),
         len(columns),
-        figsize=(1.6 * len(columns), 1.6 * len(names) * 1.6),
+        figsize=(max(1.6 * len(columns), 3.6), 1.6 * len(names) * 1.6 + 0.4),
         squeeze=False,
         gridspec_kw={"height_ratios": [1.0, 0.6] * len(names)},
+        layout="constrained",
     )
     for r, name in enumerate(names):
         for c, (label, folder) in enumerate(columns):
@@ -376,13 +409,12 @@ def qualitative_grid(spec: dict[str, Any], out: Path) -> Path | None:
                 ax.set_xticks([])
                 ax.set_yticks([])
             if r == 0:
-                full.set_title(label, fontsize=8)
+                full.set_title(METHODS.label(label), fontsize=8)
     fig.suptitle(
         f"{spec.get('dataset', '')}: methods at {spec.get('bits', '').upper()} "
         f"(simulated quantization)",
         fontsize=9,
     )
-    fig.tight_layout()
     return _save(fig, out / f"qualitative_{spec.get('dataset', 'grid')}.png")
 
 

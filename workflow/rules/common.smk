@@ -8,7 +8,7 @@ import sys
 import quantface.config as qf_config
 from quantface.config import check_model_assets, validate_config
 from quantface.errors import QuantFaceError
-from quantface.registry import DATASETS, METRICS
+from quantface.registry import DATASETS, METHODS, METRICS
 
 # Snakemake reads the items of a list given with --config ("seeds=[0,1]") as text
 if isinstance(config.get("seeds"), list):
@@ -258,9 +258,10 @@ def mixed_cells():
 
 
 def plan_options(wildcards):
-    cells = mixed_cells()
+    """--plan LABEL=PATH per mixed cell, labelled as the tables name the cell ("QuantFace-MP MP4")."""
     return " ".join(
-        f"--plan {m}_{b}=results/{MODEL}/{m}/{b}/plan.json" for m, b in cells
+        "--plan " + shlex.quote(f"{METHODS.label(m)} {b.upper()}=results/{MODEL}/{m}/{b}/plan.json")
+        for m, b in mixed_cells()
     )
 
 
