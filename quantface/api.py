@@ -111,6 +111,35 @@ def calibrate(
     return calib
 
 
+def balanced_calibration(
+    model: str | Path | RestorerBundle,
+    calib: str | Path | CalibrationSet,
+    options: dict[str, Any] | None = None,
+    *,
+    batch_size: int = 8,
+    device: str | torch.device = "auto",
+) -> CalibrationSet:
+    """Activation statistics of the FP `model` after QuantFace's rotation-scaling balancing,
+    fitted to the statistics `calib` and measured on its images: what QuantFace's activation
+    quantizers see, the activation-distribution figure's "after balancing" row. `options` are
+    QuantFace's (`method_options.quantface`); its `balancing`, `alpha` and `seed` apply."""
+    from quantface.device import as_device
+    from quantface.methods.quantface_options import QuantFaceOptions
+    from quantface.methods.rotation_scaling import balanced_calibration as balance
+    from quantface.quant.calibration import CalibrationSet
+
+    opts = QuantFaceOptions.from_dict(options or {}, "quantface")
+    enter_stage("load model")
+    fp = _fp_model(model, device, "balance")
+    if isinstance(calib, str | Path):
+        path = Path(calib)
+        calib = CalibrationSet.load(path, device=as_device(device))
+        if isinstance(model, str | Path):
+            calib.check_model(Path(model), path)
+    enter_stage("balanced forward")
+    return balance(fp, calib, opts.balancing, opts.alpha, opts.seed, batch_size)
+
+
 @dataclass
 class QuantizeResult:
     """A quantized model with what the tables need about it; `save` writes the three files the

@@ -68,7 +68,7 @@ def _versions() -> str:
 
 # command -> (flags naming what it reads, flags naming what it writes); restore checks its own
 IO_FLAGS = {
-    "calibrate": (("model", "images"), ("out",)),
+    "calibrate": (("model", "images", "balanced"), ("out",)),
     "quantize": (("model", "calib"), ("out",)),
     "cost": (("model",), ("out",)),
     "export": (("model",), ("out", "report")),
@@ -212,8 +212,19 @@ def cmd_pretrain_vae(args: argparse.Namespace) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
-    from quantface.api import calibrate
+    from quantface.api import balanced_calibration, calibrate
 
+    if args.balanced:
+        calib = balanced_calibration(
+            args.model,
+            args.balanced,
+            _json(args.options),
+            batch_size=args.batch_size,
+            device=args.device,
+        )
+        enter_stage("write calibration")
+        calib.save(args.out)
+        return
     calib = calibrate(
         args.model,
         args.images,
@@ -531,6 +542,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--images", help="folder of LQ calibration images (default: degraded synthetic faces)"
     )
     sp.add_argument("--degradation", help="JSON degradation ranges for the synthetic LQ faces")
+    sp.add_argument(
+        "--balanced",
+        metavar="CALIB",
+        help="instead: the statistics after QuantFace's balancing fitted to this calibration "
+        "file, on its images (the activation-distribution figure's second row)",
+    )
+    sp.add_argument("--options", help="JSON QuantFace options for --balanced (balancing, alpha)")
     sp.add_argument("--n-images", type=int, default=32, help="calibration images")
     sp.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     sp.add_argument("--sample-rows", type=int, default=512, help="activation rows kept per site")

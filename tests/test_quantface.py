@@ -49,6 +49,28 @@ def test_balancing_keeps_fp_output_and_cuts_w4a4_error_on_an_outlier_channel():
     assert err["both"] < 0.25 * err["none"], err
 
 
+def test_balanced_statistics_measure_what_the_quantizers_see_after_balancing():
+    """The activation-distribution figure's second row: measured on the balanced model, the
+    planted outlier channel is gone; with nothing balanced they are the FP statistics again."""
+    from quantface.methods.rotation_scaling import balanced_calibration
+    from quantface.report.figures import _channel_absmax, outlier_ratio
+
+    fp, calib, _ = _outlier_setup()
+    weights = {k: v.clone() for k, v in fp.state_dict().items()}
+    site = "unet.0.input"
+    ratio = {}
+    for mode in ("both", "none"):
+        after = balanced_calibration(fp, calib, mode, alpha=0.5, seed=0, batch_size=2)
+        assert set(after.stats) == {s for s in calib.stats if s.endswith(".input")}
+        assert after.meta["balancing"] == {"mode": mode, "alpha": 0.5, "seed": 0}
+        ratio[mode] = outlier_ratio(_channel_absmax(after.stats[site]))
+        if mode == "none":
+            for key in ("ch_min", "ch_max"):
+                assert torch.allclose(after.stats[site][key], calib.stats[site][key])
+    assert ratio["none"] > 20 and ratio["both"] < 3, ratio
+    assert all(torch.equal(v, weights[k]) for k, v in fp.state_dict().items())  # fp untouched
+
+
 def test_qdlora_split_reconstructs_the_weight_and_starts_with_a_silent_lora():
     torch.manual_seed(0)
     lin = torch.nn.Linear(48, 40)

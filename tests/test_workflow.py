@@ -74,6 +74,22 @@ def test_dry_run_of_the_default_config_lists_every_job(tmp_path):
             assert listed or (count == 0 and rule not in out), (rule, count)
 
 
+def test_default_run_draws_the_activation_distribution_after_balancing(tmp_path):
+    """The figure's second row is part of the DAG: the figures job reads the balanced
+    statistics, which one calibrate_balanced job measures from the FP calibration."""
+    r = snakemake(tmp_path, "-n", "-p")
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = (r.stdout + r.stderr).splitlines()
+    model = yaml.safe_load(MICRO.read_text())["model"]["name"]
+    balanced = f"results/{model}/calib/activations_balanced.pt"
+    i = lines.index("rule figures:")
+    inputs = next(x for x in lines[i:] if x.strip().startswith("input:"))
+    assert balanced in inputs.split(":", 1)[1].replace(",", " ").split()
+    assert any(x.split() == ["calibrate_balanced", "1"] for x in lines)
+    figures = next(x for x in lines if "quantface figures" in x)
+    assert f"--calib-after {balanced}" in figures
+
+
 def test_bad_config_stops_before_any_job_with_exit_code_2(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(MICRO.read_text().replace("bits: [w8a8, w4a4]", "bits: [w8a8, w4a]"))
@@ -100,6 +116,7 @@ def test_micro_study_runs_end_to_end_and_reruns_nothing(micro_study):
         "figures/qualitative_synthetic_faces.png",
         "figures/quality_vs_cost_synthetic_faces.png",
         "figures/activation_distribution.png",
+        "tiny/calib/activations_balanced.pt",
     ]:
         assert (res / f).is_file(), f
     df = pd.read_csv(res / "metrics.csv")

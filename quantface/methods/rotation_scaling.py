@@ -20,12 +20,15 @@ Reconstruction (methods.md §9.3; no code was released):
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from quantface.models.base import RestorerBundle
-from quantface.quant.calibration import CalibrationSet
+from quantface.quant.calibration import CalibrationSet, observe_quantizer_inputs
 from quantface.quant.hadamard import layer_seed, random_signs, randomized_hadamard
-from quantface.quant.layers import QuantLayerMixin
+from quantface.quant.layers import InputTransform, LayerQuant, QuantLayerMixin, wrap_model
+from quantface.quant.quantizer import QuantSpec
 from quantface.quant.smoothing import SmoothGroup, apply_smoothing, calib_absmax, smoothing_groups
 
 MODES = ("both", "scale", "rht", "none")
@@ -64,3 +67,44 @@ def apply_balancing(
             signs = random_signs(mod.weight.shape[1], layer_seed(seed, name))
             mod.input_hadamard.signs.copy_(signs)
             mod.weight.copy_(randomized_hadamard(mod.weight, signs, dim=1))
+
+
+@torch.no_grad()
+def balanced_calibration(
+    fp: RestorerBundle,
+    calib: CalibrationSet,
+    mode: str = "both",
+    alpha: float = 0.5,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> CalibrationSet:
+    """Statistics of the inputs each Linear/Conv2d activation quantizer sees once `fp` is
+    balanced (scaled with `alpha` from `calib`, then rotated), over `calib`'s own images.
+
+    These are the activations QuantFace quantizes, measured rather than derived: a rotation
+    spreads an outlier channel over all channels, which per-channel maxima before the rotation
+    cannot show. The FP function is unchanged (quantizers only observe), and `fp` is left as is.
+    """
+    model = copy.deepcopy(fp)
+    sites = model.quant_targets()
+    layers = [
+        n
+        for n, kind in sites.items()
+        if kind != "matmul" and getattr(model.get_submodule(n), "groups", 1) == 1
+    ]
+    groups, online_scale, rotated = plan_balancing(model, layers, mode)
+    spec = QuantSpec(8)
+    wrap_model(
+        model,
+        {
+            n: LayerQuant(sites[n], spec, spec, InputTransform(n in online_scale, n in rotated))
+            for n in layers
+        },
+    )
+    apply_balancing(model, calib, groups, alpha, seed)
+    sample_rows = int(calib.meta.get("sample_rows", 512))
+    stats = observe_quantizer_inputs(
+        model, calib.images, {n: sites[n] for n in layers}, batch_size, sample_rows, seed
+    )
+    meta = {**calib.meta, "balancing": {"mode": mode, "alpha": alpha, "seed": seed}}
+    return CalibrationSet(calib.images, stats, meta)

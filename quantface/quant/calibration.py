@@ -144,32 +144,47 @@ def collect_calibration(
     spec = QuantSpec(8)
     layout = {name: LayerQuant(kind, spec, spec) for name, kind in sites.items()}
     wrap_model(bundle, layout)
-    observers: dict[str, StatsObserver] = {}
-    device = module_device(bundle)
     try:
-        for i, (qname, q) in enumerate(sorted(quantizers(bundle).items())):
-            site, _, qattr = qname.rpartition(".")
-            if site not in sites:
-                continue
-            kind = sites[site]
-            first, second = _operand_names(kind)
-            is_first = qattr == "act_quantizer"
-            if kind != "matmul" and not is_first:
-                q.mode = "off"  # weights are not activations: nothing to observe
-                continue
-            operand = first if is_first else second
-            channel_dim = 1 if kind == "conv2d" else -1
-            obs = StatsObserver(channel_dim, sample_rows, seed * 100_003 + i)
-            q.mode, q.observer = "observe", obs
-            observers[f"{site}.{operand}"] = obs
         t0 = time.perf_counter()
-        for start in tqdm(range(0, len(images), batch_size), desc="calibrate", disable=None):
-            bundle.restore(images[start : start + batch_size].to(device))
+        stats = observe_quantizer_inputs(bundle, images, sites, batch_size, sample_rows, seed)
         log.info(
             "calibration forward over %d images: %.1f s", len(images), time.perf_counter() - t0
         )
         log_timing("calibration_image", len(images), time.perf_counter() - t0)
     finally:
         unwrap_model(bundle)
-    stats = {name: obs.result() for name, obs in observers.items()}
     return CalibrationSet(images, stats, {"sites": sites, "sample_rows": sample_rows, "seed": seed})
+
+
+@torch.no_grad()
+def observe_quantizer_inputs(
+    bundle: RestorerBundle,
+    images: Tensor,
+    sites: dict[str, str],
+    batch_size: int,
+    sample_rows: int,
+    seed: int,
+) -> dict[str, dict[str, Tensor]]:
+    """Statistics of what the activation quantizers of `sites` see over `images`, on a bundle
+    already wrapped with them: the plain FP inputs, or the inputs after whatever transforms the
+    wrapped layers apply (a balanced model's scaled and rotated activations)."""
+    observers: dict[str, StatsObserver] = {}
+    device = module_device(bundle)
+    for i, (qname, q) in enumerate(sorted(quantizers(bundle).items())):
+        site, _, qattr = qname.rpartition(".")
+        if site not in sites:
+            continue
+        kind = sites[site]
+        first, second = _operand_names(kind)
+        is_first = qattr == "act_quantizer"
+        if kind != "matmul" and not is_first:
+            q.mode = "off"  # weights are not activations: nothing to observe
+            continue
+        operand = first if is_first else second
+        channel_dim = 1 if kind == "conv2d" else -1
+        obs = StatsObserver(channel_dim, sample_rows, seed * 100_003 + i)
+        q.mode, q.observer = "observe", obs
+        observers[f"{site}.{operand}"] = obs
+    for start in tqdm(range(0, len(images), batch_size), desc="calibrate", disable=None):
+        bundle.restore(images[start : start + batch_size].to(device))
+    return {name: obs.result() for name, obs in observers.items()}

@@ -6,8 +6,9 @@
 - per-layer bit-width map of one or more plan.json files (mixed-precision plans; generic, so any
   method's plan can be drawn);
 - activation distribution: per-channel max |x| of a few layers from the cached calibration
-  statistics, before and (given a second statistics file) after a balancing transform: the
-  outlier channels that motivate QuantFace's rotation-scaling;
+  statistics, before and (given a second statistics file, the workflow's `quantface calibrate
+  --balanced`) after a balancing transform: the outlier channels that motivate QuantFace's
+  rotation-scaling, and what is left of them;
 - qualitative grid (LQ | FP | each method at one bit setting | HQ) with a zoomed crop per image.
 """
 

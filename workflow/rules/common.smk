@@ -171,6 +171,12 @@ def method_options(wildcards):
     return shell_json(qf_config.resolve_method(config, wildcards.method)[1])
 
 
+def balancing_options(wildcards):
+    """QuantFace's balancing options (`method_options.quantface`) for `calibrate --balanced`."""
+    opts = qf_config.resolve_method(config, "quantface")[1]
+    return shell_json({k: v for k, v in opts.items() if k in ("balancing", "alpha", "seed")})
+
+
 def method_base(wildcards):
     """The registered method behind a method, ablation-variant or protocol cell name."""
     return qf_config.resolve_method(config, wildcards.method)[0]

@@ -65,6 +65,33 @@ rule calibrate:
         " --threads " + str(TORCH_THREADS) + " 2> {log}"
 
 
+# The activation-distribution figure's second row: the statistics QuantFace's activation
+# quantizers see once the FP model is balanced (its balancing options only, so changing its
+# training budget does not rerun this job), on the same calibration images.
+rule calibrate_balanced:
+    input:
+        model="results/{model}/fp/model.pt",
+        calib="results/{model}/calib/activations.pt",
+    output:
+        "results/{model}/calib/activations_balanced.pt",
+    params:
+        batch=config["calibration"].get("batch_size", 8),
+        options=balancing_options,
+    log:
+        "results/logs/calibrate_balanced/{model}.log",
+    benchmark:
+        "results/benchmarks/calibrate_balanced/{model}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+        device=DEVICE,
+    shell:
+        "quantface calibrate --balanced {input.calib} --model {input.model} --out {output}"
+        " --batch-size {params.batch} --options {params.options} --device {resources.device}"
+        " --threads " + str(TORCH_THREADS) + " 2> {log}"
+
+
 # `seeds`: each extra global seed draws its own calibration set (results/<model>/seed<s>/calib/)
 use rule calibrate as calibrate_seed with:
     output:

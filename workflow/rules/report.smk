@@ -68,6 +68,7 @@ rule figures:
         per_image="results/metrics_per_image.csv",
         cost="results/cost.csv",
         calib=f"results/{MODEL}/calib/activations.pt",
+        calib_after=f"results/{MODEL}/calib/activations_balanced.pt",
         plans=[f"results/{MODEL}/{m}/{b}/plan.json" for m, b in mixed_cells()],
         images=qualitative_inputs,
     output:
@@ -89,4 +90,5 @@ rule figures:
     shell:
         "quantface figures --metrics {input.metrics} --per-image {input.per_image}"
         " --seed " + str(config["seed"]) + " --cost {input.cost} --calib {input.calib}"
+        " --calib-after {input.calib_after}"
         " {params.plans} --out results/figures --qualitative {params.qualitative} 2> {log}"
