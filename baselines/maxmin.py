@@ -1,6 +1,6 @@
 """MaxMin (round-to-nearest with min-max ranges), the paper's weakest baseline.
 
-What it is (methods.md §2; cited as "MaxMin" by PassionSR and QuantFace, no code published):
+What it is (cited as "MaxMin" by PassionSR and QuantFace, no code published):
 - weights: per-output-channel asymmetric, range = the channel's min and max, round to nearest,
   no clipping;
 - activations: per-tensor asymmetric *static*, range = global min/max over the calibration set

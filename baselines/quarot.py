@@ -1,6 +1,6 @@
 """QuaRot (Ashkboos et al., NeurIPS 2024): randomized Hadamard rotations remove outliers.
 
-What the paper/code does (methods.md §5): rotate the residual stream of an LLM by one random
+What the paper/code does: rotate the residual stream of an LLM by one random
 Hadamard Q fused into every weight (`W <- W Q`, writers `W <- Q^T W`), plus online Hadamards
 where no fusion exists (down_proj input, o_proj input, Q and K per head for the KV cache);
 weights per-output-channel *symmetric* (RTN or GPTQ; `--w_clip` = MSE clip search: grid 100,
@@ -9,7 +9,7 @@ max shrink 0.8, norm 2.4), activations per-token *dynamic symmetric* with a clip
 
 Adaptation to a UNet/VAE (no residual stream that every reader reaches through a norm: GroupNorm
 + SiLU before convs, concatenated skips, resampling, and proj_out reads the stream with no norm,
-so the LLM's global fused Q is not exact here; methods.md §5 "On the SD UNet/VAE"):
+so the LLM's global fused Q is not exact here):
 - every quantized Linear/Conv2d gets its *own* randomized Hadamard on its input, applied online
   (`InputTransform(hadamard=True)`: per token for a Linear, over channels per pixel for a conv),
   and its weight is pre-rotated offline, `W <- W diag(r) H` over the input channels (the variant

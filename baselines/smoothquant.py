@@ -1,6 +1,6 @@
 """SmoothQuant (Xiao et al., ICML 2023): migrate activation outliers into the weights.
 
-What the paper/code does (methods.md §4): per input channel j,
+What the paper/code does: per input channel j,
 `s_j = max|X_j|^alpha / max|W_j|^(1-alpha)` from calibration activations (all linears reading X
 share one s), `X <- X diag(s)^-1`, `W <- W diag(s)`, the division folded into the preceding
 LayerNorm; no training. alpha = 0.5 by default (the paper tunes it per model: an option here).

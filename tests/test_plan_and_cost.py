@@ -125,7 +125,7 @@ def test_sd21_configs_have_the_published_sizes_and_the_w4_cost():
         if not q.calibrated:
             q.set_range(torch.zeros((), device="meta"), torch.ones((), device="meta"))
     total = cost_table(model, plan)["total"]
-    assert total["macs"] == 2_217_717_432_320  # UNet + VAE at 512 px (assets.md: ~2,218 G)
+    assert total["macs"] == 2_217_717_432_320  # UNet + VAE at 512 px (~2,218 GMACs)
     # weights at 4 bit; biases, norms, the VRE and per-channel (scale, zero) at 32 bit
     assert total["param_bits_reduction"] == pytest.approx(0.84742, abs=1e-5)
 

@@ -2,7 +2,7 @@
 
 The paper states the allocation mixes *quantization error* with a *perceptual metric* and is solved
 as an integer program under an average-bit budget; it gives no formula. We follow the HAWQ-V3 /
-MixDQ formulation (methods.md §9.3-9.4), with every constant a config key:
+MixDQ formulation, with every constant a config key:
 
     min  sum_l sum_b x[l,b] * (lam * Eq[l,b] / max Eq + (1 - lam) * Ep[l,b] / max Ep)
     s.t. sum_b x[l,b] = 1                                  for every layer l

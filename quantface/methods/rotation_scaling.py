@@ -7,7 +7,7 @@ weights are quantization-friendly; in full precision the layer is unchanged:
 
     Y = X W^T = (X diag(s)^-1 H) (W diag(s) H)^T,      H = diag(±1) H_n / sqrt(n)
 
-Reconstruction (methods.md §9.3; no code was released):
+Reconstruction from the paper's description (no code was released):
 - s_j = max|X_j|^alpha / max|W_j|^(1-alpha) from the cached calibration statistics (alpha 0.5);
   1/s is folded into the producer where the graph allows it (quant/smoothing.py: norms before
   attention/feed-forward, to_v rows, GEGLU rows) and applied at run time elsewhere (counted);

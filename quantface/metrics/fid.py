@@ -1,6 +1,6 @@
 """FID(HQ) and FID(FFHQ) of the paper's tables, with one declared feature convention.
 
-Convention (pinned; FID values from different conventions are not comparable, assets.md §11):
+Convention (pinned; FID values from different conventions are not comparable):
 pyiqa's `fid` in `clean` mode — the same code path OSDFace's evaluation (pyiqa) takes. Each image
 is resized per channel to 299x299 with PIL bicubic on float data (clean-fid), scaled by
 (x - 128) / 128 and fed to the TF-ported Inception-v3 of pytorch-fid

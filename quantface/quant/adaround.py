@@ -1,6 +1,6 @@
 """AdaRound (Nagel et al., ICML 2020): learn whether each weight rounds down or up.
 
-Q-Diffusion's weight recipe (methods.md §3, `adaptive_rounding.py`): with the per-channel step
+Q-Diffusion's weight recipe (its code's `adaptive_rounding.py`): with the per-channel step
 Δ and zero point z of a calibrated weight quantizer,
 
     W_q = Δ · (clamp(⌊W/Δ⌋ + h(V) + z, qmin, qmax) − z),   h(V) = clamp(σ(V)(ζ − γ) + γ, 0, 1)

@@ -1,6 +1,6 @@
 """Learnable boundary quantizer (LBQ; PassionSR, 2DQuant): learn the clipping bounds directly.
 
-PassionSR's `Basic2DquantLayer` (methods.md §1, §6) parametrises a quantizer by its lower and
+PassionSR's `Basic2DquantLayer` (in its released code) parametrises a quantizer by its lower and
 upper bounds B_l, B_u: `Δ = (B_u − B_l)/(2^b − 1)`, `z = round(−B_l/Δ)`, and trains both with
 straight-through rounding, so the gradient reaches the bounds through Δ and z. Here the frozen
 `UniformQuantizer` keeps its (Δ, z) buffers; inside `learnable_bounds` each chosen static

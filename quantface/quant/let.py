@@ -1,7 +1,7 @@
 """Learnable equivalent transformation (LET; PassionSR's `saw_*_QuantLayer`, after OmniQuant).
 
 Per input channel c of a Linear/Conv2d, a scale s_c and a shift d_c move between activation and
-weight without changing the FP function (methods.md §6):
+weight without changing the FP function (PassionSR, after OmniQuant):
 
     x' = (x − d)/s,   W' = W·diag(s),   y = W' x' + b + W d
 
