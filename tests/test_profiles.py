@@ -11,6 +11,7 @@ LOCAL = {"aggregate", "tables", "figures"}
 GPU_RULES = {
     "calibrate",
     "calibrate_seed",
+    "calibrate_balanced",
     "quantize",
     "evaluate_input",
     "restore_evaluate_fp",
