@@ -27,7 +27,16 @@ def _snippet(registry: str) -> str:
 
 @pytest.fixture
 def registries(monkeypatch) -> dict[str, Registry]:
-    """Fresh registries in place of the package's, so the examples' names do not leak."""
+    """Fresh registries in place of the package's, so the examples' names do not leak. Every
+    module that registers is imported first: one imported while the fresh registries are in
+    place would register there, and the package's registries would never hold its entries."""
+    import importlib
+
+    from quantface import registry
+
+    for var in ("METHODS", "METRICS", "DATASETS"):
+        for entry in getattr(registry, var).index().values():
+            importlib.import_module(entry.module)
     fresh = {
         "METHODS": Registry("method", "METHODS", ("quantface.methods", "baselines")),
         "METRICS": Registry("metric", "METRICS", ("quantface.metrics",)),
