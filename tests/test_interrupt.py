@@ -208,8 +208,11 @@ def test_plain_rerun_after_the_main_snakemake_process_is_killed(tmp_path, sig):
     cmd += ["--directory", str(tmp_path), "--configfile", str(MICRO), "--cores", "1", target]
     main = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     incomplete = tmp_path / ".snakemake" / "incomplete"
+    # The job's shell opens its log (`2> {log}`) once it runs: the incomplete marker alone is
+    # written before the job is spawned, and a kill between the two leaves no job to orphan.
+    log = tmp_path / "results" / "logs" / "prepare_data" / "synthetic_faces.log"
     deadline = time.monotonic() + 300
-    while not (incomplete.is_dir() and any(incomplete.iterdir())):
+    while not (incomplete.is_dir() and any(incomplete.iterdir()) and log.exists()):
         assert main.poll() is None and time.monotonic() < deadline, "the job never started"
         time.sleep(0.05)
     main.send_signal(sig)
