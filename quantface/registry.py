@@ -28,6 +28,9 @@ from typing import Any, Generic, TypeVar
 from quantface.errors import ConfigError
 
 T = TypeVar("T")
+# Keywords of a registered call that are the registered object's attributes of the same name
+# (the Metric dataclass's presentation fields), so the report reads them without an import.
+CALL_ATTRIBUTES = ("label", "decimals", "unit")
 
 
 @dataclass(frozen=True)
@@ -157,18 +160,20 @@ def _registrations(tree: ast.Module, var: str) -> dict[str, Entry]:
                     label = attrs.get("label") if isinstance(attrs.get("label"), str) else None
                     found[name] = Entry("", doc, label, attrs, closed, frozenset(dynamic))
         elif isinstance(node, ast.Call) and (name := name_of(node.func)) is not None:
-            # a registered call's keywords are arguments, not necessarily attributes: only its
-            # `doc=` is read, everything else comes from the import
+            # a registered call (`METRICS.register("x")(Metric(..., label="X"))`): its keywords
+            # are arguments, not necessarily attributes (`folder_dataset(..., doc=...)` makes a
+            # class), so only `doc=` and the presentation keywords are read, as literals
             target = node.args[0] if node.args else None
-            doc = next(
-                (
-                    k.value.value
-                    for k in getattr(target, "keywords", [])
-                    if k.arg == "doc" and isinstance(k.value, ast.Constant)
-                ),
-                "",
-            )
-            found[name] = Entry("", _first_line(doc))
+            attrs = {}
+            for k in getattr(target, "keywords", []):
+                if k.arg in ("doc", *CALL_ATTRIBUTES):
+                    try:
+                        attrs[k.arg] = _literal(k.value, constants)
+                    except ValueError:
+                        continue
+            doc = attrs.pop("doc", "")
+            label = attrs.get("label") if isinstance(attrs.get("label"), str) else None
+            found[name] = Entry("", _first_line(doc if isinstance(doc, str) else ""), label, attrs)
     return found
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import subprocess
 import sys
 import textwrap
@@ -145,6 +146,31 @@ def test_methods_carry_the_labels_tables_print():
     assert METHODS.label("my_ablation_variant") == "my_ablation_variant"
     for name in METHODS.names():
         assert METHODS.label(name) == getattr(METHODS.get(name), "label", name), name
+
+
+def test_metrics_carry_the_label_decimals_and_unit_tables_and_figures_print():
+    """Each metric states its own presentation at registration; the report reads it from the
+    source (a report job imports no metric code and no torch) and it is the imported value."""
+    code = textwrap.dedent(
+        """
+        import json, sys
+        from quantface.registry import METRICS
+        from quantface.report.tables import metric_decimals, metric_label, metric_unit
+        out = {m: [metric_label(m), metric_decimals(m), metric_unit(m)] for m in METRICS.names()}
+        loaded = [m for m in sys.modules if m.startswith("quantface.metrics.") or m == "torch"]
+        assert not loaded, loaded
+        print(json.dumps(out))
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    shown = json.loads(r.stdout)
+    for name, (label, decimals, unit) in shown.items():
+        metric = METRICS.get(name)
+        assert (label, decimals, unit) == (metric.label, metric.decimals, metric.unit), name
+        assert label and label != name, name
+    assert shown["psnr_fp"] == ["PSNR-FP", 2, "dB"]
+    assert shown["deg"] == ["Deg.", 4, "degrees"] and shown["lpips"] == ["LPIPS", 4, ""]
 
 
 def test_no_third_party_banner_once_quantface_is_imported():

@@ -146,6 +146,9 @@ METRICS.register("fid_hq")(
         False,
         (INCEPTION_FILE,),
         doc="FID(HQ): restored vs the test set's HQ images (pyiqa clean Inception); local weights",
+        label="FID (HQ)",
+        decimals=4,
+        unit="",
     )
 )
 METRICS.register("fid_ffhq")(
@@ -156,6 +159,9 @@ METRICS.register("fid_ffhq")(
         False,
         (INCEPTION_FILE, FFHQ_STATS_FILE),
         doc="FID(FFHQ): restored vs precomputed FFHQ statistics (.npz mu/sigma); local files",
+        label="FID (FFHQ)",
+        decimals=4,
+        unit="",
         stats_file=FFHQ_STATS_FILE,
     )
 )

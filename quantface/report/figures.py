@@ -34,10 +34,8 @@ from quantface.quant.plan import BitPlan
 from quantface.registry import METHODS
 from quantface.report.aggregate import read_metrics, read_per_image
 from quantface.report.stats import mean_interval
-from quantface.report.tables import METRIC_LABELS, REFERENCE_ROWS, _bits_key
+from quantface.report.tables import REFERENCE_ROWS, _bits_key, metric_label, metric_unit
 
-# Units of the metrics that have one (the others are unitless scores); a y axis reads "PSNR (dB)".
-METRIC_UNITS = {"psnr": "dB", "psnr_fp": "dB", "deg": "degrees", "lmd": "px at 512x512"}
 BITS_AXIS = "bit setting (weight / activation bits)"
 
 # Zoom window of the qualitative grid, as fractions of (top, bottom, left, right): the eye and nose
@@ -53,13 +51,12 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 
 def _metric_title(metric: str, hib: bool) -> str:
-    return f"{METRIC_LABELS.get(metric, metric)} {'↑' if hib else '↓'}"
+    return f"{metric_label(metric)} {'↑' if hib else '↓'}"
 
 
 def _metric_axis(metric: str) -> str:
     """A metric's axis label with its unit, or marked unitless, so no axis is a bare number."""
-    unit = METRIC_UNITS.get(metric, "unitless")
-    return f"{METRIC_LABELS.get(metric, metric)} ({unit})"
+    return f"{metric_label(metric)} ({metric_unit(metric) or 'unitless'})"
 
 
 def _legend_below(fig: plt.Figure, ax: plt.Axes) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from quantface.io import atomic_write_text
-from quantface.registry import METHODS
+from quantface.registry import METHODS, METRICS
 from quantface.report.aggregate import read_metrics, read_per_image
 from quantface.report.html import write_markdown_table
 from quantface.report.stats import N_BOOT, lead_is_significant, mean_interval
@@ -25,22 +25,12 @@ from quantface.report.stats import N_BOOT, lead_is_significant, mean_interval
 REFERENCE_ROWS = ("input", "fp")
 MISSING = "—"  # a cell with no value (metric not run for that row)
 BIT_ORDER = ("fp32", "w8a8", "w6a6", "w4a8", "w4a6", "w4a4")
-METRIC_LABELS = {
-    "psnr": "PSNR",
-    "ssim": "SSIM",
-    "ms_ssim": "MS-SSIM",
-    "fsim": "FSIM",
-    "gmsd": "GMSD",
-    "vif": "VIF",
-    "niqe": "NIQE",
-    "piqe": "PIQE",
-    "psnr_fp": "PSNR-FP",
-    "lpips": "LPIPS",
-    "dists": "DISTS",
-    "musiq": "MUSIQ",
-    "maniqa": "MANIQA",
-    "clipiqa": "CLIP-IQA",
-}
+# Column order of the metrics (the paper's: fidelity to HQ, then no-reference, then learned);
+# a metric not named here follows, by name. Labels, units and decimals are each metric's own.
+METRIC_ORDER = (
+    "psnr", "ssim", "ms_ssim", "fsim", "gmsd", "vif", "niqe", "piqe", "psnr_fp", "lpips", "dists",
+    "musiq", "maniqa", "clipiqa",
+)  # fmt: skip
 # cost.csv column -> (table column, scale, higher is better, decimals); rendered like a metric
 COST_COLUMNS = {
     "params": ("Params (M)", 1e-6, False, 3),
@@ -51,11 +41,33 @@ COST_COLUMNS = {
     "bops_reduction": ("BOP reduction (%)", 100.0, True, 2),
     "calibration_seconds": ("Calibration (s)", 1.0, False, 1),
 }
-METRIC_LABELS.update({f"cost:{k}": v[0] for k, v in COST_COLUMNS.items()})
-DECIMALS = {
-    **dict.fromkeys(("psnr", "psnr_fp", "piqe", "niqe", "musiq"), 2),
-    **{f"cost:{k}": v[3] for k, v in COST_COLUMNS.items()},
-}
+
+
+def _cost_column(metric: str) -> tuple | None:
+    return COST_COLUMNS.get(metric.removeprefix("cost:")) if metric.startswith("cost:") else None
+
+
+def metric_label(metric: str) -> str:
+    """A column's name in tables and figures: the metric's own `label` (read from its source,
+    so the report imports no metric code), a cost column's, or the raw name."""
+    if (cost := _cost_column(metric)) is not None:
+        return cost[0]
+    return METRICS.label(metric) if metric in METRICS else metric
+
+
+def metric_decimals(metric: str) -> int:
+    if (cost := _cost_column(metric)) is not None:
+        return cost[3]
+    return int(METRICS.attr(metric, "decimals", 4)) if metric in METRICS else 4
+
+
+def metric_unit(metric: str) -> str:
+    """The metric's unit ("" for a unitless score or an unknown name)."""
+    if _cost_column(metric) is not None or metric not in METRICS:
+        return ""
+    return str(METRICS.attr(metric, "unit", ""))
+
+
 FULL_REFERENCE = {"psnr", "ssim", "ms_ssim", "fsim", "gmsd", "vif", "lpips", "dists", "deg", "lmd"}
 CONVENTIONS = (
     (
@@ -81,7 +93,7 @@ def _bits_key(bits: str) -> tuple[int, str]:
 def _fmt(value: float, metric: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return MISSING
-    return f"{value:.{DECIMALS.get(metric, 4)}f}"
+    return f"{value:.{metric_decimals(metric)}f}"
 
 
 def _per_image_series(per_image: pd.DataFrame | None, datasets: list[str]) -> dict:
@@ -124,7 +136,7 @@ def build_table(
     sub = df[df["dataset"].isin(datasets)]
     if sub.empty:
         return pd.DataFrame(), {}
-    order = list(METRIC_LABELS)
+    order = [*METRIC_ORDER, *(f"cost:{k}" for k in COST_COLUMNS)]
     metric_order = sorted(
         set(sub["metric"]), key=lambda m: (order.index(m), m) if m in order else (len(order), m)
     )
@@ -185,7 +197,7 @@ def build_table(
 def _header(col: tuple[str, str], marks: dict, multi: bool) -> str:
     d, m = col
     arrow = "↑" if marks["hib"][m] else "↓"
-    label = f"{METRIC_LABELS.get(m, m)}{arrow}"
+    label = f"{metric_label(m)}{arrow}"
     return f"{d}: {label}" if multi else label
 
 
