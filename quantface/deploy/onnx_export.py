@@ -37,6 +37,9 @@ What each site becomes (integers are uint8 codes, weights per output channel):
   quantizers, Q-Diffusion's split shortcut layers, per-token attention operands, and any site
   above 8 bits (Q-Diffusion's 16-bit softmax). `site_paths` says which path each site took.
 
+The timestep is a constant of the graph, so the layers of the time embedding (and each resnet's
+time projection) read constants only: ORT folds them at load, whatever path they took.
+
 Bits below 8 use the same 8-bit kernels: ORT's CPU EP has no 4-bit activation kernel and no 4-bit
 conv, so 4-bit weights are stored as uint8 codes in [0, 15] and 4-bit activations are clipped to
 their 16 codes before an 8-bit QuantizeLinear; the integers, hence the outputs, are exactly the
@@ -60,7 +63,7 @@ from quantface.io import atomic_path
 from quantface.models.base import RestorerBundle
 from quantface.quant.layers import QuantConv2d, QuantLayerMixin, QuantLinear, QuantMatMul
 from quantface.quant.pack import weight_codes
-from quantface.quant.quantizer import _EPS, UniformQuantizer
+from quantface.quant.quantizer import _EPS, UniformQuantizer, from_groups, to_groups
 
 OPSET = 17
 INPUT, OUTPUT = "lq", "restored"
@@ -383,6 +386,38 @@ def _transform(mod: QuantLayerMixin, had: Tensor | None) -> Any:
     return transform
 
 
+def _fake_quant(q: UniformQuantizer, x: Tensor) -> Tensor:
+    """`q(x)` as the float nodes of a site without an integer form. A dynamic quantizer is
+    written lean (ReduceMin/ReduceMax, the step, Round, Clip): the simulation's guards against
+    NaN/Inf ranges would add a dozen IsNaN/IsInf/Where nodes per tensor an engine then runs, and
+    an exported graph's inputs are finite images."""
+    s = q.spec
+    if not s.dynamic:
+        return q(x)
+    xv = to_groups(x, s) if s.granularity == "group" else x
+    dim = -1 if s.granularity == "group" else s.channel_dim % x.dim()
+    lo = xv.amin(dim=dim, keepdim=True) * s.clip_ratio
+    hi = xv.amax(dim=dim, keepdim=True) * s.clip_ratio
+    lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
+    if s.symmetric:
+        scale = torch.clamp(torch.maximum(-lo, hi) / s.qmax, min=_EPS)
+        zero = torch.zeros_like(scale)
+    else:
+        scale = torch.clamp((hi - lo) / (s.qmax - s.qmin), min=_EPS)
+        zero = torch.clamp(torch.round(-lo / scale) + s.qmin, s.qmin, s.qmax)
+    out = (torch.clamp(torch.round(xv / scale) + zero, s.qmin, s.qmax) - zero) * scale
+    return from_groups(out, x.shape, s) if s.granularity == "group" else out
+
+
+def _float_input(mod: QuantLayerMixin, x: Tensor) -> Tensor:
+    """`quantize_input` with `_fake_quant` (split halves included)."""
+    if not mod.split:
+        return _fake_quant(mod.act_quantizer, x)
+    dim = mod.channel_dim % x.dim()
+    a, b = x.split([mod.split, x.shape[dim] - mod.split], dim=dim)
+    return torch.cat([_fake_quant(mod.act_quantizer, a), _fake_quant(mod.act_quantizer_1, b)], dim)
+
+
 def _layer_forward(mod: QuantLayerMixin, site: _Site | None) -> Any:
     h = mod._modules.get("input_hadamard")
     transform = _transform(mod, h.matrix().float() if h is not None else None)
@@ -394,22 +429,24 @@ def _layer_forward(mod: QuantLayerMixin, site: _Site | None) -> Any:
         if core is not None:
             y = core(x)
         elif isinstance(mod, nn.Conv2d):
-            y = mod._conv_forward(mod.quantize_input(x), w_hat, mod.bias)
+            y = mod._conv_forward(_float_input(mod, x), w_hat, mod.bias)
         else:
-            y = F.linear(mod.quantize_input(x), w_hat, mod.bias)
+            y = F.linear(_float_input(mod, x), w_hat, mod.bias)
         return mod._add_branch(y, x)
 
     return forward
 
 
-def _matmul_forward(mod: QuantMatMul, site: _Site) -> Any:
-    core = _core(site)
+def _matmul_forward(mod: QuantMatMul, site: _Site | None) -> Any:
+    core = _core(site) if site is not None else None
 
     def forward(a: Tensor, b: Tensor) -> Tensor:
         s = mod._buffers.get("inner_scale")
         if s is not None:
             a, b = a * s, b / s.unsqueeze(-1)
-        return core(a, b)
+        if core is not None:
+            return core(a, b)
+        return torch.bmm(_fake_quant(mod.act_quantizer, a), _fake_quant(mod.weight_quantizer, b))
 
     return forward
 
@@ -441,8 +478,6 @@ def export_mode(bundle: RestorerBundle) -> Iterator[dict[str, str]]:
             site = plan_site(mod)
             paths[name] = site.path if site is not None else FLOAT
             if isinstance(mod, QuantMatMul):
-                if site is None:
-                    continue  # the simulation's own forward: fake-quant nodes, float bmm
                 mod.forward = _matmul_forward(mod, site)
             else:
                 mod.forward = _layer_forward(mod, site)
