@@ -366,10 +366,12 @@ def _export_onnx(args: argparse.Namespace) -> None:
         enter_stage("verify")
         check = bench(args.model, args.out, threads=args.threads or 1, warmup=0, runs=1)
         report["psnr_vs_sim"] = check["psnr_vs_sim"]
-        if check["psnr_vs_sim"] < VERIFY_PSNR:
+        a_bits = min((lq.a.bits for lq in layout.values()), default=8)
+        bound = VERIFY_PSNR if a_bits >= 8 else VERIFY_PSNR_LOW_BITS
+        if check["psnr_vs_sim"] < bound:
             raise QuantFaceError(
                 f"{args.out} reproduces {args.model} at only {check['psnr_vs_sim']:.1f} dB "
-                f"PSNR in ONNX Runtime (at least {VERIFY_PSNR} expected)"
+                f"PSNR in ONNX Runtime (at least {bound} expected)"
             )
     if args.report:
         atomic_write_text(args.report, json.dumps(report, indent=1))
@@ -378,9 +380,12 @@ def _export_onnx(args: argparse.Namespace) -> None:
     )
 
 
-# ORT vs the fake-quant simulation on the same faces: rounding ties flip between float orders of
-# summation and a flipped code moves later layers; >= 30 dB is far below any quantization error
-VERIFY_PSNR = 30.0
+# ORT vs the fake-quant simulation on the same faces. Each site alone agrees to ~1e-6 relative
+# (tests/test_deploy.py); end to end a value on a rounding tie may flip a code between the two
+# float summation orders and move later layers by one step, 16x larger at 4 bits than at 8
+# (tiny 128 px, W4A4: 26.6 dB measured with every site exact)
+VERIFY_PSNR = 30.0  # activations at 8 bits
+VERIFY_PSNR_LOW_BITS = 20.0  # any activation below 8 bits
 
 
 def cmd_deploy_bench(args: argparse.Namespace) -> None:
@@ -644,7 +649,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--verify",
         action="store_true",
-        help=f"packed: reload, check bit-identical outputs; onnx: >= {VERIFY_PSNR:g} dB in ORT",
+        help=f"packed: reload, check bit-identical outputs; onnx: >= {VERIFY_PSNR:g} dB in ORT "
+        f"({VERIFY_PSNR_LOW_BITS:g} dB below 8-bit activations)",
     )
     common(sp)
 

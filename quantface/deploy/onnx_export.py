@@ -451,7 +451,7 @@ def _matmul_forward(mod: QuantMatMul, site: _Site | None) -> Any:
     return forward
 
 
-def site_paths(bundle: RestorerBundle) -> dict[str, str]:
+def site_paths(bundle: nn.Module) -> dict[str, str]:
     """Quantized site name -> the path it takes in the exported graph (module docstring)."""
     paths = {}
     for name, mod in bundle.named_modules():
@@ -467,8 +467,9 @@ def site_summary(bundle: RestorerBundle) -> dict[str, int]:
 
 
 @contextmanager
-def export_mode(bundle: RestorerBundle) -> Iterator[dict[str, str]]:
-    """Route every quantized site through its export form; yields site name -> path."""
+def export_mode(bundle: nn.Module) -> Iterator[dict[str, str]]:
+    """Route every quantized site of `bundle` (a restorer, or any module holding quantized
+    layers) through its export form; yields site name -> path."""
     paths: dict[str, str] = {}
     patched: list[nn.Module] = []
     try:
