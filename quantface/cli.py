@@ -400,7 +400,7 @@ def cmd_deploy_bench(args: argparse.Namespace) -> None:
         fp=args.fp,
         images=args.images,
         n_images=args.n_images,
-        threads=args.threads or 1,
+        threads=args.threads,
         warmup=args.warmup,
         runs=args.runs,
         seed=args.seed,
@@ -640,7 +640,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         choices=("packed", "onnx"),
         default="packed",
-        help="packed: low-bit safetensors; onnx: the restore graph with integer operators",
+        help="packed: low-bit safetensors; onnx: the restore graph with integer operators, "
+        "built and checked on the CPU whatever --device says (ONNX Runtime's CPU EP)",
     )
     sp.add_argument("--out", required=True, help="the .safetensors / .onnx file")
     sp.add_argument(
@@ -667,7 +668,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--n-images", type=int, default=2, help="faces the agreement is measured on")
     sp.add_argument("--warmup", type=int, default=3, help="untimed runs first")
     sp.add_argument("--runs", type=int, default=10, help="timed runs (median and quartiles)")
-    common(sp)
+    sp.add_argument("--seed", type=int, default=0, help="noise faces when --images is not given")
+    sp.add_argument("--threads", type=int, default=1, help="intra-op threads of ORT and torch")
 
     sp = add(
         "deploy-report", cmd_deploy_report, "deploy table (md, csv) and quality-vs-latency figure"

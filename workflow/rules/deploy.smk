@@ -52,7 +52,7 @@ rule deploy_bench:
     shell:
         "quantface deploy-bench --model {input.model} --onnx {input.onnx} --fp {input.fp}"
         " --images {params.faces} --warmup {params.warmup} --runs {params.runs}"
-        " --threads {params.threads} --device cpu --out {output} 2> {log}"
+        " --threads {params.threads} --out {output} 2> {log}"
 
 
 rule deploy:
