@@ -347,7 +347,7 @@ def _export_onnx(args: argparse.Namespace) -> None:
     enter_stage("load model")
     model, layout, meta = load_bundle(args.model)
     enter_stage("export onnx")
-    info = export_onnx(model, args.out)
+    info = export_onnx(model, args.out, flavor=args.flavor)
     enter_stage("load in onnxruntime")  # a graph ORT cannot run fails here, naming the operator
     ops = optimized_ops(args.out, args.threads or 1)
     report = {
@@ -355,6 +355,7 @@ def _export_onnx(args: argparse.Namespace) -> None:
         "method": meta.get("method", "fp") if layout else "fp",
         "bits": meta.get("bits", "fp32") if layout else "fp32",
         "onnx_bytes": Path(args.out).stat().st_size,
+        "flavor": args.flavor,
         "paths": info["paths"],
         "exported_ops": info["nodes"],
         "ort_integer_ops": integer_ops(ops),
@@ -642,6 +643,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="packed",
         help="packed: low-bit safetensors; onnx: the restore graph with integer operators, "
         "built and checked on the CPU whatever --device says (ONNX Runtime's CPU EP)",
+    )
+    sp.add_argument(
+        "--flavor",
+        choices=("ort", "qdq"),
+        default="ort",
+        help="onnx: ort = integer operators ONNX Runtime's CPU EP runs; qdq = Q/DQ pairs in "
+        "the layout TensorRT fuses (symmetric int8 sites)",
     )
     sp.add_argument("--out", required=True, help="the .safetensors / .onnx file")
     sp.add_argument(

@@ -22,6 +22,7 @@ from quantface.deploy.onnx_export import (
     INT_CONV,
     INT_LINEAR,
     INT_TOKEN,
+    QDQ,
     export_mode,
     export_onnx,
     site_paths,
@@ -283,3 +284,46 @@ def test_snakemake_deploy_target_plans_every_model(tmp_path):
     for rule in ("deploy_export", "deploy_bench", "deploy"):
         assert rule in out
     assert "results/deploy/tiny/fp/bench.json" in out  # FP32 torch + ORT baseline row
+
+
+def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
+    out = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            out[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    return out
+
+
+def test_qdq_flavour_puts_symmetric_int8_qdq_pairs_in_front_of_every_static_site(
+    calib, faces, tmp_path
+):
+    """The TensorRT layout (checked up to the engine build: no TensorRT here): every quantized
+    Conv/MatMul reads DequantizeLinear outputs only, symmetric int8 with zero point 0."""
+    fp = _micro()
+    q = METHODS.get("smoothquant")().quantize(
+        fp, calib, BitPlan.uniform(fp.quant_targets(), 8, 8), {}
+    )
+    info = export_onnx(q, tmp_path / "m.onnx", flavor="qdq")
+    assert set(info["paths"]) == {QDQ}
+    model = onnx.load(tmp_path / "m.onnx")
+    consts = _constants(model)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    fed = [
+        n
+        for n in model.graph.node
+        if n.op_type in ("Conv", "MatMul")
+        and all(
+            producer.get(i) is not None and producer[i].op_type == "DequantizeLinear"
+            for i in n.input[:2]
+        )
+    ]
+    assert len(fed) == len(info["sites"])  # one QDQ-fed op per quantized site
+    for n in model.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            zero = consts[n.input[2]]
+            assert zero.dtype == np.int8 and not zero.any(), n.name
+    with torch.no_grad():
+        sim = q.restore(faces).numpy()
+    assert psnr(_ort(tmp_path / "m.onnx", faces), sim) >= AGREEMENT_DB

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from quantface.deploy.onnx_export import OUTPUT, site_summary
+from quantface.deploy.onnx_export import site_summary
 from quantface.deploy.runtime import (
     integer_ops,
     machine,
@@ -87,7 +87,6 @@ def bench(
         "sites": site_summary(bundle),
         "settings": {"threads": threads, "warmup": warmup, "runs": runs, "batch": 1},
         "machine": machine(),
-        "output": OUTPUT,
     }
     engine = "ORT int" if layout else "ORT FP32"
     result["rows"] = [{"engine": engine, **timing, **mem}]

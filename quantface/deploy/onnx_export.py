@@ -40,6 +40,13 @@ What each site becomes (integers are uint8 codes, weights per output channel):
 The timestep is a constant of the graph, so the layers of the time embedding (and each resnet's
 time projection) read constants only: ORT folds them at load, whatever path they took.
 
+The `qdq` flavour writes the same static sites as QuantizeLinear/DequantizeLinear pairs on
+the activation and DequantizeLinear on the weight codes in front of a float Conv/MatMul: the
+layout TensorRT imports and fuses into its int8 kernels, symmetric grids as int8 with zero point
+0 (TensorRT has no zero points: an asymmetric site stays uint8 with its zero point, which
+TensorRT rejects). Per-token sites have no QDQ form and run in float there. ORT runs that flavour
+too, but its CPU EP leaves most of it in float (it fuses DQ->Conv only before a Q).
+
 Bits below 8 use the same 8-bit kernels: ORT's CPU EP has no 4-bit activation kernel and no 4-bit
 conv, so 4-bit weights are stored as uint8 codes in [0, 15] and 4-bit activations are clipped to
 their 16 codes before an 8-bit QuantizeLinear; the integers, hence the outputs, are exactly the
@@ -74,12 +81,14 @@ INT_CONV = "int8 ConvInteger"
 INT_ATTN = "int8 MatMulInteger (both operands)"
 INT_TOKEN = "int8 MatMulInteger, per-token scales in float"
 FLOAT = "float (fake-quant nodes, FP32 kernel)"
+QDQ = "QDQ pair (QuantizeLinear/DequantizeLinear) -> float op"
+FLAVORS = ("ort", "qdq")
 
 _FLOAT_T = 1  # onnx.TensorProto.FLOAT
 _UINT8_T = 2
 
 
-def _core(site: _Site) -> Any:
+def _core(site: _Site, flavor: str) -> Any:
     """`site`'s product for tracing: evaluated as the fake-quant value, exported as the site's
     hand-written ONNX nodes. The value is computed outside the Function and passed in (the
     TorchScript tracer cannot follow tensors a Function's forward makes from anything but its
@@ -92,7 +101,8 @@ def _core(site: _Site) -> Any:
 
         @staticmethod
         def symbolic(g: Any, *xs: Any) -> Any:
-            return site.emit(g, *xs[:-1])
+            emit = site.emit_qdq if flavor == "qdq" else site.emit
+            return emit(g, *xs[:-1])
 
     def apply(*xs: Tensor) -> Tensor:
         return Core.apply(*xs, site.reference(*xs))
@@ -135,6 +145,17 @@ class _ActQ:
             x = g.op("Clip", x, _c(g, lo), _c(g, hi))
         return g.op("QuantizeLinear", x, scale, zero)
 
+    def emit_qdq(self, g: Any, x: Any) -> Any:
+        """QuantizeLinear -> DequantizeLinear; a symmetric grid (zero in the middle) as int8
+        with zero point 0, the form TensorRT imports, an asymmetric one as uint8."""
+        signed = self.zero == (self.top + 1) // 2
+        zero = _c(g, 0, torch.int8) if signed else _c(g, self.zero, torch.uint8)
+        if self.top < 255:
+            lo, hi = -self.zero * self.scale, (self.top - self.zero) * self.scale
+            x = g.op("Clip", x, _c(g, lo), _c(g, hi))
+        q = g.op("QuantizeLinear", x, _c(g, self.scale), zero)
+        return g.op("DequantizeLinear", q, _c(g, self.scale), zero)
+
 
 @dataclass(frozen=True)
 class _WeightQ:
@@ -159,6 +180,31 @@ class _WeightQ:
             (z - s.qmin).to(torch.uint8).expand(o).clone(),
             q.scale.detach().reshape(-1).float().expand(o).clone(),
         )
+
+
+def _weight_dq(g: Any, wq: _WeightQ, transpose: bool) -> Any:
+    """DequantizeLinear of the weight codes (per output channel); symmetric weights (one zero
+    point in the middle of the grid) as int8 with zero point 0, as TensorRT needs."""
+    codes = wq.codes.reshape(wq.codes.shape[0], -1).t().contiguous() if transpose else wq.codes
+    axis = 1 if transpose else 0
+    z = int(wq.zero[0])
+    if bool((wq.zero == z).all()) and z in (8, 128):  # 4/8-bit symmetric: shift to signed
+        signed = (codes.to(torch.int16) - z).to(torch.int8)
+        zero = torch.zeros(wq.zero.shape, dtype=torch.int8)
+        return g.op(
+            "DequantizeLinear",
+            _c(g, signed, torch.int8),
+            _c(g, wq.scale),
+            _c(g, zero, torch.int8),
+            axis_i=axis,
+        )
+    return g.op(
+        "DequantizeLinear",
+        _c(g, codes, torch.uint8),
+        _c(g, wq.scale),
+        _c(g, wq.zero, torch.uint8),
+        axis_i=axis,
+    )
 
 
 # --- sites -------------------------------------------------------------------------------------
@@ -199,6 +245,10 @@ class _LinearSite(_Site):
         y = g.op("Mul", y, _c(g, self.act.scale * self.wq.scale))
         return _add_bias(g, y, self.mod.bias, 1)
 
+    def emit_qdq(self, g: Any, x: Any) -> Any:
+        y = g.op("MatMul", self.act.emit_qdq(g, x), _weight_dq(g, self.wq, transpose=True))
+        return _add_bias(g, y, self.mod.bias, 1)
+
 
 class _ConvSite(_Site):
     """Static per-tensor activations: QuantizeLinear, ConvInteger, per-channel rescale."""
@@ -234,6 +284,21 @@ class _ConvSite(_Site):
         y = g.op("Cast", acc, to_i=_FLOAT_T)
         y = g.op("Mul", y, _c(g, (self.act.scale * wq.scale).view(1, -1, 1, 1)))
         return _add_bias(g, y, m.bias, 4)
+
+    def emit_qdq(self, g: Any, x: Any) -> Any:
+        m = self.mod
+        inputs = [self.act.emit_qdq(g, x), _weight_dq(g, self.wq, transpose=False)]
+        if m.bias is not None:
+            inputs.append(_c(g, m.bias.detach().float()))
+        return g.op(
+            "Conv",
+            *inputs,
+            pads_i=self.pads,
+            strides_i=list(m.stride),
+            dilations_i=list(m.dilation),
+            group_i=m.groups,
+            kernel_shape_i=list(m.kernel_size),
+        )
 
 
 class _TokenSite(_Site):
@@ -321,6 +386,9 @@ class _AttnSite(_Site):
         )
         return g.op("Mul", g.op("Cast", acc, to_i=_FLOAT_T), _c(g, self.a.scale * self.b.scale))
 
+    def emit_qdq(self, g: Any, a: Any, b: Any) -> Any:
+        return g.op("MatMul", self.a.emit_qdq(g, a), self.b.emit_qdq(g, b))
+
 
 def _add_bias(g: Any, y: Any, bias: Tensor | None, ndim: int) -> Any:
     if bias is None:
@@ -337,16 +405,12 @@ def _conv_pads(conv: nn.Conv2d) -> list[int] | None:
     return [ph, pw, ph, pw]
 
 
-def _plain(mod: QuantLayerMixin) -> bool:
-    return not mod.split
-
-
 def plan_site(mod: nn.Module) -> _Site | None:
     """The integer form of one quantized module, or None: it runs in float (module docstring)."""
     if isinstance(mod, QuantMatMul):
         a, b = _ActQ.of(mod.act_quantizer), _ActQ.of(mod.weight_quantizer)
         return _AttnSite(mod, a, b) if a and b else None
-    if not isinstance(mod, QuantLinear | QuantConv2d) or not _plain(mod):
+    if not isinstance(mod, QuantLinear | QuantConv2d) or mod.split:  # split halves: float
         return None
     wq = _WeightQ.of(mod.weight_quantizer, mod.weight)
     if wq is None:
@@ -359,8 +423,9 @@ def plan_site(mod: nn.Module) -> _Site | None:
             return _LinearSite(mod, act, wq)
         return _TokenSite(mod, wq) if token else None
     pads = _conv_pads(mod)
-    if act is not None and pads is not None:
-        return _ConvSite(mod, act, wq, pads)
+    one_zero = bool((wq.zero == wq.zero[0]).all())
+    if act is not None and pads is not None and (mod.groups == 1 or one_zero):
+        return _ConvSite(mod, act, wq, pads)  # (the zero-point correction is one ungrouped conv)
     pointwise = mod.kernel_size == (1, 1) and mod.stride == (1, 1) and mod.groups == 1
     if token and pointwise and pads == [0, 0, 0, 0]:
         return _TokenSite(mod, wq)
@@ -418,10 +483,10 @@ def _float_input(mod: QuantLayerMixin, x: Tensor) -> Tensor:
     return torch.cat([_fake_quant(mod.act_quantizer, a), _fake_quant(mod.act_quantizer_1, b)], dim)
 
 
-def _layer_forward(mod: QuantLayerMixin, site: _Site | None) -> Any:
+def _layer_forward(mod: QuantLayerMixin, site: _Site | None, flavor: str) -> Any:
     h = mod._modules.get("input_hadamard")
     transform = _transform(mod, h.matrix().float() if h is not None else None)
-    core = _core(site) if site is not None else None
+    core = _core(site, flavor) if site is not None else None
     w_hat = mod.quantized_weight().detach()  # float sites: the dequantized weight, a constant
 
     def forward(x: Tensor) -> Tensor:
@@ -437,8 +502,8 @@ def _layer_forward(mod: QuantLayerMixin, site: _Site | None) -> Any:
     return forward
 
 
-def _matmul_forward(mod: QuantMatMul, site: _Site | None) -> Any:
-    core = _core(site) if site is not None else None
+def _matmul_forward(mod: QuantMatMul, site: _Site | None, flavor: str) -> Any:
+    core = _core(site, flavor) if site is not None else None
 
     def forward(a: Tensor, b: Tensor) -> Tensor:
         s = mod._buffers.get("inner_scale")
@@ -451,37 +516,51 @@ def _matmul_forward(mod: QuantMatMul, site: _Site | None) -> Any:
     return forward
 
 
-def site_paths(bundle: nn.Module) -> dict[str, str]:
+def _plan(mod: nn.Module, flavor: str) -> _Site | None:
+    site = plan_site(mod)
+    if flavor == "qdq" and isinstance(site, _TokenSite):
+        return None  # per-token codes need MatMulInteger: no QDQ form
+    return site
+
+
+def _path(site: _Site | None, flavor: str) -> str:
+    if site is None:
+        return FLOAT
+    return QDQ if flavor == "qdq" else site.path
+
+
+def site_paths(bundle: nn.Module, flavor: str = "ort") -> dict[str, str]:
     """Quantized site name -> the path it takes in the exported graph (module docstring)."""
     paths = {}
     for name, mod in bundle.named_modules():
         if isinstance(mod, QuantLayerMixin | QuantMatMul):
-            site = plan_site(mod)
-            paths[name] = site.path if site is not None else FLOAT
+            paths[name] = _path(_plan(mod, flavor), flavor)
     return paths
 
 
-def site_summary(bundle: RestorerBundle) -> dict[str, int]:
+def site_summary(bundle: nn.Module, flavor: str = "ort") -> dict[str, int]:
     """How many sites take each path."""
-    return dict(Counter(site_paths(bundle).values()))
+    return dict(Counter(site_paths(bundle, flavor).values()))
 
 
 @contextmanager
-def export_mode(bundle: nn.Module) -> Iterator[dict[str, str]]:
+def export_mode(bundle: nn.Module, flavor: str = "ort") -> Iterator[dict[str, str]]:
     """Route every quantized site of `bundle` (a restorer, or any module holding quantized
-    layers) through its export form; yields site name -> path."""
+    layers) through its export form (`flavor`: "ort" or "qdq"); yields site name -> path."""
+    if flavor not in FLAVORS:
+        raise ValueError(f"flavor must be one of {', '.join(FLAVORS)}, got {flavor!r}")
     paths: dict[str, str] = {}
     patched: list[nn.Module] = []
     try:
         for name, mod in bundle.named_modules():
             if not isinstance(mod, QuantLayerMixin | QuantMatMul):
                 continue
-            site = plan_site(mod)
-            paths[name] = site.path if site is not None else FLOAT
+            site = _plan(mod, flavor)
+            paths[name] = _path(site, flavor)
             if isinstance(mod, QuantMatMul):
-                mod.forward = _matmul_forward(mod, site)
+                mod.forward = _matmul_forward(mod, site, flavor)
             else:
-                mod.forward = _layer_forward(mod, site)
+                mod.forward = _layer_forward(mod, site, flavor)
             patched.append(mod)
         yield paths
     finally:
@@ -499,7 +578,9 @@ class _Restore(nn.Module):
 
 
 @torch.no_grad()
-def export_onnx(bundle: RestorerBundle, path: str | Path, batch: int = 1) -> dict[str, Any]:
+def export_onnx(
+    bundle: RestorerBundle, path: str | Path, batch: int = 1, flavor: str = "ort"
+) -> dict[str, Any]:
     """Write `bundle.restore` as ONNX (atomically, fixed input [batch, 3, S, S]); returns the
     per-site paths (`sites`), their counts (`paths`) and the exported node types (`nodes`)."""
     import onnx
@@ -507,7 +588,7 @@ def export_onnx(bundle: RestorerBundle, path: str | Path, batch: int = 1) -> dic
     bundle = bundle.cpu().eval()
     s = bundle.image_size
     x = torch.rand(batch, 3, s, s, generator=torch.Generator().manual_seed(0))
-    with export_mode(bundle) as paths, atomic_path(path) as tmp:
+    with export_mode(bundle, flavor) as paths, atomic_path(path) as tmp:
         torch.onnx.export(
             _Restore(bundle),
             (x,),
