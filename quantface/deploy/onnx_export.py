@@ -14,13 +14,15 @@ weights are FP16-rounded values), a matmul's contraction-dim scale as a Mul.
 What each site becomes (integers are uint8 codes, weights per output channel):
 
 - Linear, static per-tensor activations (MaxMin, SmoothQuant, Q-Diffusion, PassionSR,
-  EfficientDM): QuantizeLinear -> DequantizeLinear on x, DequantizeLinear on the uint8 weight
-  codes, MatMul, Add bias: the QDQ layout ORT fuses into `MatMulIntegerToFloat` (an integer GEMM
-  with the scales applied to its int32 result);
+  EfficientDM): QuantizeLinear, `MatMulInteger` with the per-channel weight zero points, Cast,
+  Mul by s_x s_w, Add bias. Not QDQ pairs: ORT 1.32 turned a QDQ MatMul followed by its bias Add
+  into a float Gemm for about half the Linears (measured), so the integer GEMM is written out;
 - Conv2d, static per-tensor activations: ORT has no fusion for a QDQ Conv whose output is not
   re-quantized (the fake-quant model never re-quantizes a conv's output; adding a Q there would
   change the numbers), so the integer conv is written out: QuantizeLinear, `ConvInteger` (it pads
   with the zero point, i.e. with an exact 0), Cast, Mul by s_x s_w per channel, Add bias.
+  Codes are uint8 on both sides (signed grids shifted: the same integers): ORT's ConvInteger ran
+  4.6x slower with int8 weights on this CPU.
   ORT's ConvInteger takes one weight zero point only: per-channel zero points z_o (asymmetric
   weights) are applied as `P - z_o * ConvInteger(x_q, ones)`, one extra single-channel conv;
 - attention QK^T / AV, both operands static per tensor: QuantizeLinear on both, `MatMulInteger`,
