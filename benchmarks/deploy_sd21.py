@@ -30,9 +30,15 @@ import torch
 from torch import nn
 
 from quantface.deploy.onnx_export import export_mode, site_paths
-from quantface.deploy.runtime import machine, run, session, time_it
+from quantface.deploy.runtime import machine, session, time_it
 from quantface.io import atomic_write_text
-from quantface.quant.layers import InputTransform, LayerQuant, QuantConv2d, QuantLinear
+from quantface.quant.layers import (
+    InputTransform,
+    LayerQuant,
+    QuantConv2d,
+    QuantLinear,
+    QuantMatMul,
+)
 from quantface.quant.quantizer import QuantSpec
 
 # (name, kind, in, out, kernel, latent side): SD-2.1's widest-resolution level and its middle
@@ -41,6 +47,7 @@ LAYERS = [
     ("conv 3x3 1280->1280 @8x8", "conv2d", 1280, 1280, 3, 8),
     ("linear 320->320, 4096 tokens", "linear", 320, 320, 0, 64),
     ("linear 320->2560, 4096 tokens", "linear", 320, 2560, 0, 64),
+    ("attention QK^T, 5 heads, 4096 tokens, d 64", "matmul", 64, 4096, 0, 64),
 ]
 FORMS = {
     "static asym (maxmin)": ("tensor", False, False, InputTransform()),
@@ -56,13 +63,40 @@ FORMS = {
 }
 
 
+# QK^T: the operands' quantizers only (transforms belong to the Linear/Conv sites)
+MATMUL_FORMS = {
+    "static asym (maxmin)": ("tensor", False),
+    "static sym (smoothquant)": ("tensor", True),
+    "per token (quarot, svdquant, quantface)": ("token", True),
+}
+
+
 class _Layer(nn.Module):
     def __init__(self, layer: nn.Module) -> None:
         super().__init__()
         self.layer = layer
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer(x)
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return self.layer(*xs)
+
+
+class _Bmm(nn.Module):
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(a, b)
+
+
+def build_matmul(form: str | None) -> nn.Module:
+    """QK^T in FP32, or both operands quantized as the method's scheme does (K^T per column)."""
+    if form is None:
+        return _Bmm()
+    gran, a_sym = MATMUL_FORMS[form]
+    a = QuantSpec(8, a_sym, gran, dynamic=gran == "token", channel_dim=-1)
+    b = QuantSpec(8, a_sym, gran, dynamic=gran == "token", channel_dim=-2)
+    q = QuantMatMul(LayerQuant("matmul", a, b))
+    if gran == "tensor":
+        for quantizer in (q.act_quantizer, q.weight_quantizer):
+            quantizer.set_range(torch.tensor(-3.0), torch.tensor(3.0))
+    return q.eval()
 
 
 def build(kind: str, c_in: int, c_out: int, k: int, form: str | None) -> nn.Module:
@@ -97,14 +131,15 @@ def build(kind: str, c_in: int, c_out: int, k: int, form: str | None) -> nn.Modu
     return q.eval()
 
 
-def measure(mod: nn.Module, x: torch.Tensor, threads: int, warmup: int, runs: int) -> dict:
+def measure(mod: nn.Module, xs: tuple, threads: int, warmup: int, runs: int) -> dict:
     wrapped = _Layer(mod).eval()
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         path = Path(tmp) / "layer.onnx"
         with export_mode(wrapped):
-            torch.onnx.export(wrapped, (x,), str(path), dynamo=False, opset_version=17)
+            torch.onnx.export(wrapped, xs, str(path), dynamo=False, opset_version=17)
         sess = session(path, threads)
-        ort = time_it(lambda: run(sess, x.numpy()), warmup, runs)
+        feeds = {i.name: x.numpy() for i, x in zip(sess.get_inputs(), xs, strict=True)}
+        ort = time_it(lambda: sess.run(None, feeds), warmup, runs)
     return {"ort": ort, "paths": set(site_paths(wrapped).values())}
 
 
@@ -121,15 +156,26 @@ def main() -> None:
         "|---|---|---|---|---|",
     ]
     for name, kind, c_in, c_out, k, side in LAYERS:
-        shape = (1, c_in, side, side) if kind == "conv2d" else (1, side * side, c_in)
-        x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
-        fp = build(kind, c_in, c_out, k, None)
-        base = measure(fp, x, args.threads, args.warmup, args.runs)["ort"]["median_ms"]
+        g = torch.Generator().manual_seed(1)
+        if kind == "matmul":  # [heads, tokens, d] x [heads, d, tokens]
+            xs = (
+                torch.randn(5, c_out, c_in, generator=g),
+                torch.randn(5, c_in, c_out, generator=g),
+            )
+        else:
+            shape = (1, c_in, side, side) if kind == "conv2d" else (1, side * side, c_in)
+            xs = (torch.randn(shape, generator=g),)
+
+        def make(form: str | None, kind=kind, c_in=c_in, c_out=c_out, k=k) -> nn.Module:
+            return build_matmul(form) if kind == "matmul" else build(kind, c_in, c_out, k, form)
+
+        fp = make(None)
+        base = measure(fp, xs, args.threads, args.warmup, args.runs)["ort"]["median_ms"]
         with torch.no_grad():
-            t = time_it(lambda fp=fp, x=x: fp(x), args.warmup, args.runs)["median_ms"]
+            t = time_it(lambda fp=fp, xs=xs: fp(*xs), args.warmup, args.runs)["median_ms"]
         lines.append(f"| {name} | FP32 | {base:.1f} (torch {t:.1f}) | 1.00 | float |")
-        for form in FORMS:
-            r = measure(build(kind, c_in, c_out, k, form), x, args.threads, args.warmup, args.runs)
+        for form in MATMUL_FORMS if kind == "matmul" else FORMS:
+            r = measure(make(form), xs, args.threads, args.warmup, args.runs)
             o = r["ort"]
             lat = f"{o['median_ms']:.1f} [{o['q1_ms']:.1f}, {o['q3_ms']:.1f}]"
             path = ", ".join(sorted(r["paths"]))
