@@ -18,6 +18,7 @@ include: "workflow/rules/quantize.smk"
 include: "workflow/rules/restore_evaluate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/export.smk"
+include: "workflow/rules/deploy.smk"
 
 
 onstart:

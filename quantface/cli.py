@@ -72,6 +72,8 @@ IO_FLAGS = {
     "quantize": (("model", "calib"), ("out",)),
     "cost": (("model",), ("out",)),
     "export": (("model",), ("out", "report")),
+    "deploy-bench": (("model", "onnx", "fp", "images"), ("out",)),
+    "deploy-report": (("bench",), ("out", "figure")),
     "evaluate": (("pred", "ref", "fp", "manifest"), ("out",)),
     "aggregate": (
         ("metrics", "per_image", "costs", "exports"),
@@ -282,7 +284,12 @@ def cmd_cost(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    """Packed low-bit file + size.json: measured bytes on disk beside the cost model's."""
+    """`--format packed`: packed low-bit file + size.json, measured bytes on disk beside the cost
+    model's. `--format onnx`: the restore graph for ONNX Runtime (quantface/deploy)."""
+    if args.format == "onnx":
+        return _export_onnx(args)
+    if not args.report:
+        raise QuantFaceError("export --format packed needs --report (the size.json to write)")
     import torch
 
     from quantface.io import atomic_write_text
@@ -326,6 +333,101 @@ def cmd_export(args: argparse.Namespace) -> None:
         report["cost_model_bytes"],
         report["disk_over_cost_model"],
     )
+
+
+def _deploy_extra() -> None:
+    """The deploy commands need the `[deploy]` extra: say so in one line."""
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise QuantFaceError(
+            f"{' and '.join(missing)} not installed: pip install 'quantface[deploy]'"
+        )
+
+
+def _export_onnx(args: argparse.Namespace) -> None:
+    """The (quantized or FP) restorer as one ONNX graph; report: which path each site takes,
+    the exported node types and the integer kernels ORT's optimized graph holds."""
+    _deploy_extra()
+    from quantface.deploy.onnx_export import export_onnx
+    from quantface.deploy.runtime import integer_ops, optimized_ops
+    from quantface.io import atomic_write_text
+    from quantface.models.checkpoint import load_bundle
+
+    enter_stage("load model")
+    model, layout, meta = load_bundle(args.model)
+    enter_stage("export onnx")
+    info = export_onnx(model, args.out, flavor=args.flavor)
+    enter_stage("load in onnxruntime")  # a graph ORT cannot run fails here, naming the operator
+    ops = optimized_ops(args.out, args.threads or 1)
+    report = {
+        "model": model.name,
+        "method": meta.get("method", "fp") if layout else "fp",
+        "bits": meta.get("bits", "fp32") if layout else "fp32",
+        "onnx_bytes": Path(args.out).stat().st_size,
+        "flavor": args.flavor,
+        "paths": info["paths"],
+        "exported_ops": info["nodes"],
+        "ort_integer_ops": integer_ops(ops),
+        "sites": info["sites"],
+    }
+    if args.verify:  # the engine must reproduce the simulation (module docstring of bench)
+        from quantface.deploy.bench import bench
+
+        enter_stage("verify")
+        check = bench(args.model, args.out, threads=args.threads or 1, warmup=0, runs=1)
+        report["psnr_vs_sim"] = check["psnr_vs_sim"]
+        a_bits = min((lq.a.bits for lq in layout.values()), default=8)
+        bound = VERIFY_PSNR if a_bits >= 8 else VERIFY_PSNR_LOW_BITS
+        if check["psnr_vs_sim"] < bound:
+            raise QuantFaceError(
+                f"{args.out} reproduces {args.model} at only {check['psnr_vs_sim']:.1f} dB "
+                f"PSNR in ONNX Runtime (at least {bound} expected)"
+            )
+    if args.report:
+        atomic_write_text(args.report, json.dumps(report, indent=1))
+    log.info(
+        "onnx %s: %s; ORT integer kernels %s", args.out, info["paths"], report["ort_integer_ops"]
+    )
+
+
+# ORT vs the fake-quant simulation on the same faces. Each site alone agrees to ~1e-6 relative
+# (tests/test_deploy.py); end to end a value on a rounding tie may flip a code between the two
+# float summation orders and move later layers by one step, 16x larger at 4 bits than at 8
+# (tiny 128 px, W4A4: 26.6 dB measured with every site exact)
+VERIFY_PSNR = 30.0  # activations at 8 bits
+VERIFY_PSNR_LOW_BITS = 20.0  # any activation below 8 bits
+
+
+def cmd_deploy_bench(args: argparse.Namespace) -> None:
+    _deploy_extra()
+    from quantface.deploy.bench import bench
+    from quantface.io import atomic_write_text
+
+    enter_stage("benchmark")
+    result = bench(
+        args.model,
+        args.onnx,
+        fp=args.fp,
+        images=args.images,
+        n_images=args.n_images,
+        threads=args.threads,
+        warmup=args.warmup,
+        runs=args.runs,
+        seed=args.seed,
+    )
+    atomic_write_text(args.out, json.dumps(result, indent=1))
+    for row in result["rows"]:
+        log.info(
+            "%s: %.1f ms median, peak +%.0f MB", row["engine"], row["median_ms"], row["peak_mb"]
+        )
+
+
+def cmd_deploy_report(args: argparse.Namespace) -> None:
+    from quantface.report.deploy import write_deploy_report
+
+    write_deploy_report([Path(p) for p in args.bench], Path(args.out), Path(args.figure))
 
 
 def cmd_restore(args: argparse.Namespace) -> None:
@@ -576,12 +678,60 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="cost.json to write")
     device_option(sp)
 
-    sp = add("export", cmd_export, "write a quantized model as a packed low-bit safetensors file")
-    sp.add_argument("--model", required=True, help="a quantized model.pt")
-    sp.add_argument("--out", required=True, help="the packed .safetensors file")
-    sp.add_argument("--report", required=True, help="size.json: bytes on disk vs the cost model")
-    sp.add_argument("--verify", action="store_true", help="reload and check bit-identical outputs")
+    sp = add(
+        "export",
+        cmd_export,
+        "write a quantized model as a packed low-bit safetensors file or an ONNX graph",
+    )
+    sp.add_argument("--model", required=True, help="a quantized model.pt (onnx: or an FP one)")
+    sp.add_argument(
+        "--format",
+        choices=("packed", "onnx"),
+        default="packed",
+        help="packed: low-bit safetensors; onnx: the restore graph with integer operators, "
+        "built and checked on the CPU whatever --device says (ONNX Runtime's CPU EP)",
+    )
+    sp.add_argument(
+        "--flavor",
+        choices=("ort", "qdq"),
+        default="ort",
+        help="onnx: ort = integer operators ONNX Runtime's CPU EP runs; qdq = Q/DQ pairs in "
+        "the layout TensorRT fuses (symmetric int8 sites)",
+    )
+    sp.add_argument("--out", required=True, help="the .safetensors / .onnx file")
+    sp.add_argument(
+        "--report", help="packed (required): size.json; onnx: which sites run in integers"
+    )
+    sp.add_argument(
+        "--verify",
+        action="store_true",
+        help=f"packed: reload, check bit-identical outputs; onnx: >= {VERIFY_PSNR:g} dB in ORT "
+        f"({VERIFY_PSNR_LOW_BITS:g} dB below 8-bit activations)",
+    )
     common(sp)
+
+    sp = add(
+        "deploy-bench",
+        cmd_deploy_bench,
+        "time an exported ONNX model in ONNX Runtime (CPU) and check it against the simulation",
+    )
+    sp.add_argument("--model", required=True, help="the model.pt the ONNX file was exported from")
+    sp.add_argument("--onnx", required=True)
+    sp.add_argument("--out", required=True, help="bench.json")
+    sp.add_argument("--fp", help="the FP model.pt: PSNR-FP of the engine's output")
+    sp.add_argument("--images", help="LQ face folder (default: seeded noise images)")
+    sp.add_argument("--n-images", type=int, default=2, help="faces the agreement is measured on")
+    sp.add_argument("--warmup", type=int, default=3, help="untimed runs first")
+    sp.add_argument("--runs", type=int, default=10, help="timed runs (median and quartiles)")
+    sp.add_argument("--seed", type=int, default=0, help="noise faces when --images is not given")
+    sp.add_argument("--threads", type=int, default=1, help="intra-op threads of ORT and torch")
+
+    sp = add(
+        "deploy-report", cmd_deploy_report, "deploy table (md, csv) and quality-vs-latency figure"
+    )
+    sp.add_argument("--bench", required=True, nargs="+", help="bench.json files of deploy-bench")
+    sp.add_argument("--out", required=True, help="folder of deploy.md and deploy.csv")
+    sp.add_argument("--figure", required=True, help="the figure (.png)")
 
     sp = add("restore", cmd_restore, "restore a folder of face images")
     sp.add_argument("--model", required=True, help="an FP or quantized model.pt")

@@ -93,7 +93,7 @@ def qparams_from_range(xmin: Tensor, xmax: Tensor, spec: QuantSpec) -> tuple[Ten
 def to_groups(x: Tensor, spec: QuantSpec) -> Tensor:
     """View x so that the last dim holds one quantization group (only for 'group')."""
     dim = spec.channel_dim % x.dim()
-    x = x.movedim(dim, -1)
+    x = x.movedim(dim, x.dim() - 1)  # non-negative: ONNX export writes the index as given
     c = x.shape[-1]
     if c % spec.group_size:
         raise ValueError(f"group size {spec.group_size} does not divide {c} channels")
@@ -104,7 +104,7 @@ def from_groups(xg: Tensor, like_shape: torch.Size, spec: QuantSpec) -> Tensor:
     dim = spec.channel_dim % len(like_shape)
     moved = list(like_shape)
     moved.append(moved.pop(dim))
-    return xg.reshape(moved).movedim(-1, dim)
+    return xg.reshape(moved).movedim(len(moved) - 1, dim)
 
 
 def reduce_range(x: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:

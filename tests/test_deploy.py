@@ -1,0 +1,329 @@
+"""Deployment on ONNX Runtime: every site form is exact, every method exports and agrees with its
+simulation, the graph really holds integer kernels, a model ORT cannot run is one line, and the
+deploy CLI, table and Snakemake target work."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import replace
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from quantface.cli import main
+from quantface.deploy.bench import psnr
+from quantface.deploy.onnx_export import (
+    FLOAT,
+    INT_ATTN,
+    INT_CONV,
+    INT_LINEAR,
+    INT_TOKEN,
+    QDQ,
+    export_mode,
+    export_onnx,
+    site_paths,
+)
+from quantface.deploy.runtime import EngineError, integer_ops, run, session
+from quantface.models.checkpoint import save_bundle
+from quantface.models.tiny import TinyRestorer
+from quantface.quant.apply import calibrate_weights, current_layout, observe_activation_ranges
+from quantface.quant.calibration import collect_calibration
+from quantface.quant.layers import InputTransform, LayerQuant, QuantMatMul, wrap_model
+from quantface.quant.plan import BitPlan
+from quantface.quant.quantizer import QuantSpec
+from quantface.registry import METHODS
+from tests.conftest import MICRO_ARCH
+from tests.test_scheme import ONE_STEP
+
+# ORT vs the fake-quant simulation on the whole micro restorer. Each site alone agrees to float
+# rounding (test_every_site_form_matches_its_simulation); end to end a code that lands on a
+# rounding tie may flip between the two summation orders and move later layers, which the
+# untrained micro model amplifies. 30 dB is far below the quantization error (PSNR-FP) itself.
+AGREEMENT_DB = 30.0
+
+
+def _micro() -> TinyRestorer:
+    torch.manual_seed(0)
+    model = TinyRestorer(MICRO_ARCH).eval()
+    torch.nn.init.normal_(model.unet.conv_out.weight, std=0.05)
+    return model
+
+
+@pytest.fixture(scope="module")
+def faces() -> torch.Tensor:
+    return torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def calib(faces):
+    return collect_calibration(_micro(), torch.cat([faces, faces.flip(-1)]), 2, 64)
+
+
+def _ort(path, x: torch.Tensor) -> np.ndarray:
+    sess = session(path, 1)
+    return np.concatenate([run(sess, x[i : i + 1].numpy()) for i in range(len(x))])
+
+
+# what the engine runs for each method's native quantizers (module docstring of onnx_export)
+EXPECTED = {
+    "maxmin": {INT_CONV, INT_LINEAR, INT_ATTN},
+    "smoothquant": {INT_CONV, INT_LINEAR, INT_ATTN},
+    "qdiffusion": {INT_CONV, INT_LINEAR, INT_ATTN, FLOAT},  # split layers, 16-bit softmax
+    "passionsr": {INT_CONV, INT_LINEAR, INT_ATTN},
+    "efficientdm": {INT_CONV, INT_LINEAR, INT_ATTN},
+    "quarot": {INT_TOKEN, FLOAT},  # per-pixel k x k convs and per-token attention: float
+    "svdquant": {INT_TOKEN, FLOAT},
+    "quantface": {INT_TOKEN, FLOAT},
+}
+
+
+@pytest.mark.parametrize("method", list(EXPECTED))
+def test_every_method_at_w8a8_runs_in_ort_with_integer_kernels(method, calib, faces, tmp_path):
+    fp = _micro()
+    plan = BitPlan.uniform(fp.quant_targets(), 8, 8)
+    q = METHODS.get(method)().quantize(fp, calib, plan, ONE_STEP.get(method, {}))
+    info = export_onnx(q, tmp_path / "m.onnx")
+    assert set(info["paths"]) == EXPECTED[method]
+    with torch.no_grad():
+        sim = q.restore(faces).numpy()
+    sess = session(tmp_path / "m.onnx", 1, optimized=tmp_path / "opt.onnx")
+    out = np.concatenate([run(sess, faces[i : i + 1].numpy()) for i in range(len(faces))])
+    assert psnr(out, sim) >= AGREEMENT_DB
+    ops = integer_ops(Counter(n.op_type for n in onnx.load(tmp_path / "opt.onnx").graph.node))
+    integer = [n for n, p in info["sites"].items() if p != FLOAT]
+    # the optimized graph ORT runs holds them all, but for the timestep MLP and each resnet's
+    # time projection: they read only the fixed timestep, so ORT folds them into constants
+    on_image = [n for n in integer if "time_emb" not in n]
+    assert sum(ops.values()) >= len(on_image) > 0
+
+
+def test_static_w4a4_clips_to_4_bit_codes_and_agrees(calib, faces, tmp_path):
+    fp = _micro()
+    plan = BitPlan.uniform(fp.quant_targets(), 4, 4)
+    q = METHODS.get("maxmin")().quantize(fp, calib, plan, {})
+    info = export_onnx(q, tmp_path / "m.onnx")
+    assert FLOAT not in info["paths"] and info["nodes"]["Clip"] >= len(site_paths(q))
+    with torch.no_grad():
+        sim = q.restore(faces).numpy()
+    assert psnr(_ort(tmp_path / "m.onnx", faces), sim) >= AGREEMENT_DB
+
+
+def _layout_with_every_form(model: TinyRestorer) -> dict[str, LayerQuant]:
+    """Static/per-token, symmetric/asymmetric, 4/8-bit, and every transform a method saves."""
+    sites = model.quant_targets()
+    plan = BitPlan.uniform(sites, 8, 8)
+    from quantface.quant.scheme import QuantScheme
+
+    layout = QuantScheme().layout(model, sites, plan)
+    linears = [n for n, k in sites.items() if k == "linear"]
+    convs = [n for n, k in sites.items() if k == "conv2d"]
+    pointwise = [n for n in convs if model.get_submodule(n).kernel_size == (1, 1)]
+    tok = QuantSpec(8, granularity="token", dynamic=True, channel_dim=-1)
+    layout[linears[0]] = replace(  # QuaRot/QuantFace-style: Hadamard, low rank, asym tokens
+        layout[linears[0]], a=tok, transform=InputTransform(True, True, 2, True)
+    )
+    sym_w = QuantSpec(4, symmetric=True, granularity="channel")
+    layout[linears[1]] = replace(layout[linears[1]], a=replace(tok, symmetric=True), w=sym_w)
+    layout[pointwise[0]] = replace(
+        layout[pointwise[0]], a=replace(tok, channel_dim=1, clip_ratio=0.9)
+    )
+    layout[convs[0]] = replace(  # a padded conv with a shift (border tap map) and a scale
+        layout[convs[0]], transform=InputTransform(scale=True, shift=True)
+    )
+    layout[convs[2]] = replace(layout[convs[2]], w=sym_w, a=replace(layout[convs[2]].a, bits=4))
+    return layout
+
+
+class _One(torch.nn.Module):
+    """One site as a model (a submodule, so its parameters are the graph's initializers)."""
+
+    def __init__(self, site: torch.nn.Module) -> None:
+        super().__init__()
+        self.site = site
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return self.site(*xs)
+
+
+@torch.no_grad()
+def test_every_site_form_matches_its_simulation(faces, tmp_path):
+    model = _micro()
+    wrap_model(model, _layout_with_every_form(model))
+    g = torch.Generator().manual_seed(3)
+    for mod in model.modules():
+        for name, buf in mod.named_buffers(recurse=False):
+            if name in ("input_scale",):
+                buf.uniform_(0.5, 2.0, generator=g)
+            elif name in ("input_shift", "shift_taps", "shift_bias"):
+                buf.normal_(generator=g)
+            elif name == "signs":
+                buf.copy_(torch.randint(0, 2, buf.shape, generator=g) * 2.0 - 1)
+        if hasattr(mod, "lowrank") and isinstance(mod.lowrank, torch.nn.Module):
+            for p in mod.lowrank.parameters():
+                p.data = (torch.randn(p.shape, generator=g) * 0.1).half().float()
+    calibrate_weights(model)
+    observe_activation_ranges(model, faces)
+    inputs: dict[str, torch.Tensor] = {}
+    hooks = [
+        m.register_forward_pre_hook(lambda _, a, n=n: inputs.setdefault(n, a))
+        for n, m in model.named_modules()
+        if n in current_layout(model)
+    ]
+    model.restore(faces[:1])
+    for h in hooks:
+        h.remove()
+    paths = site_paths(model)
+    assert {INT_CONV, INT_LINEAR, INT_ATTN, INT_TOKEN} <= set(paths.values())
+    for name, args in inputs.items():
+        mod = model.get_submodule(name)
+        ref = mod(*args)
+
+        with export_mode(model):
+            torch.onnx.export(_One(mod), args, tmp_path / "s.onnx", dynamo=False, opset_version=17)
+        sess = session(tmp_path / "s.onnx", 1)
+        feeds = {i.name: a.numpy() for i, a in zip(sess.get_inputs(), args, strict=True)}
+        out = sess.run(None, feeds)[0]
+        scale = ref.abs().max().item() + 1e-6
+        assert np.abs(out - ref.numpy()).max() / scale < 1e-4, (name, paths[name])
+        if isinstance(mod, QuantMatMul) or paths[name] == FLOAT:
+            continue
+        types = {n.op_type for n in onnx.load(tmp_path / "s.onnx").graph.node}
+        assert types & {"ConvInteger", "MatMulInteger"}, (name, types)
+
+
+def _imagedecoder_model(path) -> None:
+    node = helper.make_node("ImageDecoder", ["x"], ["y"])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, [16])],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, None)],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), path)
+
+
+def test_a_model_ort_cannot_run_is_one_line_naming_the_operator(tmp_path, capsys):
+    _imagedecoder_model(tmp_path / "bad.onnx")
+    with pytest.raises(EngineError, match=r"no kernel for operator ImageDecoder \(opset 20\)"):
+        session(tmp_path / "bad.onnx", 1)
+    save_bundle(_micro(), tmp_path / "fp.pt")
+    argv = [
+        "deploy-bench",
+        "--model",
+        str(tmp_path / "fp.pt"),
+        "--onnx",
+        str(tmp_path / "bad.onnx"),
+    ]
+    assert main([*argv, "--out", str(tmp_path / "b.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ImageDecoder" in err[0] and not (tmp_path / "b.json").exists()
+
+
+def test_export_format_onnx_bench_and_deploy_table(calib, faces, tmp_path):
+    fp = _micro()
+    save_bundle(fp, tmp_path / "fp.pt")
+    q = METHODS.get("smoothquant")().quantize(
+        _micro(), calib, BitPlan.uniform(fp.quant_targets(), 8, 8), {}
+    )
+    save_bundle(
+        q,
+        tmp_path / "q.pt",
+        layout=current_layout(q),
+        meta={"method": "smoothquant", "bits": "w8a8"},
+    )
+    for name in ("fp", "q"):
+        argv = ["export", "--format", "onnx", "--model", str(tmp_path / f"{name}.pt")]
+        argv += [
+            "--out",
+            str(tmp_path / f"{name}.onnx"),
+            "--report",
+            str(tmp_path / f"{name}.json"),
+        ]
+        assert main([*argv, "--verify"]) == 0
+        argv = [
+            "deploy-bench",
+            "--model",
+            str(tmp_path / f"{name}.pt"),
+            "--fp",
+            str(tmp_path / "fp.pt"),
+        ]
+        argv += [
+            "--onnx",
+            str(tmp_path / f"{name}.onnx"),
+            "--out",
+            str(tmp_path / f"{name}.b.json"),
+        ]
+        assert main([*argv, "--warmup", "1", "--runs", "3"]) == 0
+    report = json.loads((tmp_path / "q.json").read_text())
+    assert report["psnr_vs_sim"] >= AGREEMENT_DB and report["ort_integer_ops"]["ConvInteger"] > 0
+    bench = json.loads((tmp_path / "fp.b.json").read_text())
+    assert [r["engine"] for r in bench["rows"]] == ["torch FP32", "ORT FP32"]
+    out = tmp_path / "tables"
+    argv = ["deploy-report", "--bench", str(tmp_path / "fp.b.json"), str(tmp_path / "q.b.json")]
+    assert main([*argv, "--out", str(out), "--figure", str(tmp_path / "fig.png")]) == 0
+    md = (out / "deploy.md").read_text()
+    assert (
+        "onnxruntime" in md and "shared machine" in md and "| smoothquant | w8a8 | ORT int |" in md
+    )
+    assert (tmp_path / "fig.png").stat().st_size > 0
+    # the packed format still needs its size report: one line, exit 2
+    argv = ["export", "--model", str(tmp_path / "q.pt"), "--out", str(tmp_path / "p.safetensors")]
+    assert main(argv) == 2
+
+
+def test_snakemake_deploy_target_plans_every_model(tmp_path):
+    from tests.test_workflow import snakemake
+
+    r = snakemake(tmp_path, "-n", "deploy")
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = r.stdout + r.stderr
+    for rule in ("deploy_export", "deploy_bench", "deploy"):
+        assert rule in out
+    assert "results/deploy/tiny/fp/bench.json" in out  # FP32 torch + ORT baseline row
+
+
+def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
+    out = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            out[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    return out
+
+
+def test_qdq_flavour_puts_symmetric_int8_qdq_pairs_in_front_of_every_static_site(
+    calib, faces, tmp_path
+):
+    """The TensorRT layout (checked up to the engine build: no TensorRT here): every quantized
+    Conv/MatMul reads DequantizeLinear outputs only, symmetric int8 with zero point 0."""
+    fp = _micro()
+    q = METHODS.get("smoothquant")().quantize(
+        fp, calib, BitPlan.uniform(fp.quant_targets(), 8, 8), {}
+    )
+    info = export_onnx(q, tmp_path / "m.onnx", flavor="qdq")
+    assert set(info["paths"]) == {QDQ}
+    model = onnx.load(tmp_path / "m.onnx")
+    consts = _constants(model)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    fed = [
+        n
+        for n in model.graph.node
+        if n.op_type in ("Conv", "MatMul")
+        and all(
+            producer.get(i) is not None and producer[i].op_type == "DequantizeLinear"
+            for i in n.input[:2]
+        )
+    ]
+    assert len(fed) == len(info["sites"])  # one QDQ-fed op per quantized site
+    for n in model.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            zero = consts[n.input[2]]
+            assert zero.dtype == np.int8 and not zero.any(), n.name
+    with torch.no_grad():
+        sim = q.restore(faces).numpy()
+    assert psnr(_ort(tmp_path / "m.onnx", faces), sim) >= AGREEMENT_DB
