@@ -716,7 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
         "time an exported ONNX model in ONNX Runtime (CPU) and check it against the simulation",
     )
     sp.add_argument("--model", required=True, help="the model.pt the ONNX file was exported from")
-    sp.add_argument("--onnx", required=True)
+    sp.add_argument("--onnx", required=True, help="the ONNX file `export --format onnx` wrote")
     sp.add_argument("--out", required=True, help="bench.json")
     sp.add_argument("--fp", help="the FP model.pt: PSNR-FP of the engine's output")
     sp.add_argument("--images", help="LQ face folder (default: seeded noise images)")
