@@ -553,7 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("restore", cmd_restore, "restore a folder of face images (or of whole photos)")
     sp.add_argument("--model", required=True, help="an FP or quantized model.pt")
-    sp.add_argument("--input", required=True)
+    sp.add_argument(
+        "--input", required=True, help="a folder of images (with --whole: or one photo)"
+    )
     sp.add_argument(
         "--output",
         required=True,

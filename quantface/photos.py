@@ -83,13 +83,14 @@ def restore_photos(
     overwrite: bool = False,
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Restore every face of every photo of `input_dir` into `output_dir`; returns the summary
+    """Restore every face of every photo of `input_dir` (a folder, or one photo file) into
+    `output_dir`; returns the summary
     written to faces.json (photos, faces, photos without a face, seconds)."""
     model_path, input_dir, output_dir = Path(model_path), Path(input_dir), Path(output_dir)
     if not model_path.is_file():
         raise CheckpointError(f"model file not found: {model_path}")
     check_paths(input_dir, output_dir)
-    files = list_images(input_dir)
+    files = [input_dir] if input_dir.is_file() else list_images(input_dir)
     names = output_names(files)
     bundle, _, meta = load_bundle(model_path, device=device)
     t0 = time.perf_counter()
