@@ -323,7 +323,7 @@ def cmd_restore(args: argparse.Namespace) -> None:
 
     enter_stage("restore")
     if args.whole:
-        from quantface.photos import restore_photos
+        from quantface.api import restore_photos
 
         restore_photos(
             args.model, args.input, args.output, overwrite=args.overwrite, device=args.device
