@@ -1,11 +1,12 @@
 """The Python API: the four steps the CLI and the workflow run, callable from a notebook.
 
-    from quantface.api import calibrate, evaluate, quantize, restore
+    from quantface.api import calibrate, evaluate, quantize, restore, restore_photos
 
     calib = calibrate("results/tiny/fp/model.pt", n_images=32)
     result = quantize("results/tiny/fp/model.pt", "maxmin", "w4a4", calib)
     result.save("out/maxmin_w4a4")                      # model.pt, plan.json, cost.json
     restore("out/maxmin_w4a4/model.pt", "my/faces", "restored")
+    restore_photos("out/maxmin_w4a4/model.pt", "my/photos", "restored_photos")  # --whole
     evaluate("restored", ["niqe", "piqe"], out="restored_metrics.csv")
 
 `quantface calibrate`, `quantize`, `restore` and `evaluate` are thin wrappers over these
@@ -269,6 +270,24 @@ def restore(
         keep_size=keep_size,
         overwrite=overwrite,
         device=as_device(device),
+    )
+
+
+def restore_photos(
+    model: str | Path,
+    input_path: str | Path,
+    output_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    device: str | torch.device = "auto",
+) -> dict[str, Any]:
+    """Restore every face of whole photos (a folder or one file) and paste each back (needs the
+    `faces` extra); returns the run's summary (photos, faces, photos without a face, seconds)."""
+    from quantface.device import as_device
+    from quantface.photos import restore_photos as restore_whole
+
+    return restore_whole(
+        model, input_path, output_dir, overwrite=overwrite, device=as_device(device)
     )
 
 

@@ -75,6 +75,7 @@ IO_FLAGS = {
     "deploy-bench": (("model", "onnx", "fp", "images"), ("out",)),
     "deploy-report": (("bench",), ("out", "figure")),
     "evaluate": (("pred", "ref", "fp", "manifest"), ("out",)),
+    "compare": (("input", "models"), ("out",)),
     "aggregate": (
         ("metrics", "per_image", "costs", "exports"),
         ("out", "per_image_out", "cost_out", "export_out"),
@@ -434,6 +435,13 @@ def cmd_restore(args: argparse.Namespace) -> None:
     from quantface.api import restore
 
     enter_stage("restore")
+    if args.whole:
+        from quantface.api import restore_photos
+
+        restore_photos(
+            args.model, args.input, args.output, overwrite=args.overwrite, device=args.device
+        )
+        return
     restore(
         args.model,
         args.input,
@@ -443,6 +451,13 @@ def cmd_restore(args: argparse.Namespace) -> None:
         overwrite=args.overwrite,
         device=args.device,
     )
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from quantface.compare import compare_photos
+
+    enter_stage("compare")
+    compare_photos(args.input, args.models, args.out, cell=args.cell, device=args.device)
 
 
 def _labels(args: argparse.Namespace) -> dict[str, Any]:
@@ -733,25 +748,48 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="folder of deploy.md and deploy.csv")
     sp.add_argument("--figure", required=True, help="the figure (.png)")
 
-    sp = add("restore", cmd_restore, "restore a folder of face images")
+    sp = add("restore", cmd_restore, "restore a folder of face images (or of whole photos)")
     sp.add_argument("--model", required=True, help="an FP or quantized model.pt")
-    sp.add_argument("--input", required=True, help="folder of degraded face images")
+    sp.add_argument(
+        "--input", required=True, help="a folder of images (with --whole: or one photo)"
+    )
     sp.add_argument(
         "--output",
         required=True,
         help="folder for the restored PNGs (not the input folder nor inside it)",
     )
-    sp.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    sp.add_argument(
+        "--whole",
+        action="store_true",
+        help="inputs are whole photos of any shape: detect every face (MTCNN, the faces "
+        "extra), restore each aligned face, paste it back; also writes cropped_faces/, "
+        "restored_faces/ and faces.json (off: inputs are square aligned faces)",
+    )
+    sp.add_argument(
+        "--batch-size", type=int, default=8, help="images per forward pass (not with --whole)"
+    )
     sp.add_argument(
         "--keep-size",
         action="store_true",
-        help="write each output at its input's size (default: the model's size)",
+        help="write each output at its input's size (default: the model's size; --whole "
+        "always keeps the photo's size)",
     )
     sp.add_argument(
         "--overwrite",
         action="store_true",
         help="write into a folder that holds other files, beside them (they are never replaced)",
     )
+    common(sp, seed=False)
+
+    sp = add(
+        "compare", cmd_compare, "side-by-side grid of whole photos: input | each model's output"
+    )
+    sp.add_argument("--input", required=True, nargs="+", help="photo files, one row each")
+    sp.add_argument(
+        "--models", required=True, nargs="+", help="FP and/or quantized model.pt, one column each"
+    )
+    sp.add_argument("--out", required=True, help="the grid PNG")
+    sp.add_argument("--cell", type=int, default=256, help="side of each square cell in px")
     common(sp, seed=False)
 
     sp = add("evaluate", cmd_evaluate, "score restored images (long-format metrics CSV)")

@@ -365,7 +365,8 @@ def image_size(path: str | Path) -> tuple[int, int]:
 def not_square(path: str | Path, width: int, height: int) -> DataError:
     return DataError(
         f"{path} is {width}x{height} px, not square: the model restores square aligned face "
-        "crops; crop it to the face (or set align: true for a folder dataset)"
+        "crops; for whole photos use `quantface restore --whole` (or set align: true for a "
+        "folder dataset)"
     )
 
 

@@ -262,6 +262,7 @@ def test_restore_names_the_bad_file_and_writes_nothing(case, saved_model, tmp_pa
     assert "0001.png" in line
     if case == "non_square":
         assert "is 20x32 px, not square" in line
+        assert "--whole" in line
     assert not (tmp_path / "out").exists()
 
 

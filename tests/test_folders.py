@@ -92,7 +92,7 @@ def test_hq_only_folder_is_degraded_reproducibly(celeba, tmp_path):
 @pytest.mark.skipif(not SHARED_FACES.is_dir(), reason="needs the project's shared face photos")
 @pytest.mark.skipif(
     __import__("importlib").util.find_spec("facenet_pytorch") is None,
-    reason="MTCNN: pip install --no-deps facenet-pytorch==2.6.0",
+    reason="MTCNN: pip install 'quantface-bench[faces]'",
 )
 def test_unaligned_photo_is_aligned_to_the_ffhq_template(tmp_path):
     from PIL import Image

@@ -10,6 +10,7 @@ resize. Full 5-landmark FFHQ alignment with paste-back (facexlib, below) is for 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -57,7 +58,7 @@ def crop_face(image: np.ndarray, size: int) -> np.ndarray:
 
 # --- FFHQ 5-point alignment for the paper study (unaligned photos in, 512x512 faces out) -------
 # Face detection + 5 landmarks come from MTCNN, whose three small networks ship inside the
-# facenet-pytorch wheel (installed with --no-deps: its torch/numpy pins are stale); the warp onto
+# facenet-pytorch 2.5.3 wheel (the `faces` extra: later releases pin an old torch); the warp onto
 # the FFHQ template and the paste-back are facexlib's face-restoration helper, the tool GFPGAN,
 # CodeFormer and OSDFace use. The helper's own RetinaFace/ParseNet weights cannot be downloaded
 # here, so it is built with those two loaders switched off and given MTCNN's points instead
@@ -67,31 +68,54 @@ def crop_face(image: np.ndarray, size: int) -> np.ndarray:
 MIN_FACE_PROB = 0.95  # MTCNN false positives on textured backgrounds sit at 0.8-0.9
 
 
+FACES_EXTRA = "pip install 'quantface-bench[faces]'"  # facenet-pytorch without its stale pins
+
+
+@dataclass(frozen=True)
+class Face:
+    """One MTCNN detection in photo pixels: box (x0, y0, x1, y1), probability, 5 points (x, y)."""
+
+    box: tuple[float, float, float, float]
+    prob: float
+    landmarks: np.ndarray
+
+    @property
+    def area(self) -> float:
+        return (self.box[2] - self.box[0]) * (self.box[3] - self.box[1])
+
+
 @functools.lru_cache(maxsize=2)
 def _mtcnn(device: str):
     """One MTCNN per device and process (its three networks load in a second)."""
     try:
         from facenet_pytorch import MTCNN
     except ImportError as e:
-        raise DataError(
-            "face alignment needs MTCNN: `pip install --no-deps facenet-pytorch==2.6.0`"
-        ) from e
+        raise DataError(f"face detection needs MTCNN (facenet-pytorch): `{FACES_EXTRA}`") from e
     return MTCNN(keep_all=True, device=device)
+
+
+def detect_faces(image: np.ndarray, device: str = "cpu") -> list[Face]:
+    """Every face of an RGB photo with probability >= MIN_FACE_PROB, left to right ([] if none)."""
+    boxes, probs, points = _mtcnn(str(device)).detect(image, landmarks=True)
+    if boxes is None:
+        return []
+    boxes = np.asarray(np.asarray(boxes).tolist(), float)  # numpy 2: object arrays
+    probs = np.asarray(np.asarray(probs).tolist(), float)
+    points = np.asarray(np.asarray(points).tolist(), float)
+    faces = [
+        Face(tuple(float(v) for v in b), float(p), pts)
+        for b, p, pts in zip(boxes, probs, points)
+        if p >= MIN_FACE_PROB
+    ]
+    return sorted(faces, key=lambda f: (f.box[0], f.box[1]))
 
 
 def detect_landmarks5(image: np.ndarray, device: str = "cpu") -> np.ndarray:
     """(5, 2) landmarks (x, y) of the largest confident face; DataError if there is none."""
-    boxes, probs, points = _mtcnn(str(device)).detect(image, landmarks=True)
-    if boxes is None:
-        raise DataError("no face found")
-    boxes = np.asarray(np.asarray(boxes).tolist(), float)  # numpy 2: object arrays
-    probs = np.asarray(np.asarray(probs).tolist(), float)
-    points = np.asarray(np.asarray(points).tolist(), float)
-    keep = probs >= MIN_FACE_PROB
-    if not keep.any():
+    faces = detect_faces(image, device)
+    if not faces:
         raise DataError(f"no face with confidence >= {MIN_FACE_PROB} found")
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) * keep
-    return points[int(np.argmax(area))]
+    return max(faces, key=lambda f: f.area).landmarks
 
 
 def _helper(size: int):
