@@ -278,6 +278,7 @@ def restore_photos(
     input_path: str | Path,
     output_dir: str | Path,
     *,
+    batch_size: int = 8,
     overwrite: bool = False,
     device: str | torch.device = "auto",
 ) -> dict[str, Any]:
@@ -287,7 +288,12 @@ def restore_photos(
     from quantface.photos import restore_photos as restore_whole
 
     return restore_whole(
-        model, input_path, output_dir, overwrite=overwrite, device=as_device(device)
+        model,
+        input_path,
+        output_dir,
+        batch_size=batch_size,
+        overwrite=overwrite,
+        device=as_device(device),
     )
 
 

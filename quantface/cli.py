@@ -68,6 +68,9 @@ def _versions() -> str:
 
 # command -> (flags naming what it reads, flags naming what it writes); restore checks its own
 IO_FLAGS = {
+    "train": ((), ("out",)),
+    "prepare-model": ((), ("out",)),
+    "pretrain-vae": ((), ("out",)),
     "calibrate": (("model", "images", "balanced"), ("out",)),
     "quantize": (("model", "calib"), ("out",)),
     "cost": (("model",), ("out",)),
@@ -95,18 +98,33 @@ def _paths(args: argparse.Namespace, flags: tuple[str, ...]) -> list[tuple[str, 
     return found
 
 
-def check_outputs_are_not_inputs(args: argparse.Namespace) -> None:
-    """No command may write over, or into, what it reads: one line, before any work."""
+def check_outputs(args: argparse.Namespace) -> None:
+    """No command may write over, or into, what it reads, nor replace a file it did not write:
+    one line, before any work. (Folder outputs are checked by their writers: `atomic_dir`,
+    `OutputFolder`.)"""
+    from quantface.io import check_replaceable
+
     ins, outs = IO_FLAGS.get(args.command, ((), ()))
     for out_flag, out in _paths(args, outs):
+        flag = f"--{out_flag.replace('_', '-')}"
         for in_flag, inp in _paths(args, ins):
             if out == inp or inp in out.parents:
-                flag = f"--{out_flag.replace('_', '-')}"
                 where = "is" if out == inp else "is inside"
                 raise OutputError(
                     f"{flag} {out} {where} --{in_flag.replace('_', '-')} {inp}: it would "
                     "overwrite what the command reads; write elsewhere"
                 )
+        check_replaceable(out, flag)
+
+
+def record_outputs(args: argparse.Namespace) -> None:
+    """Record the single files a finished command wrote as the suite's, so rerunning it may
+    replace them (`check_outputs`)."""
+    from quantface.io import record_written
+
+    for _, out in _paths(args, IO_FLAGS.get(args.command, ((), ()))[1]):
+        if out.is_file():
+            record_written(out)
 
 
 def _setup(args: argparse.Namespace) -> None:
@@ -439,7 +457,12 @@ def cmd_restore(args: argparse.Namespace) -> None:
         from quantface.api import restore_photos
 
         restore_photos(
-            args.model, args.input, args.output, overwrite=args.overwrite, device=args.device
+            args.model,
+            args.input,
+            args.output,
+            batch_size=args.batch_size,
+            overwrite=args.overwrite,
+            device=args.device,
         )
         return
     restore(
@@ -766,7 +789,7 @@ def build_parser() -> argparse.ArgumentParser:
         "restored_faces/ and faces.json (off: inputs are square aligned faces)",
     )
     sp.add_argument(
-        "--batch-size", type=int, default=8, help="images per forward pass (not with --whole)"
+        "--batch-size", type=int, default=8, help="images (with --whole: faces) per forward pass"
     )
     sp.add_argument(
         "--keep-size",
@@ -906,13 +929,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     enter_stage("setup")
     try:
-        check_outputs_are_not_inputs(args)
+        check_outputs(args)
         if args.command in LISTINGS:
             args.func(args)
         else:
             with memory_guard(args.command):
                 _setup(args)
                 args.func(args)
+            record_outputs(args)
     except QuantFaceError as e:
         print(f"quantface {args.command}: error: {e}", file=sys.stderr)
         return 2

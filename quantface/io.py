@@ -165,6 +165,25 @@ def write_owned(folder: Path, names: set[str]) -> None:
         tmp.write_text(json.dumps(sorted(names - {OWNED}), indent=0))
 
 
+def record_written(path: Path) -> None:
+    """Add a file the suite just wrote to its folder's record, so a later run may replace it
+    (a file the record does not name is a user's: `check_replaceable` refuses it)."""
+    names = owned_names(path.parent) or set()
+    if path.name not in names:
+        write_owned(path.parent, names | {path.name})
+
+
+def check_replaceable(path: Path, flag: str) -> None:
+    """A single-file output may replace only a file the suite wrote (its folder's record names
+    it): a user's `holiday.png` given as `--out` is refused before any work, not overwritten."""
+    ours = owned_names(path.parent) or set()
+    if path.is_file() and not path.is_symlink() and path.name not in ours:
+        raise OutputError(
+            f"{flag} {path} already exists and quantface did not write it; give a new path "
+            "(or remove the file yourself)"
+        )
+
+
 def foreign_entries(folder: Path) -> list[str]:
     """Entries of an existing folder the suite did not write (sorted); [] for an absent one."""
     if not folder.is_dir():

@@ -31,6 +31,20 @@ from quantface.io import (
 )
 
 
+def check_writable(path: Path, overwrite: bool) -> list[str]:
+    """The folder's foreign entries, after refusing it when it holds any and `overwrite` is off:
+    callable before the work that decides the output names (a whole-photo run's face count)."""
+    check_output_folder(path)
+    foreign = foreign_entries(path)
+    if foreign and not overwrite:
+        raise OutputError(
+            f"output folder {path} already holds {len(foreign)} entries quantface did "
+            f"not write (e.g. {foreign[0]}); give a new or empty folder, or pass --overwrite "
+            "to write the outputs beside them (they are never replaced)"
+        )
+    return foreign
+
+
 class OutputFolder:
     """Claim `names` in `path` (refusing any clash with a user's file), then write them."""
 
@@ -46,14 +60,7 @@ class OutputFolder:
         self.path = Path(path)
         self.records = set(records)
         names = set(names) | self.records
-        check_output_folder(self.path)
-        foreign = foreign_entries(self.path)
-        if foreign and not overwrite:
-            raise OutputError(
-                f"output folder {self.path} already holds {len(foreign)} entries quantface did "
-                f"not write (e.g. {foreign[0]}); give a new or empty folder, or pass --overwrite "
-                "to write the outputs beside them (they are never replaced)"
-            )
+        foreign = check_writable(self.path, overwrite)
         taken = {f.casefold(): f for f in foreign}  # case-insensitive filesystems collide too
         clash = sorted(taken[n.casefold()] for n in names if n.casefold() in taken)
         if clash:

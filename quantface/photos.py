@@ -14,11 +14,15 @@ warning: a holiday folder always holds a landscape or two, and stopping there wo
 Outputs follow quantface.outputs (a user's files are never replaced): `<photo>.png` at the
 photo's size, `cropped_faces/` and `restored_faces/` (aligned crops, `<photo>_NN.png`) and
 `faces.json` (per photo: boxes, landmarks, probabilities, seconds; and the run's summary). Faces
-are detected before anything is claimed, since the names depend on how many there are.
+are detected before the names are claimed, since the names depend on how many there are; a
+folder holding a user's files is refused before that. `faces.json` is rewritten after every
+photo, so a rerun with the same model file and input (restore's run key) keeps the photos an
+earlier, interrupted run finished, with their recorded faces, instead of redoing them.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -33,8 +37,8 @@ from quantface.errors import CheckpointError
 from quantface.io import list_images, read_image, to_tensor, to_uint8
 from quantface.models.base import RestorerBundle
 from quantface.models.checkpoint import load_bundle
-from quantface.outputs import OutputFolder
-from quantface.restore import check_paths, output_names
+from quantface.outputs import OutputFolder, check_writable
+from quantface.restore import check_paths, output_names, run_key
 from quantface.timing import log_timing
 
 RECORD = "faces.json"
@@ -43,15 +47,19 @@ log = logging.getLogger(__name__)
 
 
 def restore_faces(
-    bundle: RestorerBundle, image: np.ndarray, faces: list[Face]
+    bundle: RestorerBundle, image: np.ndarray, faces: list[Face], batch_size: int = 8
 ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
-    """(whole restored photo, aligned input crops, restored crops) of one RGB photo."""
+    """(whole restored photo, aligned input crops, restored crops) of one RGB photo; its faces
+    go through the model `batch_size` at a time (a crowd photo need not fit in one batch)."""
     if not faces:
         return image.copy(), [], []
     aligned = [align_face(image, bundle.image_size, f.landmarks) for f in faces]
     crops = [face for face, _ in aligned]
-    lq = torch.stack([to_tensor(c) for c in crops]).to(module_device(bundle))
-    restored = [to_uint8(t) for t in bundle.restore(lq)]
+    restored = []
+    for start in range(0, len(crops), batch_size):
+        chunk = crops[start : start + batch_size]
+        lq = torch.stack([to_tensor(c) for c in chunk]).to(module_device(bundle))
+        restored += [to_uint8(t) for t in bundle.restore(lq)]
     whole = image
     for face, (_, affine) in zip(restored, aligned):
         whole = paste_back(whole, face, affine)
@@ -74,12 +82,34 @@ def _face_record(face: Face, stem: str, i: int) -> dict[str, Any]:
     }
 
 
+def _finished(output_dir: Path, key: dict[str, Any], names: dict[Path, str]) -> dict[Path, list]:
+    """Photos an earlier run with the same key wrote completely, with the faces it recorded."""
+    try:
+        earlier = json.loads((output_dir / RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(earlier, dict) or earlier.get("run") != key:
+        return {}
+    done = {}
+    for path, name in names.items():
+        row = earlier.get("photos", {}).get(path.name)
+        if not row or row.get("output") != name:
+            continue
+        files = [name] + [f[k] for f in row["faces"] for k in ("crop", "restored")]
+        if all((output_dir / f).is_file() for f in files):
+            done[path] = [
+                Face(tuple(f["box"]), f["prob"], np.asarray(f["landmarks"])) for f in row["faces"]
+            ]
+    return done
+
+
 @torch.no_grad()
 def restore_photos(
     model_path: str | Path,
     input_dir: str | Path,
     output_dir: str | Path,
     *,
+    batch_size: int = 8,
     overwrite: bool = False,
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
@@ -90,11 +120,17 @@ def restore_photos(
     if not model_path.is_file():
         raise CheckpointError(f"model file not found: {model_path}")
     check_paths(input_dir, output_dir)
+    check_writable(output_dir, overwrite)  # before any detection: refusals come first
     files = [input_dir] if input_dir.is_file() else list_images(input_dir)
     names = output_names(files)
+    key = run_key(model_path, input_dir, keep_size=True)
+    done = _finished(output_dir, key, names)
+    if done:
+        log.info("restore --whole: %d of %d photos were written by an earlier run; kept",
+                 len(done), len(files))  # fmt: skip
     bundle, _, meta = load_bundle(model_path, device=device)
     t0 = time.perf_counter()
-    found = {f: detect_faces(read_image(f), str(device)) for f in files}
+    found = {f: done[f] if f in done else detect_faces(read_image(f), str(device)) for f in files}
     detect_s = time.perf_counter() - t0
     stems = {f: names[f][: -len(".png")] for f in files}
     claimed = [*names.values(), CROPS, RESTORED]
@@ -103,7 +139,7 @@ def restore_photos(
             claimed += [_face_record(face, stems[f], i)[k] for k in ("crop", "restored")]
     out = OutputFolder(output_dir, claimed, overwrite=overwrite, records=[RECORD])
     try:
-        return _write(out, bundle, meta, model_path, found, names, stems, detect_s)
+        return _write(out, bundle, meta, key, found, set(done), names, stems, batch_size, detect_s)
     except BaseException:
         out.abort()
         raise
@@ -113,28 +149,34 @@ def _write(
     out: OutputFolder,
     bundle: RestorerBundle,
     meta: dict[str, Any],
-    model_path: Path,
+    key: dict[str, Any],
     found: dict[Path, list[Face]],
+    done: set[Path],
     names: dict[Path, str],
     stems: dict[Path, str],
+    batch_size: int,
     detect_s: float,
 ) -> dict[str, Any]:
+    earlier = out.read_json(RECORD) or {}
     record: dict[str, Any] = {
         "written_by": "quantface restore --whole",
-        "model": str(model_path.resolve()),
+        "run": key,
+        "model": key["model"],
         "model_is": describe_model(meta),
         "model_size": bundle.image_size,
-        "photos": {},
+        "photos": {p.name: earlier["photos"][p.name] for p in found if p in done},
         "complete": False,
     }
     out.write_json(RECORD, record)
     t0 = time.perf_counter()
     for path, faces in found.items():
+        if path in done:
+            continue
         t = time.perf_counter()
         image = read_image(path)
         if not faces:
             log.warning("restore --whole: no face found in %s; copied through", path)
-        whole, crops, restored = restore_faces(bundle, image, faces)
+        whole, crops, restored = restore_faces(bundle, image, faces, batch_size)
         rows = [_face_record(f, stems[path], i) for i, f in enumerate(faces)]
         for row, crop, face in zip(rows, crops, restored):
             out.write_image(row["crop"], crop)
@@ -146,6 +188,7 @@ def _write(
             "faces": rows,
             "seconds": round(time.perf_counter() - t, 3),
         }
+        out.write_json(RECORD, record)  # after every photo: a rerun keeps the finished ones
     seconds = time.perf_counter() - t0
     summary = {
         "photos": len(found),

@@ -123,7 +123,7 @@ def resize_back(img: torch.Tensor, side: int) -> torch.Tensor:
     return out[0].clamp(0, 1)
 
 
-def _run_key(model_path: Path, input_dir: Path, keep_size: bool) -> dict[str, Any]:
+def run_key(model_path: Path, input_dir: Path, keep_size: bool) -> dict[str, Any]:
     """What decides the outputs: a rerun with the same key may skip images already written."""
     st = model_path.stat()
     return {
@@ -162,7 +162,7 @@ def restore_folder(
     out = OutputFolder(output_dir, names.values(), overwrite=overwrite, records=[RECORD])
     try:
         bundle, _, meta = loaded or load_bundle(model_path, device=device)
-        key = _run_key(model_path, input_dir, keep_size)
+        key = run_key(model_path, input_dir, keep_size)
         return _restore_into(out, bundle, meta, key, files, names, sizes, batch_size)
     except BaseException:
         out.abort()

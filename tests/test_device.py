@@ -309,6 +309,10 @@ def test_every_computing_rule_passes_its_device_resource():
     common = re.search(r"CELL_COMMON = \((.*?)\n\)", text, re.DOTALL).group(1)
     rules = re.split(r"^rule ", text.replace("+ CELL_COMMON", common), flags=re.MULTILINE)[1:]
     computing = [r for r in rules if COMPUTING.search(r)]
+    # ONNX Runtime's CPU engine is what `snakemake deploy` measures: its export runs on the CPU
+    on_cpu = {r.split(":")[0] for r in computing if "--device cpu" in r}
+    assert on_cpu == {"deploy_export"}
+    computing = [r for r in computing if r.split(":")[0] not in on_cpu]
     assert len(computing) == 10  # calibrate_balanced included
     for rule in computing:
         name = rule.split(":")[0]

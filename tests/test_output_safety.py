@@ -158,6 +158,24 @@ def test_a_command_never_writes_over_what_it_reads(model, tmp_path, capsys):
     assert model.read_bytes() == before
 
 
+def test_a_single_file_output_replaces_only_a_file_the_suite_wrote(model, tmp_path, capsys):
+    """`--out holiday.png` naming a user's file is refused before any work; a file a command
+    wrote (its folder's record names it) is replaced by the rerun."""
+    mine = tmp_path / "holiday.png"
+    mine.write_bytes(b"a user's photo")
+    assert main(["cost", "--model", str(model), "--out", str(mine)]) == 2
+    line = error_line(capsys)
+    assert "--out" in line and "did not write" in line and "holiday.png" in line
+    assert mine.read_bytes() == b"a user's photo"
+    ours = tmp_path / "cost.json"
+    assert main(["cost", "--model", str(model), "--out", str(ours)]) == 0
+    assert "cost.json" in json.loads((tmp_path / OWNED).read_text())
+    ours.write_text("{}")  # stands for the earlier run's file
+    assert main(["cost", "--model", str(model), "--out", str(ours)]) == 0
+    assert json.loads(ours.read_text()) != {}
+    assert mine.read_bytes() == b"a user's photo"
+
+
 def test_prepare_data_refuses_a_users_folder(tmp_path, capsys):
     out = tmp_path / "mine"
     out.mkdir()

@@ -122,6 +122,39 @@ def test_whole_outputs_never_replace_a_users_file(model, photos, tmp_path, capsy
     assert "cropped_faces" in json.loads((out / OWNED).read_text())
 
 
+def test_a_rerun_keeps_the_photos_an_interrupted_run_finished(model, photos, tmp_path, monkeypatch):
+    """faces.json is written after every photo; the rerun with the same model restores only
+    what is missing, and a folder of a user's files is refused before any face is detected."""
+    import quantface.photos as photos_mod
+
+    out = tmp_path / "out"
+    calls = []
+    real = photos_mod.restore_faces
+
+    def stop_at_the_second(bundle, image, faces, batch_size=8):
+        calls.append(len(faces))
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return real(bundle, image, faces, batch_size)
+
+    monkeypatch.setattr(photos_mod, "restore_faces", stop_at_the_second)
+    with pytest.raises(RuntimeError, match="killed"):
+        whole(model, photos, out)
+    first = (out / "group.png").read_bytes()
+    calls.clear()
+    monkeypatch.setattr(photos_mod, "restore_faces", lambda *a: calls.append(a) or real(*a))
+    assert whole(model, photos, out) == 0
+    assert len(calls) == 1  # only wall.png: group.png was finished
+    assert (out / "group.png").read_bytes() == first
+    assert json.loads((out / "faces.json").read_text())["complete"]
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    monkeypatch.setattr(photos_mod, "detect_faces", lambda *a: pytest.fail("detected first"))
+    assert whole(model, photos, mine) == 2
+
+
 @pytest.mark.parametrize("where", ["same", "inside"])
 def test_whole_output_equal_to_or_inside_the_input_is_refused(model, photos, where, capsys):
     out = photos if where == "same" else photos / "restored"
