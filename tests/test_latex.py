@@ -31,8 +31,16 @@ def _tables(tmp_path):
         ("a", "w4a4", -1),
         ("b", "w4a4", -1.05),
         ("c", "w8a8", -0.2),
+        ("matched/a", "w4a4", -2),  # a protocol's cells: its own tables and the effect table
+        ("matched/b", "w4a4", -2.1),
+        ("seed1/a", "w4a4", -1.02),  # a second seed of a: the seeds table
+        ("d", "w4a4", -1.3),  # an ablation variant: the ablation table
     ):
-        for dataset, metric, hib in (("syn", "psnr", True), ("real", "niqe", False)):
+        for dataset, metric, hib in (
+            ("syn", "psnr", True),
+            ("syn", "psnr_fp", True),
+            ("real", "niqe", False),
+        ):
             values = rng.normal(30 + shift, 2, size=6)
             base = {"model": "tiny", "method": method, "bits": bits, "dataset": dataset}
             rows.append(
@@ -81,6 +89,8 @@ def _tables(tmp_path):
         ["real"],
         footnote,
         per_image=[tmp_path / "p.csv"],
+        ablation=["d"],
+        ablation_reference=["a"],
     )
     return sorted((tmp_path / "t").glob("*.tex"))
 
@@ -98,7 +108,16 @@ def test_captions_are_not_numbered_twice(tmp_path):
 )
 def test_tables_compile_with_pdflatex(tmp_path):
     tables = _tables(tmp_path)
-    assert {t.stem for t in tables} == {"table1_synthetic", "table3_realworld", "cost"}
+    assert {t.stem for t in tables} == {
+        "table1_synthetic",
+        "table3_realworld",
+        "cost",
+        "ablation",
+        "table1_synthetic_matched",
+        "table3_realworld_matched",
+        "quantizer_effect_matched",
+        "seeds",
+    }
     body = "\n".join(rf"\input{{{t.as_posix()}}}" for t in tables)
     doc = tmp_path / "doc.tex"
     doc.write_text(

@@ -265,6 +265,8 @@ TEX_ESCAPES = {
     "≤": r"$\leq$",
     "—": "---",
     "–": "--",
+    "−": "$-$",  # the minus sign of "native − matched"
+    "·": r"$\cdot$",
 }
 
 
