@@ -112,6 +112,23 @@ def calibrate(
     return calib
 
 
+def _calibration(
+    calib: str | Path | CalibrationSet, model: str | Path | RestorerBundle, device
+) -> CalibrationSet:
+    """A calibration set, loaded onto `device` from a file, which must have been made from the
+    model file given (its recorded SHA-256): another model's statistics would pass silently."""
+    from quantface.device import as_device
+    from quantface.quant.calibration import CalibrationSet
+
+    if not isinstance(calib, str | Path):
+        return calib
+    path = Path(calib)
+    loaded = CalibrationSet.load(path, device=as_device(device))
+    if isinstance(model, str | Path):
+        loaded.check_model(Path(model), path)
+    return loaded
+
+
 def balanced_calibration(
     model: str | Path | RestorerBundle,
     calib: str | Path | CalibrationSet,
@@ -124,19 +141,13 @@ def balanced_calibration(
     fitted to the statistics `calib` and measured on its images: what QuantFace's activation
     quantizers see, the activation-distribution figure's "after balancing" row. `options` are
     QuantFace's (`method_options.quantface`); its `balancing`, `alpha` and `seed` apply."""
-    from quantface.device import as_device
     from quantface.methods.quantface_options import QuantFaceOptions
     from quantface.methods.rotation_scaling import balanced_calibration as balance
-    from quantface.quant.calibration import CalibrationSet
 
     opts = QuantFaceOptions.from_dict(options or {}, "quantface")
     enter_stage("load model")
     fp = _fp_model(model, device, "balance")
-    if isinstance(calib, str | Path):
-        path = Path(calib)
-        calib = CalibrationSet.load(path, device=as_device(device))
-        if isinstance(model, str | Path):
-            calib.check_model(Path(model), path)
+    calib = _calibration(calib, model, device)
     enter_stage("balanced forward")
     return balance(fp, calib, opts.balancing, opts.alpha, opts.seed, batch_size)
 
@@ -197,9 +208,7 @@ def quantize(
     and the tables (an ablation variant, "matched/maxmin"; default: the method)."""
     import torch
 
-    from quantface.device import as_device
     from quantface.quant.apply import current_layout, plan_of
-    from quantface.quant.calibration import CalibrationSet
     from quantface.quant.cost import cost_table
     from quantface.quant.describe import quantizer_summary
     from quantface.quant.plan import BitPlan, parse_bits
@@ -212,11 +221,7 @@ def quantize(
     algorithm = METHODS.get(method)()
     enter_stage("load model")
     fp = _fp_model(model, device, "quantize")
-    if isinstance(calib, str | Path):
-        path = Path(calib)
-        calib = CalibrationSet.load(path, device=as_device(device))
-        if isinstance(model, str | Path):
-            calib.check_model(Path(model), path)
+    calib = _calibration(calib, model, device)
     mixed = getattr(algorithm, "mixed_precision", False)
     if setting.mixed and not mixed:
         raise QuantFaceError(f"method '{method}' has no mixed-precision mode for '{bits}'")
