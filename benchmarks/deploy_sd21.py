@@ -213,9 +213,17 @@ def _rel_err(out: np.ndarray, ref: torch.Tensor) -> float:
     return float(np.linalg.norm(out.astype(np.float64) - r) / np.linalg.norm(r))
 
 
-def _peak_gib() -> float:
-    """The process's peak RSS so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+class _ProcessPeak:
+    """Running maximum of the process's peak RSS (GiB). `peak_memory` resets the kernel's
+    high-water mark, which is what ru_maxrss reads, so the peak is noted before each reset."""
+
+    def __init__(self) -> None:
+        self.gib = 0.0
+
+    def note(self) -> float:
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+        self.gib = max(self.gib, rss)
+        return self.gib
 
 
 def _fmt(t: dict[str, float]) -> str:
@@ -229,10 +237,12 @@ def _ort_row(
     refs: tuple[torch.Tensor, torch.Tensor],
     args: argparse.Namespace,
     export_s: float,
+    peak: _ProcessPeak,
 ) -> str:
     """Session creation, timed runs, memory of one ORT variant and its distance to `refs`: its
     own torch model (agreement) and torch FP32 (the quality the engine keeps)."""
     feeds = dict(zip(UNET_INPUTS, (x.numpy() for x in xs), strict=True))
+    peak.note()
     with peak_memory() as mem:
         t0 = time.perf_counter()
         sess = session(path, args.threads)
@@ -245,7 +255,7 @@ def _ort_row(
     return (
         f"| {name} | {_fmt(timing)} | {export_s:.0f} | {create_s:.0f} | {size:.2f} | "
         f"{_rel_err(out, refs[0]):.1e} | {_rel_err(out, refs[1]):.1e} | "
-        f"{mem['peak_mb'] / 1024:.1f} | {_peak_gib():.1f} |"
+        f"{mem['peak_mb'] / 1024:.1f} | {peak.note():.1f} |"
     )
 
 
@@ -270,39 +280,48 @@ def whole_unet(args: argparse.Namespace, config: dict[str, Any] = SD21_UNET) -> 
     sample = torch.randn(1, config["in_channels"], side, side, generator=g)
     context = torch.randn(1, 77, config["cross_attention_dim"], generator=g)
     xs = (sample, context)
+    peak = _ProcessPeak()
     step = _UNetStep(_unet(config)).eval()
     params = sum(p.numel() for p in step.parameters()) / 1e6
     lines = [
         (
             f"| UNet ({params:.1f} M params), one step | s per step (median [q1, q3]) | export s "
             "| session s | ONNX GiB | rel. err. vs its torch model | rel. err. vs torch FP32 "
-            "| peak RSS above start GiB | process peak GiB |"
+            "| peak RSS above start GiB | process peak so far GiB |"
         ),
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    peak.note()
     with peak_memory() as mem:
         ref_fp = step(*xs)
         timing = time_it(lambda s=step: s(*xs), args.warmup, args.runs)
     lines.append(
         f"| torch FP32 | {_fmt(timing)} | – | – | – | – | 0 | "
-        f"{mem['peak_mb'] / 1024:.1f} | {_peak_gib():.1f} |"
+        f"{mem['peak_mb'] / 1024:.1f} | {peak.note():.1f} |"
     )
     print(lines[-1], flush=True)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         path = Path(tmp) / "fp32.onnx"
         export_s = _export("ORT FP32", step, xs, path)
         if export_s is not None:
-            lines.append(_ort_row("ORT FP32", path, xs, (ref_fp, ref_fp), args, export_s))
+            lines.append(_ort_row("ORT FP32", path, xs, (ref_fp, ref_fp), args, export_s, peak))
             print(lines[-1], flush=True)
         _maxmin(step, sample, context)
         ref_q = step(*xs)  # the torch fake-quant UNet: the reference of its engine
         quality = _rel_err(ref_q.numpy(), ref_fp)
         path = Path(tmp) / "maxmin.onnx"
         export_s = _export("ORT MaxMin W8A8", step, xs, path)
+        # the same fake-quant UNet in float64: another summation order, as ORT's integer one is;
+        # how far it moves is the scale ORT's disagreement with the float32 simulation is read on
+        step.double()
+        orders = _rel_err(step(*(x.double() for x in xs)).float().numpy(), ref_q)
+        peak_orders = peak.note()
         del step  # the session should not share the machine's memory with the torch model
         gc.collect()
         if export_s is not None:
-            lines.append(_ort_row("ORT MaxMin W8A8", path, xs, (ref_q, ref_fp), args, export_s))
+            lines.append(
+                _ort_row("ORT MaxMin W8A8", path, xs, (ref_q, ref_fp), args, export_s, peak)
+            )
             print(lines[-1], flush=True)
     m = machine()
     lines += [
@@ -315,8 +334,10 @@ def whole_unet(args: argparse.Namespace, config: dict[str, Any] = SD21_UNET) -> 
         ),
         (
             "- rel. err.: ||ORT - torch|| / ||torch|| on the UNet output (eps); ORT MaxMin's own "
-            "torch model is the fake-quant UNet (codes on rounding ties flip between the two "
-            "summation orders and move later layers); random weights (seed 0)"
+            "torch model is the fake-quant UNet, whose codes on rounding ties flip between the "
+            "two summation orders and move later layers: the same fake-quant UNet run in "
+            f"float64 is {orders:.1e} from its float32 run (process peak by then: "
+            f"{peak_orders:.1f} GiB, the float64 copy's); random weights (seed 0)"
         ),
         (
             f"- onnxruntime {m['onnxruntime']} (CPU EP), onnx {m['onnx']}, torch {m['torch']}; "
