@@ -4,6 +4,7 @@ deploy CLI, table and Snakemake target work."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections import Counter
 from dataclasses import replace
@@ -349,3 +350,26 @@ def test_qdq_flavour_puts_symmetric_int8_qdq_pairs_in_front_of_every_static_site
     with torch.no_grad():
         sim = q.restore(faces).numpy()
     assert psnr(_ort(tmp_path / "m.onnx", faces), sim) >= AGREEMENT_DB
+
+
+def test_whole_unet_benchmark_runs_every_engine_and_leaves_no_files(tmp_path):
+    """`deploy_sd21.py --whole-unet` on a small UNet: the same code as the SD-2.1 run."""
+    from benchmarks.deploy_sd21 import whole_unet
+    from quantface.models.sd21 import SD21_UNET
+
+    small = {
+        **SD21_UNET,
+        "block_out_channels": [32, 64],
+        "attention_head_dim": [2, 4],
+        "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+        "cross_attention_dim": 32,
+        "norm_num_groups": 8,
+        "sample_size": 16,
+        "layers_per_block": 1,
+    }
+    args = argparse.Namespace(threads=1, warmup=0, runs=1, workdir=str(tmp_path))
+    rows = [line.split(" | ") for line in whole_unet(args, small) if line.startswith("| ")][1:]
+    assert [r[0] for r in rows] == ["| torch FP32", "| ORT FP32", "| ORT MaxMin W8A8"]
+    assert float(rows[1][5]) < 1e-5  # ORT FP32 against torch FP32
+    assert list(tmp_path.iterdir()) == []
