@@ -336,8 +336,8 @@ def whole_unet(args: argparse.Namespace, config: dict[str, Any] = SD21_UNET) -> 
             "- rel. err.: ||ORT - torch|| / ||torch|| on the UNet output (eps); ORT MaxMin's own "
             "torch model is the fake-quant UNet, whose codes on rounding ties flip between the "
             "two summation orders and move later layers: the same fake-quant UNet run in "
-            f"float64 is {orders:.1e} from its float32 run (process peak by then: "
-            f"{peak_orders:.1f} GiB, the float64 copy's); random weights (seed 0)"
+            f"float64 is {orders:.1e} from its float32 run (process peak by then, MaxMin's "
+            f"export and the float64 run included: {peak_orders:.1f} GiB); random weights (seed 0)"
         ),
         (
             f"- onnxruntime {m['onnxruntime']} (CPU EP), onnx {m['onnx']}, torch {m['torch']}; "
