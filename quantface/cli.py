@@ -369,7 +369,7 @@ def _export_onnx(args: argparse.Namespace) -> None:
     """The (quantized or FP) restorer as one ONNX graph; report: which path each site takes,
     the exported node types and the integer kernels ORT's optimized graph holds."""
     _deploy_extra()
-    from quantface.deploy.onnx_export import export_onnx
+    from quantface.deploy.onnx_export import export_onnx, onnx_bytes
     from quantface.deploy.runtime import integer_ops, optimized_ops
     from quantface.io import atomic_write_text
     from quantface.models.checkpoint import load_bundle
@@ -384,7 +384,7 @@ def _export_onnx(args: argparse.Namespace) -> None:
         "model": model.name,
         "method": meta.get("method", "fp") if layout else "fp",
         "bits": meta.get("bits", "fp32") if layout else "fp32",
-        "onnx_bytes": Path(args.out).stat().st_size,
+        "onnx_bytes": onnx_bytes(args.out),
         "flavor": args.flavor,
         "paths": info["paths"],
         "exported_ops": info["nodes"],

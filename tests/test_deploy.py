@@ -4,6 +4,7 @@ deploy CLI, table and Snakemake target work."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections import Counter
 from dataclasses import replace
@@ -23,8 +24,10 @@ from quantface.deploy.onnx_export import (
     INT_LINEAR,
     INT_TOKEN,
     QDQ,
+    data_path,
     export_mode,
     export_onnx,
+    onnx_bytes,
     site_paths,
 )
 from quantface.deploy.runtime import EngineError, integer_ops, run, session
@@ -99,6 +102,26 @@ def test_every_method_at_w8a8_runs_in_ort_with_integer_kernels(method, calib, fa
     # time projection: they read only the fixed timestep, so ORT folds them into constants
     on_image = [n for n in integer if "time_emb" not in n]
     assert sum(ops.values()) >= len(on_image) > 0
+
+
+def test_above_the_size_limit_tensors_go_to_one_data_file_ort_loads(calib, faces, tmp_path):
+    """The > 2 GB path, forced on the micro model: same graph and output as the one-file export,
+    the tensors in `<name>.data` beside the .onnx, no temp files left behind."""
+    fp = _micro()
+    q = METHODS.get("maxmin")().quantize(fp, calib, BitPlan.uniform(fp.quant_targets(), 8, 8), {})
+    one, split = tmp_path / "one" / "m.onnx", tmp_path / "split" / "m.onnx"
+    export_onnx(q, one)
+    info = export_onnx(q, split, external_above=0)
+    assert not data_path(one).exists()
+    assert sorted(p.name for p in split.parent.iterdir()) == ["m.onnx", "m.onnx.data"]
+    assert split.stat().st_size < one.stat().st_size < onnx_bytes(split)
+    model = onnx.load(str(split), load_external_data=False)
+    stored = [t for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL]
+    assert stored and {e.value for t in stored for e in t.external_data if e.key == "location"} == {
+        "m.onnx.data"
+    }
+    assert info["nodes"] == dict(Counter(n.op_type for n in onnx.load(str(one)).graph.node))
+    np.testing.assert_array_equal(_ort(split, faces), _ort(one, faces))
 
 
 def test_static_w4a4_clips_to_4_bit_codes_and_agrees(calib, faces, tmp_path):
@@ -327,3 +350,26 @@ def test_qdq_flavour_puts_symmetric_int8_qdq_pairs_in_front_of_every_static_site
     with torch.no_grad():
         sim = q.restore(faces).numpy()
     assert psnr(_ort(tmp_path / "m.onnx", faces), sim) >= AGREEMENT_DB
+
+
+def test_whole_unet_benchmark_runs_every_engine_and_leaves_no_files(tmp_path):
+    """`deploy_sd21.py --whole-unet` on a small UNet: the same code as the SD-2.1 run."""
+    from benchmarks.deploy_sd21 import whole_unet
+    from quantface.models.sd21 import SD21_UNET
+
+    small = {
+        **SD21_UNET,
+        "block_out_channels": [32, 64],
+        "attention_head_dim": [2, 4],
+        "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+        "cross_attention_dim": 32,
+        "norm_num_groups": 8,
+        "sample_size": 16,
+        "layers_per_block": 1,
+    }
+    args = argparse.Namespace(threads=1, warmup=0, runs=1, workdir=str(tmp_path))
+    rows = [line.split(" | ") for line in whole_unet(args, small) if line.startswith("| ")][1:]
+    assert [r[0] for r in rows] == ["| torch FP32", "| ORT FP32", "| ORT MaxMin W8A8"]
+    assert float(rows[1][5]) < 1e-5  # ORT FP32 against torch FP32
+    assert list(tmp_path.iterdir()) == []

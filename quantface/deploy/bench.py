@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from quantface.deploy.onnx_export import site_summary
+from quantface.deploy.onnx_export import onnx_bytes, site_summary
 from quantface.deploy.runtime import (
     integer_ops,
     machine,
@@ -81,7 +81,7 @@ def bench(
         "method": meta.get("method", "fp") if layout else "fp",
         "bits": meta.get("bits", "fp32") if layout else "fp32",
         "image_size": bundle.image_size,
-        "onnx_bytes": Path(onnx_path).stat().st_size,
+        "onnx_bytes": onnx_bytes(onnx_path),
         "psnr_vs_sim": psnr(outs, sim),
         "integer_ops": integer_ops(ops),
         "sites": site_summary(bundle),

@@ -57,6 +57,9 @@ their 16 codes before an 8-bit QuantizeLinear; the integers, hence the outputs, 
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,6 +78,8 @@ from quantface.quant.pack import weight_codes
 from quantface.quant.quantizer import _EPS, UniformQuantizer, from_groups, to_groups
 
 OPSET = 17
+# protobuf caps a message at 2 GB: larger models keep their tensors in a data file
+EXTERNAL_ABOVE = 2**31 - 1
 INPUT, OUTPUT = "lq", "restored"
 
 # paths a site can take (site_paths values)
@@ -579,26 +584,93 @@ class _Restore(nn.Module):
         return self.bundle.restore(lq)
 
 
+def data_path(path: str | Path) -> Path:
+    """Where an export above `EXTERNAL_ABOVE` keeps its tensors: `<name>.data` beside the
+    .onnx (the name the graph records, so ORT finds it in the same folder)."""
+    path = Path(path)
+    return path.with_name(path.name + ".data")
+
+
+def onnx_bytes(path: str | Path) -> int:
+    """Bytes on disk of an exported model: the .onnx and, where it has one, its data file."""
+    data = data_path(path)
+    return Path(path).stat().st_size + (data.stat().st_size if data.is_file() else 0)
+
+
+def save_onnx(
+    module: nn.Module,
+    args: tuple[Tensor, ...],
+    path: str | Path,
+    input_names: list[str],
+    output_names: list[str],
+    external_above: int = EXTERNAL_ABOVE,
+) -> None:
+    """Trace `module` on `args` into `path` atomically; above `external_above` bytes the tensors
+    go to one data file beside it (`data_path`).
+
+    Why: a protobuf message cannot exceed 2 GB, and the SD-2.1 UNet in FP32 is 3.5 GB. Above
+    that size the TorchScript exporter itself writes every initializer as its own file next to
+    the .onnx (hundreds of files, named after the tensors, written in place); so the export goes
+    to a private folder beside `path` and, when it is large, is rewritten there with all tensors
+    in one file. The data file is renamed into place before the .onnx that refers to it, and a
+    failure leaves neither. Smaller models stay one self-contained file, as before.
+    """
+    import onnx
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=tmp.parent))
+        try:
+            raw = work / path.name
+            torch.onnx.export(
+                module,
+                args,
+                str(raw),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=input_names,
+                output_names=output_names,
+            )
+            if sum(f.stat().st_size for f in work.iterdir()) <= external_above:
+                os.replace(raw, tmp)
+                return
+            model = onnx.load(str(raw))  # reads torch's per-tensor files back
+            out = work / "one-data-file"
+            out.mkdir()
+            data = data_path(path)
+            onnx.save_model(
+                model,
+                str(out / path.name),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data.name,
+            )
+            del model
+            with atomic_path(data) as tmp_data:
+                os.replace(out / data.name, tmp_data)
+            os.replace(out / path.name, tmp)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
 @torch.no_grad()
 def export_onnx(
-    bundle: RestorerBundle, path: str | Path, batch: int = 1, flavor: str = "ort"
+    bundle: RestorerBundle,
+    path: str | Path,
+    batch: int = 1,
+    flavor: str = "ort",
+    external_above: int = EXTERNAL_ABOVE,
 ) -> dict[str, Any]:
-    """Write `bundle.restore` as ONNX (atomically, fixed input [batch, 3, S, S]); returns the
-    per-site paths (`sites`), their counts (`paths`) and the exported node types (`nodes`)."""
+    """Write `bundle.restore` as ONNX (atomically, fixed input [batch, 3, S, S]; tensors in
+    `data_path(path)` above `external_above` bytes, see `save_onnx`); returns the per-site
+    paths (`sites`), their counts (`paths`) and the exported node types (`nodes`)."""
     import onnx
 
     bundle = bundle.cpu().eval()
     s = bundle.image_size
     x = torch.rand(batch, 3, s, s, generator=torch.Generator().manual_seed(0))
-    with export_mode(bundle, flavor) as paths, atomic_path(path) as tmp:
-        torch.onnx.export(
-            _Restore(bundle),
-            (x,),
-            str(tmp),
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=[INPUT],
-            output_names=[OUTPUT],
-        )
-        nodes = Counter(n.op_type for n in onnx.load(str(tmp)).graph.node)
+    with export_mode(bundle, flavor) as paths:
+        save_onnx(_Restore(bundle), (x,), path, [INPUT], [OUTPUT], external_above)
+    graph = onnx.load(str(path), load_external_data=False).graph
+    nodes = Counter(n.op_type for n in graph.node)
     return {"sites": paths, "paths": dict(Counter(paths.values())), "nodes": dict(nodes)}
