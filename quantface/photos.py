@@ -82,8 +82,10 @@ def _face_record(face: Face, stem: str, i: int) -> dict[str, Any]:
     }
 
 
-def _finished(output_dir: Path, key: dict[str, Any], names: dict[Path, str]) -> dict[Path, list]:
-    """Photos an earlier run with the same key wrote completely, with the faces it recorded."""
+def _finished(
+    output_dir: Path, key: dict[str, Any], names: dict[Path, str]
+) -> dict[Path, dict[str, Any]]:
+    """Photos an earlier run with the same key wrote completely: their faces.json rows."""
     try:
         earlier = json.loads((output_dir / RECORD).read_text())
     except (OSError, ValueError):
@@ -97,10 +99,12 @@ def _finished(output_dir: Path, key: dict[str, Any], names: dict[Path, str]) -> 
             continue
         files = [name] + [f[k] for f in row["faces"] for k in ("crop", "restored")]
         if all((output_dir / f).is_file() for f in files):
-            done[path] = [
-                Face(tuple(f["box"]), f["prob"], np.asarray(f["landmarks"])) for f in row["faces"]
-            ]
+            done[path] = row
     return done
+
+
+def _recorded_faces(row: dict[str, Any]) -> list[Face]:
+    return [Face(tuple(f["box"]), f["prob"], np.asarray(f["landmarks"])) for f in row["faces"]]
 
 
 @torch.no_grad()
@@ -130,7 +134,10 @@ def restore_photos(
                  len(done), len(files))  # fmt: skip
     bundle, _, meta = load_bundle(model_path, device=device)
     t0 = time.perf_counter()
-    found = {f: done[f] if f in done else detect_faces(read_image(f), str(device)) for f in files}
+    found = {
+        f: _recorded_faces(done[f]) if f in done else detect_faces(read_image(f), str(device))
+        for f in files
+    }
     detect_s = time.perf_counter() - t0
     stems = {f: names[f][: -len(".png")] for f in files}
     claimed = [*names.values(), CROPS, RESTORED]
@@ -139,7 +146,7 @@ def restore_photos(
             claimed += [_face_record(face, stems[f], i)[k] for k in ("crop", "restored")]
     out = OutputFolder(output_dir, claimed, overwrite=overwrite, records=[RECORD])
     try:
-        return _write(out, bundle, meta, key, found, set(done), names, stems, batch_size, detect_s)
+        return _write(out, bundle, meta, key, found, done, names, stems, batch_size, detect_s)
     except BaseException:
         out.abort()
         raise
@@ -151,20 +158,19 @@ def _write(
     meta: dict[str, Any],
     key: dict[str, Any],
     found: dict[Path, list[Face]],
-    done: set[Path],
+    done: dict[Path, dict[str, Any]],
     names: dict[Path, str],
     stems: dict[Path, str],
     batch_size: int,
     detect_s: float,
 ) -> dict[str, Any]:
-    earlier = out.read_json(RECORD) or {}
     record: dict[str, Any] = {
         "written_by": "quantface restore --whole",
         "run": key,
         "model": key["model"],
         "model_is": describe_model(meta),
         "model_size": bundle.image_size,
-        "photos": {p.name: earlier["photos"][p.name] for p in found if p in done},
+        "photos": {p.name: row for p, row in done.items()},
         "complete": False,
     }
     out.write_json(RECORD, record)

@@ -445,12 +445,7 @@ def _transform(mod: QuantLayerMixin, had: Tensor | None) -> Any:
     constant product: a MatMul for a Linear, a 1x1 Conv over the channels for a conv."""
 
     def transform(x: Tensor) -> Tensor:
-        d = mod._buffers.get("input_shift")
-        if d is not None:
-            x = x - mod._channel_view(d, x.dim())
-        s = mod._buffers.get("input_scale")
-        if s is not None:
-            x = x / mod._channel_view(s, x.dim())
+        x = mod.shift_and_scale(x)
         if had is not None:
             x = F.conv2d(x, had.t()[:, :, None, None]) if isinstance(mod, nn.Conv2d) else x @ had
         return x

@@ -240,14 +240,20 @@ class QuantLayerMixin:
         shape[self.channel_dim] = -1
         return v.view(shape)
 
-    def transform_input(self, x: Tensor) -> Tensor:
-        """x -> H((x - d) / s), the input the quantizer and the low-rank branch see."""
+    def shift_and_scale(self, x: Tensor) -> Tensor:
+        """x -> (x - d) / s: the input transform before the Hadamard (an exporter writes the
+        Hadamard its own way)."""
         d = self._buffers.get("input_shift")
         if d is not None:
             x = x - self._channel_view(d, x.dim())
         s = self._buffers.get("input_scale")
         if s is not None:
             x = x / self._channel_view(s, x.dim())
+        return x
+
+    def transform_input(self, x: Tensor) -> Tensor:
+        """x -> H((x - d) / s), the input the quantizer and the low-rank branch see."""
+        x = self.shift_and_scale(x)
         had = self._modules.get("input_hadamard")
         if had is not None:
             x = had(x, self.channel_dim)
