@@ -96,6 +96,7 @@ from quantface.quant.reconstruction import (
 )
 from quantface.quant.scheme import QuantScheme
 from quantface.registry import METHODS
+from quantface.subsample import spaced_subset
 from quantface.timing import log_timing
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,10 @@ class QDiffusionOptions(Options):
     min-max before LSQ (True all, False none, "auto" the >= 8-bit quantizers); units: "blocks"
     (the code's) or "transformer" (a whole Transformer2DModel as one unit);
     weight_stage_attn_operands: "off" (the code's) or "quantized" (K^T and V stay quantized in
-    the weight stage); n_samples, batch_size: calibration images used, batch per step.
+    the weight stage); n_samples, batch_size: calibration images used, batch per step;
+    max_units: reconstruct only this many units, evenly spaced over the order, the rest keep
+    their initial ranges and nearest rounding (None, the code's: every unit; a scale run's
+    budget cut, so benchmarks/paper_cost.py can bill all units from a few measured ones).
     """
 
     w_iters: int = 60
@@ -132,6 +136,7 @@ class QDiffusionOptions(Options):
     weight_stage_attn_operands: Literal["off", "quantized"] = "off"
     n_samples: int = 16
     batch_size: int = 4
+    max_units: int | None = None
 
 
 # `running_stat`: "auto" runs it on the >= 8-bit activation quantizers only, as the official
@@ -268,10 +273,22 @@ class QDiffusion:
         t0 = time.perf_counter()
         blocks = find_blocks(model, images, UNIT_TYPES[opts.units])
         log_timing("find_blocks", len(blocks), time.perf_counter() - t0)
+        chosen = spaced_subset(blocks, opts.max_units) or blocks
+        log_timing("units_reconstructed", len(chosen), 0.0)
+        if len(chosen) < len(blocks):
+            notes["qdiffusion"] = (
+                f"max_units: {len(chosen)} of {len(blocks)} units reconstructed "
+                "(evenly spaced); the others keep their initial ranges and nearest rounding"
+            )
+        names = {blk.name for blk in chosen}
         for k, blk in enumerate(blocks):
-            self._reconstruct_unit(model, fp, blk, images, opts, f"{k}:{blk.name}")
+            if blk.name in names:
+                self._reconstruct_unit(model, fp, blk, images, opts, f"{k}:{blk.name}")
         log.info(
-            "qdiffusion: %d units reconstructed in %.1f s", len(blocks), time.perf_counter() - t0
+            "qdiffusion: %d of %d units reconstructed in %.1f s",
+            len(chosen),
+            len(blocks),
+            time.perf_counter() - t0,
         )
         model.plan_notes = notes
         return model.eval()

@@ -16,7 +16,9 @@ Assumptions, all printed with the table:
   - a distillation step costs in proportion to its batch size (the scale run uses batch 1);
   - a bit setting costs what the measured one (W4A4 / mp4) cost: fake-quant simulation does the
     same float work at any width, so w6a6 and w4a6 jobs are billed like the w4a4 job;
-  - Q-Diffusion's per-block capture and iteration costs are averaged over the blocks measured;
+  - Q-Diffusion's per-unit capture and iteration costs are averaged over the units measured
+    (`max_units`: an evenly spaced subset) and billed for every unit, an iteration in
+    proportion to its batch size, a capture to the calibration images;
   - SVDQuant's smoothing search is billed per (layer, candidate), its branch refit per (layer,
     iterate) at the paper's `lowrank_iters` for every layer: an upper bound, as the refit stops
     early at the first iterate worse than the best;
@@ -146,9 +148,16 @@ def paper_units(
     if stage == "observe_ranges_image":
         return po["n_samples"] if method == "qdiffusion" else calib
     if stage in ("adaround_iter", "lsq_iter", "capture_input", "capture_output"):
+        # the measured units' loops, scaled to every unit (max_units: a spaced subset was run)
+        # and to the paper's iterations (a step's cost linear in its batch) or samples
         blocks = job.stages["find_blocks"][0]
-        unit = {"adaround_iter": "w_iters", "lsq_iter": "a_iters"}.get(stage, "n_samples")
-        return blocks * po[unit]
+        done = job.stages.get("units_reconstructed", (blocks, 0.0))[0] or blocks
+        if stage in ("adaround_iter", "lsq_iter"):
+            key = "w_iters" if stage == "adaround_iter" else "a_iters"
+            per_job = po[key] / so[key] * po["batch_size"] / so["batch_size"]
+        else:
+            per_job = po["n_samples"] / so["n_samples"]
+        return n_scale * blocks / done * per_job
     if stage == "smooth_candidate":  # per (layer, candidate); 2 * num_grids - 1 candidates
         return n_scale * (2 * po["num_grids"] - 1) / (2 * so["num_grids"] - 1)
     if stage == "lowrank_iter":  # per (layer, refit iterate): an upper bound (early stop)

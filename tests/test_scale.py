@@ -16,10 +16,11 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
 
 from quantface.config import load_config, merge_configs, validate_config
-from quantface.methods.allocation import fill_unmeasured, spaced_subset
+from quantface.methods.allocation import fill_unmeasured
 from quantface.models.checkpoint import load_bundle, save_bundle
 from quantface.models.random_osdface import RandomOSDFace, random_init
 from quantface.models.sd21 import SD21_UNET, SD21_VAE
+from quantface.subsample import spaced_subset
 from quantface.timing import LINE, log_timing
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,3 +191,42 @@ def test_paper_cost_scales_svdquant_search_and_refit(tmp_path, monkeypatch, caps
     row = next(r for r in out.splitlines() if r.startswith("| svdquant"))
     quant_h = (100 - 7 + 0.1 * 30 * 39 / 3 + 0.2 * 20 * 100 / 2) / 3600
     assert f"| {quant_h:.2f}" in row or f"| {quant_h:.1f} |" in row, row
+
+
+def test_paper_cost_bills_qdiffusion_for_every_unit_from_a_spaced_subset(
+    tmp_path, monkeypatch, capsys
+):
+    """3 of 120 units measured (`max_units`): each loop is billed for all 120 units, at the
+    paper's 20k/5k iterations x batch 4/1 and 64/2 calibration images; the input is captured
+    twice per unit (weight and activation stage), so its measured count carries that factor."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import paper_cost
+
+    res = tmp_path / "results"
+    job = res / "benchmarks" / "quantize" / "osdface_random" / "qdiffusion" / "w4a4.tsv"
+    job.parent.mkdir(parents=True)
+    job.write_text("s\th:m:s\tmax_rss\tcpu_time\n100\t0:01:40\t2048\t100\n")
+    lines = [
+        "x INFO quantface: device: cpu",
+        "x INFO quantface.timing: timing stage=find_blocks n=120 seconds=1.0 rss_gib=1",
+        "x INFO quantface.timing: timing stage=units_reconstructed n=3 seconds=0.0 rss_gib=1",
+        "x INFO quantface.timing: timing stage=capture_output n=6 seconds=6.0 rss_gib=1",
+        "x INFO quantface.timing: timing stage=capture_input n=12 seconds=12.0 rss_gib=1",
+        "x INFO quantface.timing: timing stage=adaround_iter n=3 seconds=3.0 rss_gib=1",
+        "x INFO quantface.timing: timing stage=lsq_iter n=3 seconds=6.0 rss_gib=1",
+        "x INFO quantface.timing: timing stage=quantize_total n=1 seconds=90.0 rss_gib=1",
+    ]
+    log = res / "logs" / "quantize" / "osdface_random" / "qdiffusion" / "w4a4.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("\n".join(lines))
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", ["paper_cost.py", "--results", str(res)])
+    paper_cost.main()
+    out = capsys.readouterr().out
+    row = next(r for r in out.splitlines() if r.startswith("| qdiffusion"))
+    fixed = 100 - (6 + 12 + 3 + 6)
+    capture = 1.0 * 120 * 64 * (1 + 2)  # 1 s per image, every unit, output once + input twice
+    iters = 120 * 4 * (1.0 * 20000 + 2.0 * 5000)  # per unit, batch 4 over the measured batch 1
+    assert f"| {(fixed + capture + iters) / 3600:.1f} |" in row, row

@@ -613,3 +613,33 @@ def test_block_capture_stops_the_forward_at_the_block(micro_model, micro_calib, 
     assert torch.equal(inputs[0][0][0], seen["in"])
     out = seen["out"] if isinstance(seen["out"], torch.Tensor) else seen["out"][0]
     assert torch.equal(outputs[0], out)
+
+
+def test_qdiffusion_max_units_reconstructs_an_evenly_spaced_subset(
+    micro_model, micro_calib, monkeypatch
+):
+    """A scale run's cut: `max_units: 3` reconstructs 3 units spread over the whole order (the
+    first, one in the middle, one late) and says so in the plan notes; by default every unit."""
+    import baselines.qdiffusion as qd
+
+    done, found = [], []
+    real_find = qd.find_blocks
+
+    def find(model, images, *types):
+        found[:] = [b.name for b in real_find(model, images, *types)]
+        return real_find(model, images, *types)
+
+    monkeypatch.setattr(qd, "find_blocks", find)
+    monkeypatch.setattr(
+        qd.QDiffusion, "_reconstruct_unit", lambda self, m, fp, blk, *a: done.append(blk.name)
+    )
+    plan = BitPlan.uniform(micro_model.quant_targets(), 4, 4)
+    q = METHODS.get("qdiffusion")().quantize(
+        micro_model, micro_calib, plan, {**FAST["qdiffusion"], "max_units": 3}
+    )
+    step = len(found) / 3
+    assert len(found) > 6 and done == [found[int(i * step)] for i in range(3)]
+    assert f"3 of {len(found)} units" in q.plan_notes["qdiffusion"]
+    done.clear()
+    q = METHODS.get("qdiffusion")().quantize(micro_model, micro_calib, plan, FAST["qdiffusion"])
+    assert done == found and "qdiffusion" not in q.plan_notes

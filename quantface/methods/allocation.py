@@ -174,19 +174,6 @@ def activation_elements(model: RestorerBundle, sites: Sequence[str]) -> dict[str
 PerceptualDistance = Callable[[Tensor, Tensor], float]
 
 
-def spaced_subset(sites: Sequence[str], limit: int | None) -> list[str] | None:
-    """`limit` sites evenly spaced over `sites` (execution order), or None for all of them.
-
-    Why: the sensitivity pass costs one restoration per (site, candidate bits), ~2,800 at SD-2.1
-    size; a scale run that only has to exercise every stage measures a few sites spread over
-    the UNet and the VAE instead (`sensitivity_sites`).
-    """
-    if limit is None or limit >= len(sites):
-        return None
-    step = len(sites) / limit
-    return [sites[int(i * step)] for i in range(limit)]
-
-
 def fill_unmeasured(
     errors: Mapping[str, Mapping[int, float]], sites: Sequence[str]
 ) -> dict[str, dict[int, float]]:

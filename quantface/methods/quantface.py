@@ -42,7 +42,6 @@ from quantface.methods.allocation import (
     fill_unmeasured,
     layer_sensitivity,
     solve_allocation,
-    spaced_subset,
 )
 from quantface.methods.base import smoothable
 from quantface.methods.qdlora import (
@@ -67,6 +66,7 @@ from quantface.quant.plan import BitPlan
 from quantface.quant.rotation import rotate_attention_heads
 from quantface.quant.scheme import QuantScheme
 from quantface.registry import METHODS
+from quantface.subsample import spaced_subset
 
 log = logging.getLogger(__name__)
 
