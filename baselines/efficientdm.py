@@ -54,18 +54,16 @@ code's: lora_on, learn_act_zero_points, clip_grad_norm.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from quantface.methods.base import smoothable
 from quantface.methods.options import Options
+from quantface.methods.pipeline import Recipe
 from quantface.models.base import RestorerBundle
-from quantface.quant.apply import calibrate_weights, observe_activation_ranges
 from quantface.quant.calibration import CalibrationSet
 from quantface.quant.distill import DistillConfig, distill, fp_targets
-from quantface.quant.layers import wrap_model
 from quantface.quant.learnable import clamp_scales_, learnable_scales, learnable_zero_points
 from quantface.quant.lora import weight_lora
 from quantface.quant.lowrank import capped_rank
@@ -124,69 +122,70 @@ class EfficientDM:
         search on real activations; the 8-bit layers with `keep_8bit`."""
         return QuantScheme(act_init="mse", exceptions=opts.keep_8bit)
 
-    def quantize(
+    def recipe(
         self,
+        model: RestorerBundle,
         fp: RestorerBundle,
         calib: CalibrationSet,
         plan: BitPlan,
-        cfg: dict[str, Any],
-        scheme: QuantScheme | None = None,
-    ) -> RestorerBundle:
-        opts = EfficientDMOptions.from_dict(cfg, self.name)
-        scheme = scheme or self.native_scheme(opts)
+        opts: EfficientDMOptions,
+        scheme: QuantScheme,
+    ) -> Recipe:
+        """Ranges observed on the FP forward (the Lp search natively), then one distillation of
+        the weight LoRAs, every step size (and optionally the activation zero points)."""
         # the 8-bit layers are plain QuantModules in the code: no LoRA, nothing of them trained
-        eight_bit = fp.layers_in_roles(EIGHT_BIT_ROLES)
+        eight_bit = model.layers_in_roles(EIGHT_BIT_ROLES)
         frozen = [n for n in eight_bit if n in plan] if scheme.exceptions else []
         plan = plan.at_least(frozen, 8, EIGHT_BIT_NOTE)
-        model = copy.deepcopy(fp).eval()
-        wrap_model(model, scheme.layout(model, model.quant_targets(), plan))
-        calibrate_weights(model, scheme.weight_init)
         bs = opts.batch_size
-        observe_activation_ranges(model, calib.images, bs, scheme.act_init)
-        model.requires_grad_(False)
-        layers = {n: model.get_submodule(n) for n in smoothable(model, plan) if n not in frozen}
-        frac = opts.max_rank_fraction
-        ranks = {
-            n: capped_rank(opts.rank, m.weight.shape[0], m.weight[0].numel(), frac)
-            for n, m in layers.items()
-        }
-        targets = fp_targets(fp, calib.images, bs)
-        with (
-            learnable_scales(model, "weight") as w_scales,
-            learnable_scales(model, "act") as a_scales,
-            (
-                learnable_zero_points(model, "act")
-                if opts.learn_act_zero_points
-                else contextlib.nullcontext([])
-            ) as a_zeros,
-            weight_lora(layers, ranks, opts.seed, opts.lora_on == "codes") as loras,
-        ):
-            fixed = {id(p) for n in frozen for p in model.get_submodule(n).parameters()}
-            w_scales, a_scales, a_zeros = (
-                [p for p in ps if id(p) not in fixed] for ps in (w_scales, a_scales, a_zeros)
-            )
-            lora_scale = opts.lora_lr_scale
-            if lora_scale is None:
-                lora_scale = CODE_LORA_LR_SCALE * CODE_STEPS / max(opts.steps, 1)
-            groups = [
-                {
-                    "params": list(lora.parameters()),
-                    "lr": layers[n].weight_quantizer.scale.detach().mean().item() * lora_scale,
-                }
-                for n, lora in loras.items()
-            ]
-            groups += [{"params": w_scales, "lr": opts.w_lr}]
-            groups += [{"params": a_scales + a_zeros, "lr": opts.a_lr}]
-            scales = w_scales + a_scales
-            dc = DistillConfig(
-                opts.steps,
-                opts.a_lr,
-                bs,
-                seed=opts.seed,
-                clip_grad_norm=opts.clip_grad_norm,
-            )
-            curve = distill(model, calib.images, targets, groups, dc, lambda: clamp_scales_(scales))
-            if curve:
-                log.info("efficientdm distillation: loss %.3e -> %.3e", curve[0], curve[-1])
-        model.plan_notes = dict(plan.notes)
-        return model.eval()
+
+        def distill_loras(model: RestorerBundle) -> None:
+            model.requires_grad_(False)
+            layers = {n: model.get_submodule(n) for n in smoothable(model, plan) if n not in frozen}
+            frac = opts.max_rank_fraction
+            ranks = {
+                n: capped_rank(opts.rank, m.weight.shape[0], m.weight[0].numel(), frac)
+                for n, m in layers.items()
+            }
+            targets = fp_targets(fp, calib.images, bs)
+            with (
+                learnable_scales(model, "weight") as w_scales,
+                learnable_scales(model, "act") as a_scales,
+                (
+                    learnable_zero_points(model, "act")
+                    if opts.learn_act_zero_points
+                    else contextlib.nullcontext([])
+                ) as a_zeros,
+                weight_lora(layers, ranks, opts.seed, opts.lora_on == "codes") as loras,
+            ):
+                fixed = {id(p) for n in frozen for p in model.get_submodule(n).parameters()}
+                w_scales, a_scales, a_zeros = (
+                    [p for p in ps if id(p) not in fixed] for ps in (w_scales, a_scales, a_zeros)
+                )
+                lora_scale = opts.lora_lr_scale
+                if lora_scale is None:
+                    lora_scale = CODE_LORA_LR_SCALE * CODE_STEPS / max(opts.steps, 1)
+                groups = [
+                    {
+                        "params": list(lora.parameters()),
+                        "lr": layers[n].weight_quantizer.scale.detach().mean().item() * lora_scale,
+                    }
+                    for n, lora in loras.items()
+                ]
+                groups += [{"params": w_scales, "lr": opts.w_lr}]
+                groups += [{"params": a_scales + a_zeros, "lr": opts.a_lr}]
+                scales = w_scales + a_scales
+                dc = DistillConfig(
+                    opts.steps,
+                    opts.a_lr,
+                    bs,
+                    seed=opts.seed,
+                    clip_grad_norm=opts.clip_grad_norm,
+                )
+                curve = distill(
+                    model, calib.images, targets, groups, dc, lambda: clamp_scales_(scales)
+                )
+                if curve:
+                    log.info("efficientdm distillation: loss %.3e -> %.3e", curve[0], curve[-1])
+
+        return Recipe(plan, range_batch=bs, refine=distill_loras)

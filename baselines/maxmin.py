@@ -15,13 +15,10 @@ plain round-to-nearest reference of the given scheme (its weight and static-rang
 
 from __future__ import annotations
 
-import copy
-from typing import Any
-
+from quantface.methods.options import Options
+from quantface.methods.pipeline import Recipe
 from quantface.models.base import RestorerBundle
-from quantface.quant.apply import calibrate_weights, set_activation_ranges
 from quantface.quant.calibration import CalibrationSet
-from quantface.quant.layers import wrap_model
 from quantface.quant.plan import BitPlan
 from quantface.quant.scheme import QuantScheme
 from quantface.registry import METHODS
@@ -35,20 +32,19 @@ class MaxMin:
 
     name = "maxmin"
 
-    def native_scheme(self, opts: dict[str, Any]) -> QuantScheme:
+    options = Options  # no options
+
+    def native_scheme(self, opts: Options) -> QuantScheme:
         return QuantScheme()  # per-channel asym min-max weights, per-tensor static min-max acts
 
-    def quantize(
+    def recipe(
         self,
+        model: RestorerBundle,
         fp: RestorerBundle,
         calib: CalibrationSet,
         plan: BitPlan,
-        cfg: dict[str, Any],
-        scheme: QuantScheme | None = None,
-    ) -> RestorerBundle:
-        scheme = scheme or self.native_scheme(cfg)
-        model = copy.deepcopy(fp)
-        wrap_model(model, scheme.layout(model, model.quant_targets(), plan))
-        calibrate_weights(model, scheme.weight_init)
-        set_activation_ranges(model, calib, scheme.act_init)
-        return model.eval()
+        opts: Options,
+        scheme: QuantScheme,
+    ) -> Recipe:
+        """Wrap, min-max weights, static ranges from the cached calibration extremes."""
+        return Recipe(plan, act_ranges="cached")

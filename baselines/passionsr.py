@@ -64,25 +64,23 @@ Options (config `method_options.passionsr`): `PassionSROptions` below.
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from torch import Tensor
 
 from quantface.methods.base import smoothable
 from quantface.methods.options import Options
+from quantface.methods.pipeline import Recipe
 from quantface.models.base import RestorerBundle
 from quantface.quant.apply import (
     calibrate_weights,
     observe_activation_ranges,
-    set_activation_ranges,
 )
 from quantface.quant.bounds import keep_bounds_valid_, learnable_bounds
 from quantface.quant.calibration import CalibrationSet
 from quantface.quant.distill import DistillConfig, distill, fp_targets
-from quantface.quant.layers import InputTransform, QuantMatMul, wrap_model
+from quantface.quant.layers import InputTransform, QuantMatMul
 from quantface.quant.let import (
     dynamic_ranges,
     learnable_let,
@@ -159,61 +157,71 @@ class PassionSR:
         and LBQ then learn them); the 8-bit layers with `keep_8bit`."""
         return QuantScheme(exceptions=opts.keep_8bit)
 
-    def quantize(
+    def recipe(
         self,
+        model: RestorerBundle,
         fp: RestorerBundle,
         calib: CalibrationSet,
         plan: BitPlan,
-        cfg: dict[str, Any],
-        scheme: QuantScheme | None = None,
-    ) -> RestorerBundle:
-        opts = PassionSROptions.from_dict(cfg, self.name)
-        scheme = scheme or self.native_scheme(opts)
+        opts: PassionSROptions,
+        scheme: QuantScheme,
+    ) -> Recipe:
+        """LET scales (and shifts) on every ungrouped layer and the attention matmuls at
+        PassionSR's init, ranges from the cached min-max; then the two distillation stages."""
         if scheme.exceptions:
-            plan = plan.at_least(fp.layers_in_roles(EIGHT_BIT_ROLES), 8, EIGHT_BIT_NOTE)
-        model = copy.deepcopy(fp).eval()
-        sites = model.quant_targets()
+            plan = plan.at_least(model.layers_in_roles(EIGHT_BIT_ROLES), 8, EIGHT_BIT_NOTE)
         let_names = smoothable(model, plan)
         transform = InputTransform(scale=True, shift=opts.shift)
-        wrap_model(model, scheme.layout(model, sites, plan, dict.fromkeys(let_names, transform)))
-        layers = {n: model.get_submodule(n) for n in let_names}
-        for n, m in layers.items():
-            m.input_scale.copy_(
-                let_init_scale(calib_absmax(calib.input_stats(n)), m.weight, opts.alpha)
-            )
         bs = opts.batch_size
-        mms = attention_let(model, calib.images, bs, opts.alpha) if opts.attn_let else {}
-        calibrate_weights(model, scheme.weight_init)  # placeholders: stage 1 re-ranges every call
-        set_activation_ranges(model, calib, scheme.act_init)
-        model.requires_grad_(False)
-        targets = fp_targets(fp, calib.images, bs)
-        # stage 1: the transformation, every bound re-initialised to the current min/max
-        with (
-            dynamic_ranges(model),
-            learnable_let(layers) as params,
-            learnable_matmul_scales(mms) as attn_params,
-        ):
-            dc = DistillConfig(opts.let_steps, opts.let_lr, bs)
-            groups = [{"params": params + attn_params}]
-            curve = distill(model, calib.images, targets, groups, dc, stage="let_step")
-            log.info("passionsr LET: loss %s", _ends(curve))
-        calibrate_weights(model, scheme.weight_init)
-        observe_activation_ranges(model, calib.images, bs, scheme.act_init)
-        # stage 2: the bounds, transformation fixed
-        with learnable_bounds(model, "all") as params:
-            dc = DistillConfig(opts.lbq_steps, opts.lbq_lr, bs, seed=1)
-            curve = distill(
-                model,
-                calib.images,
-                targets,
-                [{"params": params}],
-                dc,
-                lambda: keep_bounds_valid_(params),
-                stage="lbq_step",
-            )
-            log.info("passionsr LBQ: loss %s", _ends(curve))
-        model.plan_notes = dict(plan.notes)
-        return model.eval()
+        mms: dict[str, QuantMatMul] = {}
+
+        def init_let(model: RestorerBundle) -> None:
+            for n in let_names:
+                m = model.get_submodule(n)
+                m.input_scale.copy_(
+                    let_init_scale(calib_absmax(calib.input_stats(n)), m.weight, opts.alpha)
+                )
+            if opts.attn_let:
+                mms.update(attention_let(model, calib.images, bs, opts.alpha))
+
+        def let_then_lbq(model: RestorerBundle) -> None:
+            layers = {n: model.get_submodule(n) for n in let_names}
+            model.requires_grad_(False)
+            targets = fp_targets(fp, calib.images, bs)
+            # stage 1: the transformation, every bound re-initialised to the current min/max
+            with (
+                dynamic_ranges(model),
+                learnable_let(layers) as params,
+                learnable_matmul_scales(mms) as attn_params,
+            ):
+                dc = DistillConfig(opts.let_steps, opts.let_lr, bs)
+                groups = [{"params": params + attn_params}]
+                curve = distill(model, calib.images, targets, groups, dc, stage="let_step")
+                log.info("passionsr LET: loss %s", _ends(curve))
+            calibrate_weights(model, scheme.weight_init)
+            observe_activation_ranges(model, calib.images, bs, scheme.act_init)
+            # stage 2: the bounds, transformation fixed
+            with learnable_bounds(model, "all") as params:
+                dc = DistillConfig(opts.lbq_steps, opts.lbq_lr, bs, seed=1)
+                curve = distill(
+                    model,
+                    calib.images,
+                    targets,
+                    [{"params": params}],
+                    dc,
+                    lambda: keep_bounds_valid_(params),
+                    stage="lbq_step",
+                )
+                log.info("passionsr LBQ: loss %s", _ends(curve))
+
+        # the initial ranges are placeholders: stage 1 re-ranges every call
+        return Recipe(
+            plan,
+            dict.fromkeys(let_names, transform),
+            transform=init_let,
+            act_ranges="cached",
+            refine=let_then_lbq,
+        )
 
 
 def _ends(curve: list[float]) -> str:

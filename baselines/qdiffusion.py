@@ -56,7 +56,6 @@ code's: units, weight_stage_attn_operands.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import time
 from collections.abc import Iterator
@@ -71,16 +70,15 @@ from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from torch import Tensor, nn
 
 from quantface.methods.options import Options
+from quantface.methods.pipeline import Recipe
 from quantface.models.base import RestorerBundle
 from quantface.quant.adaround import adaround, temperature
-from quantface.quant.apply import calibrate_weights, observe_activation_ranges
 from quantface.quant.calibration import CalibrationSet
 from quantface.quant.layers import (
     LayerQuant,
     QuantLayerMixin,
     QuantMatMul,
     set_quant_mode,
-    wrap_model,
 )
 from quantface.quant.learnable import clamp_scales_, learnable_scales, static_quantizers
 from quantface.quant.observers import RunningMinMaxObserver
@@ -239,17 +237,18 @@ class QDiffusion:
         `a_init` (both the Lp-2.4 search); the softmax output at `sm_abit`."""
         return QuantScheme(weight_init=opts.w_init, act_init=opts.a_init)
 
-    def quantize(
+    def recipe(
         self,
+        model: RestorerBundle,
         fp: RestorerBundle,
         calib: CalibrationSet,
         plan: BitPlan,
-        cfg: dict[str, Any],
-        scheme: QuantScheme | None = None,
-    ) -> RestorerBundle:
-        opts = QDiffusionOptions.from_dict(cfg, self.name)
-        scheme = scheme or self.native_scheme(opts)
-        model = copy.deepcopy(fp)
+        opts: QDiffusionOptions,
+        scheme: QuantScheme,
+    ) -> Recipe:
+        """Split decoder shortcuts, the softmax output at `sm_abit`, Lp-2.4 ranges observed on
+        the `n_samples` calibration images; then every unit reconstructed (`max_units`: a
+        spaced subset)."""
         sites = model.quant_targets()
         splits = shortcut_splits(model) if opts.split_shortcut else {}
         layout = scheme.layout(model, sites, plan, splits=splits)
@@ -258,40 +257,48 @@ class QDiffusion:
             "split shortcut quantizer: [up-path, skip] quantized separately",
         )
         sm = opts.sm_abit
-        for name, lq in list(layout.items()):
+        overrides = {}
+        for name, lq in layout.items():
             if scheme.exceptions and name.endswith("av_matmul") and sm > lq.a.bits:
                 a = QuantSpec(sm, lq.a.symmetric, "tensor", channel_dim=-1)
-                layout[name] = LayerQuant(lq.kind, a, lq.w)
+                overrides[name] = LayerQuant(lq.kind, a, lq.w)
                 notes[name] = SOFTMAX_NOTE.format(b=sm)
-        wrap_model(model, layout)
-        calibrate_weights(model, scheme.weight_init)
         images = calib.images[: opts.n_samples]
-        # Lp-2.4 search on the real activations of the calibration images (Q-Diffusion's init)
-        observe_activation_ranges(model, images, opts.batch_size, scheme.act_init)
-        fp.eval()  # only read (block targets under no_grad): a second 3.5 GB copy buys nothing
-        model.eval().requires_grad_(False)
-        t0 = time.perf_counter()
-        blocks = find_blocks(model, images, UNIT_TYPES[opts.units])
-        log_timing("find_blocks", len(blocks), time.perf_counter() - t0)
-        chosen = spaced_subset(blocks, opts.max_units) or blocks
-        log_timing("units_reconstructed", len(chosen), 0.0)
-        if len(chosen) < len(blocks):
-            notes["qdiffusion"] = (
-                f"max_units: {len(chosen)} of {len(blocks)} units reconstructed "
-                "(evenly spaced); the others keep their initial ranges and nearest rounding"
+
+        def reconstruct_units(model: RestorerBundle) -> dict[str, str]:
+            fp.eval()  # only read (block targets under no_grad): a second 3.5 GB copy buys nothing
+            model.eval().requires_grad_(False)
+            t0 = time.perf_counter()
+            blocks = find_blocks(model, images, UNIT_TYPES[opts.units])
+            log_timing("find_blocks", len(blocks), time.perf_counter() - t0)
+            chosen = spaced_subset(blocks, opts.max_units) or blocks
+            log_timing("units_reconstructed", len(chosen), 0.0)
+            names = {blk.name for blk in chosen}
+            for k, blk in enumerate(blocks):
+                if blk.name in names:
+                    self._reconstruct_unit(model, fp, blk, images, opts, f"{k}:{blk.name}")
+            log.info(
+                "qdiffusion: %d of %d units reconstructed in %.1f s",
+                len(chosen),
+                len(blocks),
+                time.perf_counter() - t0,
             )
-        names = {blk.name for blk in chosen}
-        for k, blk in enumerate(blocks):
-            if blk.name in names:
-                self._reconstruct_unit(model, fp, blk, images, opts, f"{k}:{blk.name}")
-        log.info(
-            "qdiffusion: %d of %d units reconstructed in %.1f s",
-            len(chosen),
-            len(blocks),
-            time.perf_counter() - t0,
+            if len(chosen) == len(blocks):
+                return {}
+            return {
+                "qdiffusion": f"max_units: {len(chosen)} of {len(blocks)} units reconstructed "
+                "(evenly spaced); the others keep their initial ranges and nearest rounding"
+            }
+
+        return Recipe(
+            plan,
+            splits=splits,
+            overrides=overrides,
+            notes=notes,
+            range_images=images,
+            range_batch=opts.batch_size,
+            refine=reconstruct_units,
         )
-        model.plan_notes = notes
-        return model.eval()
 
     def _reconstruct_unit(
         self,

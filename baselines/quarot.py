@@ -34,18 +34,16 @@ Options (config `method_options.quarot`): `QuaRotOptions` below.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from quantface.methods.options import Options
+from quantface.methods.pipeline import Recipe
 from quantface.models.base import RestorerBundle
-from quantface.quant.apply import calibrate_weights, observe_activation_ranges
 from quantface.quant.calibration import CalibrationSet
 from quantface.quant.hadamard import layer_seed, random_signs, randomized_hadamard
-from quantface.quant.layers import InputTransform, QuantLayerMixin, wrap_model
+from quantface.quant.layers import InputTransform, QuantLayerMixin
 from quantface.quant.plan import BitPlan
 from quantface.quant.rotation import rotate_attention_heads
 from quantface.quant.scheme import QuantScheme
@@ -87,17 +85,18 @@ class QuaRot:
             act_clip_ratio=opts.a_clip_ratio,
         )
 
-    def quantize(
+    def recipe(
         self,
+        model: RestorerBundle,
         fp: RestorerBundle,
         calib: CalibrationSet,
         plan: BitPlan,
-        cfg: dict[str, Any],
-        scheme: QuantScheme | None = None,
-    ) -> RestorerBundle:
-        opts = QuaRotOptions.from_dict(cfg, self.name)
-        scheme = scheme or self.native_scheme(opts)
-        model = copy.deepcopy(fp)
+        opts: QuaRotOptions,
+        scheme: QuantScheme,
+    ) -> Recipe:
+        """Q/K/V rotated per head (before wrapping), an online randomized Hadamard on every
+        ungrouped layer's input folded into its weight; static ranges (a given scheme) are
+        observed on the rotated model."""
         sites = model.quant_targets()
         if opts.rotate_attention:
             attn_names = {n.rpartition(".")[0] for n, k in sites.items() if k == "matmul"}
@@ -109,15 +108,13 @@ class QuaRot:
                 mod = model.get_submodule(name)
                 n_in, grouped = mod.weight.shape[1], getattr(mod, "groups", 1) != 1
                 transforms[name] = InputTransform(hadamard=n_in > 1 and not grouped)
-        layout = scheme.layout(model, sites, plan, transforms)
-        wrap_model(model, layout)
-        for name, mod in model.named_modules():
-            if isinstance(mod, QuantLayerMixin) and mod.transform_spec().hadamard:
-                signs = random_signs(mod.weight.shape[1], layer_seed(opts.seed, name))
-                with torch.no_grad():
-                    mod.input_hadamard.signs.copy_(signs)
-                    mod.weight.copy_(randomized_hadamard(mod.weight, signs, dim=1))
-        calibrate_weights(model, scheme.weight_init)
-        if not scheme.act_dynamic:  # static ranges (a given scheme): observed on the rotated model
-            observe_activation_ranges(model, calib.images, observer=scheme.act_init)
-        return model.eval()
+
+        def rotate(model: RestorerBundle) -> None:
+            for name, mod in model.named_modules():
+                if isinstance(mod, QuantLayerMixin) and mod.transform_spec().hadamard:
+                    signs = random_signs(mod.weight.shape[1], layer_seed(opts.seed, name))
+                    with torch.no_grad():
+                        mod.input_hadamard.signs.copy_(signs)
+                        mod.weight.copy_(randomized_hadamard(mod.weight, signs, dim=1))
+
+        return Recipe(plan, transforms, transform=rotate)

@@ -31,16 +31,15 @@ Options (config `method_options.smoothquant`): `SmoothQuantOptions` below.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from quantface.methods.base import smoothable
 from quantface.methods.options import Options
+from quantface.methods.pipeline import Recipe
 from quantface.models.base import RestorerBundle
-from quantface.quant.apply import calibrate_weights, observe_activation_ranges
 from quantface.quant.calibration import CalibrationSet
-from quantface.quant.layers import InputTransform, wrap_model
+from quantface.quant.layers import InputTransform
 from quantface.quant.plan import BitPlan
 from quantface.quant.scheme import QuantScheme
 from quantface.quant.smoothing import apply_smoothing, calib_absmax, smoothing_groups
@@ -79,28 +78,24 @@ class SmoothQuant:
             act_granularity=opts.act_granularity,
         )
 
-    def quantize(
+    def recipe(
         self,
+        model: RestorerBundle,
         fp: RestorerBundle,
         calib: CalibrationSet,
         plan: BitPlan,
-        cfg: dict[str, Any],
-        scheme: QuantScheme | None = None,
-    ) -> RestorerBundle:
-        opts = SmoothQuantOptions.from_dict(cfg, self.name)
-        scheme = scheme or self.native_scheme(opts)
-        model = copy.deepcopy(fp)
-        sites = model.quant_targets()
-        layers = smoothable(model, plan)
-        groups = smoothing_groups(model, layers)
+        opts: SmoothQuantOptions,
+        scheme: QuantScheme,
+    ) -> Recipe:
+        """Smoothing groups (folded into the producer, or online where nothing can take s),
+        then static ranges observed on the smoothed model."""
+        groups = smoothing_groups(model, smoothable(model, plan))
         if not opts.online:
             groups = [g for g in groups if g.fold != "online"]
         online = {n for g in groups if g.fold == "online" for n in g.layers}
-        transforms = dict.fromkeys(online, InputTransform(scale=True))
-        layout = scheme.layout(model, sites, plan, transforms)
-        wrap_model(model, layout)
-        absmax = {n: calib_absmax(calib.input_stats(n)) for g in groups for n in g.layers}
-        apply_smoothing(model, groups, absmax, opts.alpha)
-        calibrate_weights(model, scheme.weight_init)
-        observe_activation_ranges(model, calib.images, observer=scheme.act_init)
-        return model.eval()
+
+        def smooth(model: RestorerBundle) -> None:
+            absmax = {n: calib_absmax(calib.input_stats(n)) for g in groups for n in g.layers}
+            apply_smoothing(model, groups, absmax, opts.alpha)
+
+        return Recipe(plan, dict.fromkeys(online, InputTransform(scale=True)), transform=smooth)

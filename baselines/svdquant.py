@@ -77,11 +77,9 @@ Options (config `method_options.svdquant`): `SVDQuantOptions` below.
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, replace
-from typing import Any
 
 import torch
 from diffusers.models.downsampling import Downsample2D
@@ -93,10 +91,10 @@ from torch import Tensor, nn
 
 from quantface.methods.base import smoothable
 from quantface.methods.options import Options
+from quantface.methods.pipeline import Recipe
 from quantface.models.base import RestorerBundle
-from quantface.quant.apply import calibrate_weights, observe_activation_ranges
 from quantface.quant.calibration import CalibrationSet
-from quantface.quant.layers import InputTransform, QuantLayerMixin, wrap_model
+from quantface.quant.layers import InputTransform, QuantLayerMixin
 from quantface.quant.lowrank import capped_rank, refit_lowrank, scaled_svd_factors
 from quantface.quant.plan import BitPlan
 from quantface.quant.quantizer import QuantSpec, UniformQuantizer
@@ -323,29 +321,53 @@ class SVDQuant:
             group_size=opts.group_size,
         )
 
-    def prepare(
-        self,
-        fp: RestorerBundle,
-        plan: BitPlan,
-        opts: SVDQuantOptions,
-        scheme: QuantScheme | None = None,
-    ) -> tuple[RestorerBundle, list[SmoothGroup], list[str]]:
-        """A wrapped copy of fp with identity transforms; its smoothing groups and branch layers."""
-        model = copy.deepcopy(fp)
+    def smoothing_plan(
+        self, model: RestorerBundle, plan: BitPlan, opts: SVDQuantOptions
+    ) -> tuple[list[str], list[SmoothGroup]]:
+        """The branch layers and their smoothing groups (online ones dropped unless `online`)."""
         branch = branch_layers(model, smoothable(model, plan))
         groups = smoothing_groups(model, branch)
         if not opts.online:
             groups = [g for g in groups if g.fold != "online"]
+        return branch, groups
+
+    def recipe(
+        self,
+        model: RestorerBundle,
+        fp: RestorerBundle,
+        calib: CalibrationSet,
+        plan: BitPlan,
+        opts: SVDQuantOptions,
+        scheme: QuantScheme,
+    ) -> Recipe:
+        """Per branch layer a rank-r branch (online smoothing where nothing can fold s); the
+        searched smoothing then the branch refit on the wrapped model; static ranges (a given
+        scheme) observed on the smoothed model."""
+        branch, groups = self.smoothing_plan(model, plan, opts)
         online = {n for g in groups if g.fold == "online" for n in g.layers}
-        frac = opts.max_rank_fraction
         ranks = {}
         for name in branch:
             w = model.get_submodule(name).weight
-            ranks[name] = capped_rank(opts.rank, w.shape[0], w[0].numel(), frac)
-        scheme = scheme or self.native_scheme(opts)
+            ranks[name] = capped_rank(opts.rank, w.shape[0], w[0].numel(), opts.max_rank_fraction)
         transforms = {n: InputTransform(n in online, False, ranks.get(n, 0)) for n in branch}
-        wrap_model(model, scheme.layout(model, model.quant_targets(), plan, transforms))
-        return model, groups, branch
+
+        def smooth_and_fit(model: RestorerBundle) -> None:
+            known: dict[str, KnownBranch] = {}
+            chosen = self.smooth(model, groups, calib, opts.num_grids, known)
+            for name in branch:
+                mod = model.get_submodule(name)
+                assert isinstance(mod, QuantLayerMixin)
+                if mod.transform_spec().lowrank == 0:
+                    continue
+                s = chosen[name][0] if name in chosen else torch.ones(mod.weight.shape[1])
+                rows = calib.input_stats(name)["rows"]
+                t0 = time.perf_counter()
+                errors = fit_branch(
+                    mod, rows, s, opts.lowrank_iters, opts.early_stop, known.pop(name, None)
+                )
+                log_timing("lowrank_iter", len(errors), time.perf_counter() - t0)
+
+        return Recipe(plan, transforms, transform=smooth_and_fit)
 
     def smooth(
         self,
@@ -366,38 +388,3 @@ class SVDQuant:
             log_timing("smooth_candidate", len(pairs) * len(g.layers), time.perf_counter() - t0)
             chosen.update(dict.fromkeys(g.layers, (smooth_group(model, g, s), pair)))
         return chosen
-
-    def quantize(
-        self,
-        fp: RestorerBundle,
-        calib: CalibrationSet,
-        plan: BitPlan,
-        cfg: dict[str, Any],
-        scheme: QuantScheme | None = None,
-    ) -> RestorerBundle:
-        opts = SVDQuantOptions.from_dict(cfg, self.name)
-        scheme = scheme or self.native_scheme(opts)
-        model, groups, branch = self.prepare(fp, plan, opts, scheme)
-        known: dict[str, KnownBranch] = {}
-        chosen = self.smooth(model, groups, calib, opts.num_grids, known)
-        for name in branch:
-            mod = model.get_submodule(name)
-            assert isinstance(mod, QuantLayerMixin)
-            if mod.transform_spec().lowrank == 0:
-                continue
-            s = chosen[name][0] if name in chosen else torch.ones(mod.weight.shape[1])
-            rows = calib.input_stats(name)["rows"]
-            t0 = time.perf_counter()
-            errors = fit_branch(
-                mod,
-                rows,
-                s,
-                opts.lowrank_iters,
-                opts.early_stop,
-                known.pop(name, None),
-            )
-            log_timing("lowrank_iter", len(errors), time.perf_counter() - t0)
-        calibrate_weights(model, scheme.weight_init)
-        if not scheme.act_dynamic:  # static ranges (a given scheme): on the smoothed model
-            observe_activation_ranges(model, calib.images, observer=scheme.act_init)
-        return model.eval()

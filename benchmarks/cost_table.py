@@ -33,6 +33,7 @@ from torch import nn
 from baselines import qdiffusion, svdquant
 from quantface.methods import qdlora
 from quantface.methods import quantface as qf
+from quantface.methods.pipeline import quantize_bundle
 from quantface.models.osdface import OSDFaceRestorer
 from quantface.models.sd21 import SD21_UNET, SD21_VAE, sd21_osdface
 from quantface.quant.apply import calibrate_weights, current_layout, plan_of
@@ -41,7 +42,6 @@ from quantface.quant.cost import FP_BITS, LOWRANK_BITS, cost_table
 from quantface.quant.layers import LayerQuant, quantizers, wrap_model
 from quantface.quant.lowrank import capped_rank
 from quantface.quant.plan import BitPlan, parse_bits
-from quantface.registry import METHODS
 
 METHODS_AND_BITS = [
     ("maxmin", "w4a4"),
@@ -95,7 +95,7 @@ def run_method(fp, method: str, bits: str, n_images: int = 8):
     calib = collect_calibration(copy.deepcopy(fp), images, 4, 64)
     plan = BitPlan.uniform(fp.quant_targets(), s.w_bits, s.a_bits)
     t0 = time.perf_counter()
-    model = METHODS.get(method)().quantize(fp, calib, plan, FAST.get(method, {}))
+    model = quantize_bundle(method, fp, calib, plan, FAST.get(method, {})).model
     return model, time.perf_counter() - t0
 
 

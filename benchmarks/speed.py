@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from quantface.methods.pipeline import quantize_bundle
 from quantface.models.checkpoint import load_bundle, save_bundle
 from quantface.quant.apply import calibrate_weights, current_layout, plan_of
 from quantface.quant.calibration import collect_calibration
@@ -44,7 +45,6 @@ from quantface.quant.layers import LayerQuant, QuantConv2d, QuantLinear
 from quantface.quant.pack import export_bundle, load_packed
 from quantface.quant.plan import BitPlan
 from quantface.quant.quantizer import QuantSpec, UniformQuantizer
-from quantface.registry import METHODS
 
 
 def timed(fn, repeats: int) -> float:
@@ -194,7 +194,7 @@ def whole_model(repeats: int, threads: int) -> None:
             ref = fp.restore(x)
         for bits in (8, 4):
             plan = BitPlan.uniform(fp.quant_targets(), bits, bits)
-            q = METHODS.get("maxmin")().quantize(fp, calib, plan, {})
+            q = quantize_bundle("maxmin", fp, calib, plan, {}).model
             save_bundle(q, tmp / "q.pt", layout=current_layout(q))
             sizes = export_bundle(q, current_layout(q), tmp / "q.safetensors")
             cost = cost_table(q, plan_of(q))["total"]

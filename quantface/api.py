@@ -18,10 +18,7 @@ the modules that do the work.)
 
 from __future__ import annotations
 
-import json
 import logging
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,9 +30,9 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch
 
+    from quantface.methods.pipeline import QuantizeResult
     from quantface.models.base import RestorerBundle
     from quantface.quant.calibration import CalibrationSet
-    from quantface.quant.plan import BitPlan
     from quantface.quant.scheme import QuantScheme
 
 log = logging.getLogger(__name__)
@@ -152,43 +149,6 @@ def balanced_calibration(
     return balance(fp, calib, opts.balancing, opts.alpha, opts.seed, batch_size)
 
 
-@dataclass
-class QuantizeResult:
-    """A quantized model with what the tables need about it; `save` writes the three files the
-    workflow reads (model.pt, plan.json, cost.json) together, atomically."""
-
-    model: RestorerBundle
-    plan: BitPlan
-    cost: dict[str, Any]
-    seconds: float
-    method: str
-    bits: str
-    seed: int
-    notes: dict[str, Any] = field(default_factory=dict)
-
-    def save(self, out_dir: str | Path) -> None:
-        from quantface.io import atomic_paths
-        from quantface.models.checkpoint import save_bundle
-        from quantface.quant.apply import current_layout
-
-        out = Path(out_dir)
-        meta = {"method": self.method, "bits": self.bits, "seed": self.seed, "simulated": True}
-        with atomic_paths(out / "plan.json", out / "cost.json", out / "model.pt") as (p, c, m):
-            self.plan.save(p)
-            c.write_text(json.dumps(self.cost, indent=1))
-            save_bundle(self.model, m, layout=current_layout(self.model), meta=meta)
-
-
-def _check_finite(model: RestorerBundle) -> None:
-    import torch
-
-    for name, t in model.state_dict().items():
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise NumericsError(
-                f"quantization produced non-finite values in {name}; nothing was written"
-            )
-
-
 def quantize(
     model: str | Path | RestorerBundle,
     method: str,
@@ -206,11 +166,7 @@ def quantize(
     `scheme` replaces the method's own quantizers (a `QuantScheme` or its keys: the matched
     protocol); None runs the method's paper's quantizers. `label` names the result in cost.json
     and the tables (an ablation variant, "matched/maxmin"; default: the method)."""
-    import torch
-
-    from quantface.quant.apply import current_layout, plan_of
-    from quantface.quant.cost import cost_table
-    from quantface.quant.describe import quantizer_summary
+    from quantface.methods.pipeline import quantize_bundle
     from quantface.quant.plan import BitPlan, parse_bits
     from quantface.quant.scheme import QuantScheme
     from quantface.registry import METHODS
@@ -218,11 +174,10 @@ def quantize(
     if isinstance(scheme, dict):
         scheme = QuantScheme.from_dict(scheme, "--scheme")
     setting = parse_bits(bits)
-    algorithm = METHODS.get(method)()
+    mixed = METHODS.attr(method, "mixed_precision", False)
     enter_stage("load model")
     fp = _fp_model(model, device, "quantize")
     calib = _calibration(calib, model, device)
-    mixed = getattr(algorithm, "mixed_precision", False)
     if setting.mixed and not mixed:
         raise QuantFaceError(f"method '{method}' has no mixed-precision mode for '{bits}'")
     if mixed and not setting.mixed:
@@ -230,26 +185,16 @@ def quantize(
             f"method '{method}' allocates bits itself: use an mpX bit setting, not '{bits}'"
         )
     plan = BitPlan.uniform(fp.quant_targets(), setting.w_bits, setting.a_bits)
-    torch.manual_seed(seed)
-    t0 = time.perf_counter()
     enter_stage(f"quantize {method} {bits}")
     try:
-        quantized = algorithm.quantize(fp, calib, plan, options or {}, scheme)
+        result = quantize_bundle(
+            method, fp, calib, plan, options, scheme, bits=bits, seed=seed, label=label
+        )
     except NumericsError as e:
         raise NumericsError(f"{method} {bits}: {e}") from e
-    seconds = time.perf_counter() - t0
-    log.info("%s %s quantization took %.1f s", method, bits, seconds)
-    log_timing("quantize_total", 1, seconds)
-    _check_finite(quantized)
-    enter_stage("cost")
-    notes = getattr(quantized, "plan_notes", None) or {}
-    final_plan = plan_of(quantized, notes or None)
-    cost = cost_table(quantized, final_plan)
-    cost.update(model=fp.name, method=label or method, bits=bits, calibration_seconds=seconds)
-    cost["algorithm"] = method
-    cost["quantizer"] = quantizer_summary(current_layout(quantized))
-    cost["scheme"] = scheme.to_dict() if scheme else "native"
-    return QuantizeResult(quantized, final_plan, cost, seconds, method, bits, seed, dict(notes))
+    log.info("%s %s quantization took %.1f s", method, bits, result.seconds)
+    log_timing("quantize_total", 1, result.seconds)
+    return result
 
 
 def restore(

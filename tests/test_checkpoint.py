@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from quantface.errors import CheckpointError
+from quantface.methods.pipeline import quantize_bundle
 from quantface.models.checkpoint import load_bundle, save_bundle
 from quantface.quant.apply import current_layout
 from quantface.quant.calibration import CalibrationSet, collect_calibration
 from quantface.quant.plan import BitPlan
-from quantface.registry import METHODS
 
 
 @torch.no_grad()
@@ -23,7 +23,7 @@ def test_fp_and_quantized_bundles_round_trip_exactly(micro_model, micro_images, 
     calib.save(tmp_path / "calib.pt")
     calib = CalibrationSet.load(tmp_path / "calib.pt")
     plan = BitPlan.uniform(micro_model.quant_targets(), 4, 4)
-    q = METHODS.get("maxmin")().quantize(micro_model, calib, plan, {})
+    q = quantize_bundle("maxmin", micro_model, calib, plan, {}).model
     save_bundle(q, tmp_path / "q.pt", layout=current_layout(q), meta={"method": "maxmin"})
     q2, layout2, meta = load_bundle(tmp_path / "q.pt")
     assert meta["method"] == "maxmin" and len(layout2) == len(plan)

@@ -31,6 +31,7 @@ from quantface.deploy.onnx_export import (
     site_paths,
 )
 from quantface.deploy.runtime import EngineError, integer_ops, run, session
+from quantface.methods.pipeline import quantize_bundle
 from quantface.models.checkpoint import save_bundle
 from quantface.models.tiny import TinyRestorer
 from quantface.quant.apply import calibrate_weights, current_layout, observe_activation_ranges
@@ -38,7 +39,6 @@ from quantface.quant.calibration import collect_calibration
 from quantface.quant.layers import InputTransform, LayerQuant, QuantMatMul, wrap_model
 from quantface.quant.plan import BitPlan
 from quantface.quant.quantizer import QuantSpec
-from quantface.registry import METHODS
 from tests.conftest import MICRO_ARCH
 from tests.test_scheme import ONE_STEP
 
@@ -88,7 +88,7 @@ EXPECTED = {
 def test_every_method_at_w8a8_runs_in_ort_with_integer_kernels(method, calib, faces, tmp_path):
     fp = _micro()
     plan = BitPlan.uniform(fp.quant_targets(), 8, 8)
-    q = METHODS.get(method)().quantize(fp, calib, plan, ONE_STEP.get(method, {}))
+    q = quantize_bundle(method, fp, calib, plan, ONE_STEP.get(method, {})).model
     info = export_onnx(q, tmp_path / "m.onnx")
     assert set(info["paths"]) == EXPECTED[method]
     with torch.no_grad():
@@ -108,7 +108,7 @@ def test_above_the_size_limit_tensors_go_to_one_data_file_ort_loads(calib, faces
     """The > 2 GB path, forced on the micro model: same graph and output as the one-file export,
     the tensors in `<name>.data` beside the .onnx, no temp files left behind."""
     fp = _micro()
-    q = METHODS.get("maxmin")().quantize(fp, calib, BitPlan.uniform(fp.quant_targets(), 8, 8), {})
+    q = quantize_bundle("maxmin", fp, calib, BitPlan.uniform(fp.quant_targets(), 8, 8), {}).model
     one, split = tmp_path / "one" / "m.onnx", tmp_path / "split" / "m.onnx"
     export_onnx(q, one)
     info = export_onnx(q, split, external_above=0)
@@ -127,7 +127,7 @@ def test_above_the_size_limit_tensors_go_to_one_data_file_ort_loads(calib, faces
 def test_static_w4a4_clips_to_4_bit_codes_and_agrees(calib, faces, tmp_path):
     fp = _micro()
     plan = BitPlan.uniform(fp.quant_targets(), 4, 4)
-    q = METHODS.get("maxmin")().quantize(fp, calib, plan, {})
+    q = quantize_bundle("maxmin", fp, calib, plan, {}).model
     info = export_onnx(q, tmp_path / "m.onnx")
     assert FLOAT not in info["paths"] and info["nodes"]["Clip"] >= len(site_paths(q))
     with torch.no_grad():
@@ -249,9 +249,9 @@ def test_a_model_ort_cannot_run_is_one_line_naming_the_operator(tmp_path, capsys
 def test_export_format_onnx_bench_and_deploy_table(calib, faces, tmp_path):
     fp = _micro()
     save_bundle(fp, tmp_path / "fp.pt")
-    q = METHODS.get("smoothquant")().quantize(
-        _micro(), calib, BitPlan.uniform(fp.quant_targets(), 8, 8), {}
-    )
+    q = quantize_bundle(
+        "smoothquant", _micro(), calib, BitPlan.uniform(fp.quant_targets(), 8, 8), {}
+    ).model
     save_bundle(
         q,
         tmp_path / "q.pt",
@@ -325,9 +325,9 @@ def test_qdq_flavour_puts_symmetric_int8_qdq_pairs_in_front_of_every_static_site
     """The TensorRT layout (checked up to the engine build: no TensorRT here): every quantized
     Conv/MatMul reads DequantizeLinear outputs only, symmetric int8 with zero point 0."""
     fp = _micro()
-    q = METHODS.get("smoothquant")().quantize(
-        fp, calib, BitPlan.uniform(fp.quant_targets(), 8, 8), {}
-    )
+    q = quantize_bundle(
+        "smoothquant", fp, calib, BitPlan.uniform(fp.quant_targets(), 8, 8), {}
+    ).model
     info = export_onnx(q, tmp_path / "m.onnx", flavor="qdq")
     assert set(info["paths"]) == {QDQ}
     model = onnx.load(tmp_path / "m.onnx")

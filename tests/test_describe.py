@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pandas as pd
 
+from quantface.methods.pipeline import quantize_bundle
 from quantface.quant.apply import current_layout
 from quantface.quant.calibration import collect_calibration
 from quantface.quant.describe import quantizer_summary
 from quantface.quant.plan import BitPlan
-from quantface.registry import METHODS
 from quantface.report.tables import write_tables
 from tests.test_stats import _study
 
@@ -16,7 +16,7 @@ from tests.test_stats import _study
 def _quantized(method, model, images, options=None):
     calib = collect_calibration(model, images, 2, 32, 0)
     plan = BitPlan.uniform(model.quant_targets(), 4, 4)
-    return METHODS.get(method)().quantize(model, calib, plan, options or {})
+    return quantize_bundle(method, model, calib, plan, options or {}).model
 
 
 def test_the_summary_reads_the_layout(micro_model, micro_images):

@@ -22,11 +22,12 @@ from quantface.cli import main
 from quantface.config import load_config, validate_config
 from quantface.device import resolve_device, to_cpu
 from quantface.errors import ConfigError, DeviceError
+from quantface.methods.pipeline import quantize_bundle
 from quantface.models.checkpoint import load_bundle, save_bundle
 from quantface.quant.apply import current_layout
 from quantface.quant.calibration import CalibrationSet, collect_calibration
 from quantface.quant.plan import BitPlan
-from quantface.registry import METHODS, METRICS
+from quantface.registry import METRICS
 from tests.conftest import MICRO_ARCH
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,7 +196,7 @@ def quantized_files(tmp_path_factory):
     calib.save(d / "calib.pt")
     save_bundle(fp, d / "fp.pt")
     plan = BitPlan.uniform(fp.quant_targets(), 4, 4)
-    q = METHODS.get("quantface")().quantize(fp, calib, plan, {"steps": 2, "crop": 16})
+    q = quantize_bundle("quantface", fp, calib, plan, {"steps": 2, "crop": 16}).model
     save_bundle(q, d / "q.pt", layout=current_layout(q))
     return d
 
@@ -224,7 +225,7 @@ def test_quantized_forward_creates_no_tensor_off_the_input_device(method, quanti
         fp, _, _ = load_bundle(quantized_files / "fp.pt")
         calib = CalibrationSet.load(quantized_files / "calib.pt")
         plan = BitPlan.uniform(fp.quant_targets(), 4, 4)
-        model = METHODS.get(method)().quantize(fp, calib, plan, FAST[method]).to(META)
+        model = quantize_bundle(method, fp, calib, plan, FAST[method]).model.to(META)
     with torch.no_grad():
         out = model.restore(torch.rand(1, 3, 32, 32, device=META))
     assert out.device == META

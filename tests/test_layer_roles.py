@@ -6,9 +6,9 @@ import copy
 import pytest
 import torch
 
+from quantface.methods.pipeline import quantize_bundle
 from quantface.quant.calibration import collect_calibration
 from quantface.quant.plan import BitPlan
-from quantface.registry import METHODS
 
 OFFICIAL = {  # the official layer lists, as the diffusers UNet/VAE name them
     "time_embedding_in": "unet.time_embedding.linear_1",
@@ -47,5 +47,5 @@ def test_a_model_named_otherwise_moves_the_exceptions_with_its_roles(
     roles = {**micro_model.layer_roles(), role: (elsewhere,)}
     monkeypatch.setattr(micro_model, "layer_roles", lambda: roles)
     with torch.no_grad():
-        q = METHODS.get(method)().quantize(micro_model, calib, plan, options)
-    assert elsewhere in q.plan_notes and OFFICIAL[role] not in q.plan_notes
+        notes = quantize_bundle(method, micro_model, calib, plan, options).notes
+    assert elsewhere in notes and OFFICIAL[role] not in notes

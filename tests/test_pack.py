@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from quantface.cli import main
+from quantface.methods.pipeline import quantize_bundle
 from quantface.models.checkpoint import save_bundle
 from quantface.quant.apply import (
     calibrate_weights,
@@ -29,7 +30,6 @@ from quantface.quant.pack import (
 from quantface.quant.plan import BitPlan, LayerBits
 from quantface.quant.quantizer import QuantSpec, UniformQuantizer, reduce_range
 from quantface.quant.scheme import QuantScheme
-from quantface.registry import METHODS
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 7, 8, 12, 16])
@@ -122,7 +122,7 @@ def test_export_cli_round_trip_and_size_matches_the_cost_model(micro_model, micr
     sites = micro_model.quant_targets()
     plan = BitPlan.uniform(sites, 4, 4)
     calib = collect_calibration(micro_model, micro_images, 2, 64)
-    q = METHODS.get("maxmin")().quantize(micro_model, calib, plan, {})
+    q = quantize_bundle("maxmin", micro_model, calib, plan, {}).model
     save_bundle(q, tmp_path / "model.pt", layout=current_layout(q), meta={"method": "maxmin"})
     packed, report = tmp_path / "exp" / "model.safetensors", tmp_path / "exp" / "size.json"
     assert main(["export", "--model", str(tmp_path / "model.pt"), "--out", str(packed),

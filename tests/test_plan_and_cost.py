@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from quantface.errors import ConfigError
+from quantface.methods.pipeline import quantize_bundle
 from quantface.models.base import RestorerBundle
 from quantface.models.sd21 import sd21_osdface
 from quantface.quant.apply import calibrate_weights
@@ -151,11 +152,10 @@ def test_meta_device_count_equals_the_real_forward(method, micro_model, micro_im
 
     from quantface.quant.calibration import collect_calibration
     from quantface.quant.cost import measure_macs
-    from quantface.registry import METHODS
 
     calib = collect_calibration(copy.deepcopy(micro_model), micro_images, 4, 64)
     plan = BitPlan.uniform(micro_model.quant_targets(), 4, 4)
-    q = METHODS.get(method)().quantize(micro_model, calib, plan, METHOD_OPTS[method])
+    q = quantize_bundle(method, micro_model, calib, plan, METHOD_OPTS[method]).model
     sites = q.quant_targets()
     before = {k: v.clone() for k, v in q.state_dict().items()}
     real_extra, meta_extra = {}, {}

@@ -8,8 +8,9 @@ import json
 import torch
 
 from quantface.config import quantized_cells
+from quantface.methods.pipeline import quantize_bundle
 from quantface.methods.qdlora import branch_ranks, init_qdlora
-from quantface.methods.quantface import build_balanced, train_qdlora
+from quantface.methods.quantface import train_qdlora
 from quantface.methods.quantface_options import QuantFaceOptions
 from quantface.models.checkpoint import load_bundle, save_bundle
 from quantface.quant.apply import current_layout, plan_of
@@ -17,7 +18,6 @@ from quantface.quant.calibration import collect_calibration
 from quantface.quant.layers import InputTransform, LayerQuant, QuantLinear, set_quant_mode
 from quantface.quant.plan import BitPlan
 from quantface.quant.quantizer import QuantSpec
-from quantface.registry import METHODS
 from tests.test_transform_baselines import OutlierBundle
 
 
@@ -31,6 +31,11 @@ def _outlier_setup():
     return fp, calib, test
 
 
+def _balanced(fp, calib, plan, options):
+    """QuantFace's balanced, split and calibrated model before any training (0 steps)."""
+    return quantize_bundle("quantface", fp, calib, plan, {**options, "steps": 0}).model
+
+
 @torch.no_grad()
 def test_balancing_keeps_fp_output_and_cuts_w4a4_error_on_an_outlier_channel():
     fp, calib, test = _outlier_setup()
@@ -38,8 +43,8 @@ def test_balancing_keeps_fp_output_and_cuts_w4a4_error_on_an_outlier_channel():
     plan = BitPlan.uniform(fp.quant_targets(), 4, 4)
     err = {}
     for balancing in ("both", "none"):
-        opts = QuantFaceOptions(balancing=balancing, branches="none", act_granularity="tensor")
-        model = build_balanced(fp, calib, plan, opts)
+        opts = {"balancing": balancing, "branches": "none", "act_granularity": "tensor"}
+        model = _balanced(fp, calib, plan, opts)
         err[balancing] = (model.restore(test) - ref).pow(2).mean().item()
         if balancing == "both":
             layer = model.unet[0]
@@ -94,7 +99,7 @@ def test_qdlora_training_lowers_the_distillation_loss(micro_model, micro_images)
     calib = collect_calibration(copy.deepcopy(micro_model), micro_images, 2, 64)
     plan = BitPlan.uniform(micro_model.quant_targets(), 4, 4)
     opts = QuantFaceOptions(max_rank_fraction=0.25, steps=8, crop=32, batch_size=4)
-    model = build_balanced(micro_model, calib, plan, opts)
+    model = _balanced(micro_model, calib, plan, {"max_rank_fraction": 0.25})
     with torch.no_grad():
         ref = micro_model.restore(micro_images)
 
@@ -113,11 +118,13 @@ def test_quantface_mp_allocates_within_budget_and_round_trips(micro_model, micro
     calib = collect_calibration(copy.deepcopy(micro_model), micro_images, 2, 64)
     plan = BitPlan.uniform(micro_model.quant_targets(), 4, 4)
     opts = {"steps": 0, "sensitivity_images": 2, "batch_size": 2}
-    model = METHODS.get("quantface_mp")().quantize(micro_model, calib, plan, opts)
-    alloc = json.loads(model.plan_notes["allocation"])
+    result = quantize_bundle("quantface_mp", micro_model, calib, plan, opts)
+    model = result.model
+    alloc = json.loads(result.notes["allocation"])
     assert alloc["ilp_status"] == "OPTIMAL"
     assert alloc["average_act_bits"] <= 4.0
-    final = plan_of(model, model.plan_notes)
+    final = result.plan
+    assert final == plan_of(model, result.notes)
     a_bits = {b.a_bits for b in final.values()}
     assert a_bits <= {3, 4, 5, 6} and len(a_bits) > 1
     assert {b.w_bits for n, b in final.items() if not n.endswith("matmul")} == {4}

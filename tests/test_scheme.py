@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from quantface.errors import ConfigError
+from quantface.methods.pipeline import quantize_bundle
 from quantface.quant.apply import current_layout
 from quantface.quant.calibration import collect_calibration
 from quantface.quant.plan import BitPlan
@@ -47,8 +48,7 @@ def test_every_method_states_its_native_quantizers():
     assert set(NATIVE) == set(METHODS.names()) - {"fp"}  # the FP reference quantizes nothing
     for name, words in NATIVE.items():
         method = METHODS.get(name)()
-        opts = method.options() if hasattr(method, "options") else {}  # the defaults
-        assert method.native_scheme(opts).words() == words, name
+        assert method.native_scheme(method.options()).words() == words, name  # the defaults
 
 
 def _expected(scheme, model, sites, bits):
@@ -79,9 +79,9 @@ def test_a_given_scheme_reaches_every_site(method, scheme, micro_model, micro_im
     granularity) when it is handed a scheme, and its transforms stay (they are the algorithm)."""
     sites = micro_model.quant_targets()
     plan = BitPlan.uniform(sites, 4, 4)
-    q = METHODS.get(method)().quantize(
-        micro_model, micro_calib, plan, ONE_STEP.get(method, {}), scheme
-    )
+    q = quantize_bundle(
+        method, micro_model, micro_calib, plan, ONE_STEP.get(method, {}), scheme
+    ).model
     layout = current_layout(q)
     assert set(layout) == set(sites)
     want = _expected(scheme, micro_model, sites, 4)
@@ -99,7 +99,7 @@ def test_a_given_scheme_reaches_the_mixed_precision_method(micro_model, micro_im
     scheme = QuantScheme(exceptions=False)
     opts = {**ONE_STEP["quantface"], "sensitivity_images": 1, "sensitivity_crop": 16}
     opts["sensitivity_sites"] = 6
-    q = METHODS.get("quantface_mp")().quantize(micro_model, micro_calib, plan, opts, scheme)
+    q = quantize_bundle("quantface_mp", micro_model, micro_calib, plan, opts, scheme).model
     want = _expected(scheme, micro_model, sites, 4)
     bits = set()
     for name, lq in current_layout(q).items():

@@ -10,6 +10,7 @@ from torch import nn
 from baselines.qdiffusion import shortcut_splits
 from quantface.errors import ConfigError
 from quantface.methods.base import smoothable
+from quantface.methods.pipeline import quantize_bundle
 from quantface.models.checkpoint import load_bundle, save_bundle
 from quantface.quant.adaround import adaround, temperature
 from quantface.quant.apply import (
@@ -48,7 +49,6 @@ from quantface.quant.reconstruction import (
     reconstruct,
 )
 from quantface.quant.scheme import QuantScheme
-from quantface.registry import METHODS
 
 FAST = {
     "qdiffusion": {"w_iters": 8, "a_iters": 4, "n_samples": 4, "batch_size": 2},
@@ -73,7 +73,8 @@ def test_method_on_micro_model(method, micro_model, micro_images, micro_calib, t
     psnr = {}
     for bits in (8, 4):
         plan = BitPlan.uniform(micro_model.quant_targets(), bits, bits)
-        q = METHODS.get(method)().quantize(micro_model, micro_calib, plan, FAST[method])
+        result = quantize_bundle(method, micro_model, micro_calib, plan, FAST[method])
+        q = result.model
         assert not any(p.requires_grad for p in q.parameters() if p.grad is not None)
         with torch.no_grad():
             out = q.restore(micro_images)
@@ -85,17 +86,17 @@ def test_method_on_micro_model(method, micro_model, micro_images, micro_calib, t
             assert torch.equal(back.restore(micro_images), out)
     assert psnr[8] > 30 and psnr[8] > psnr[4] + 5, psnr
     # what each keeps at higher precision is in the plan and paid for in the cost
-    final = plan_of(q, q.plan_notes)
-    cost = cost_table(q, final)["rows"]
-    high = {r["layer"] for r in cost if max(r["w_bits"], r["a_bits"]) > 4}
-    assert high and high <= set(q.plan_notes), (high, q.plan_notes)
+    final, notes = result.plan, result.notes
+    assert final == plan_of(q, notes) and result.cost == cost_table(q, final) | result.cost
+    high = {r["layer"] for r in result.cost["rows"] if max(r["w_bits"], r["a_bits"]) > 4}
+    assert high and high <= set(notes), (high, notes)
     if method == "qdiffusion":
         av = [n for n in final if n.endswith("av_matmul")]
         assert av and all(final[n].a_bits == 16 for n in av)
         split = [n for n, lq in current_layout(q).items() if lq.split]
         assert split and split == sorted(shortcut_splits(micro_model))
     else:
-        assert "unet.conv_out" in q.plan_notes and final["unet.conv_out"].w_bits == 8
+        assert "unet.conv_out" in notes and final["unet.conv_out"].w_bits == 8
     with torch.no_grad():
         assert torch.equal(micro_model.restore(micro_images), ref)  # FP model untouched
 
@@ -138,7 +139,7 @@ def test_qdiffusion_weight_stage_quantizes_no_activation(micro_model, micro_cali
     monkeypatch.setattr(qd, "find_blocks", find)
     monkeypatch.setattr(qd, "reconstruct", spy)
     plan = BitPlan.uniform(micro_model.quant_targets(), 4, 4)
-    q = METHODS.get("qdiffusion")().quantize(micro_model, micro_calib, plan, FAST["qdiffusion"])
+    q = quantize_bundle("qdiffusion", micro_model, micro_calib, plan, FAST["qdiffusion"]).model
     assert seen and all(modes == {"off"} for modes in seen), seen
     assert {qz.mode for m in q.modules() for qz in _act_quantizers(m)} == {"quant"}
 
@@ -187,8 +188,12 @@ def test_qdiffusion_ablation_switches_give_the_earlier_ports_units_and_weight_st
     with activations_off(model):
         assert all(m.weight_quantizer.mode == "off" for m in mms)
     with pytest.raises(ConfigError, match="units"):
-        METHODS.get("qdiffusion")().quantize(
-            micro_model, None, BitPlan.uniform(micro_model.quant_targets(), 4, 4), {"units": "x"}
+        quantize_bundle(
+            "qdiffusion",
+            micro_model,
+            None,
+            BitPlan.uniform(micro_model.quant_targets(), 4, 4),
+            {"units": "x"},
         )
 
 
@@ -197,7 +202,7 @@ def test_qdiffusion_running_stat_sets_ranges_to_the_batch_extremes_average(
 ):
     opts = {**FAST["qdiffusion"], "a_iters": 0, "running_stat": True}  # no LSQ after it
     plan = BitPlan.uniform(micro_model.quant_targets(), 4, 4)
-    q = METHODS.get("qdiffusion")().quantize(micro_model, micro_calib, plan, opts)
+    q = quantize_bundle("qdiffusion", micro_model, micro_calib, plan, opts).model
     images = micro_calib.images[: opts["n_samples"]]
     batches = capture(q, "unet.conv_in", images, opts["batch_size"], "input")  # a lone layer
     lo, hi = batches[0][0][0].min(), batches[0][0][0].max()
@@ -234,7 +239,7 @@ def test_qdiffusion_running_stat_auto_runs_only_at_8_bit_activations(
     monkeypatch.setattr(qd, "running_stat", lambda unit, inputs, min_bits: seen.append(min_bits))
     opts = {**FAST["qdiffusion"], "w_iters": 0, "a_iters": 0}  # running_stat defaults to auto
     plan = BitPlan.uniform(micro_model.quant_targets(), 4, 4)
-    METHODS.get("qdiffusion")().quantize(micro_model, micro_calib, plan, opts)
+    quantize_bundle("qdiffusion", micro_model, micro_calib, plan, opts)
     assert seen and set(seen) == {auto}
 
 
@@ -401,7 +406,7 @@ def test_attention_let_scale_leaves_the_fp_product_unchanged_and_balances_operan
 
 def test_passionsr_transform_keeps_fp_output(micro_model, micro_images, micro_calib):
     plan = BitPlan.uniform(micro_model.quant_targets(), 4, 4)
-    q = METHODS.get("passionsr")().quantize(micro_model, micro_calib, plan, FAST["passionsr"])
+    q = quantize_bundle("passionsr", micro_model, micro_calib, plan, FAST["passionsr"]).model
     shifted = [m for m in q.modules() if "input_shift" in getattr(m, "_buffers", {})]
     assert shifted and any(m.input_shift.abs().max() > 0 for m in shifted)  # d was learned
     padded = [m for m in shifted if "shift_taps" in m._buffers]  # every 3x3 conv has its shift
@@ -443,7 +448,7 @@ def test_passionsr_beats_maxmin_on_an_outlier_channel_layer():
     with torch.no_grad():
         ref = fp.restore(test)
     for m, opts in (("maxmin", {}), ("passionsr", {"let_steps": 30, "lbq_steps": 30})):
-        q = METHODS.get(m)().quantize(fp, calib, plan, opts)
+        q = quantize_bundle(m, fp, calib, plan, opts).model
         with torch.no_grad():
             err[m] = ((q.restore(test) - ref) ** 2).mean().item()
     assert err["passionsr"] < 0.5 * err["maxmin"], err
@@ -512,7 +517,7 @@ def test_lora_on_the_fp_weight_is_the_ablation_q_of_w_plus_ba():
         assert torch.equal(q.quantized_weight().detach(), q.quantize_weight(w0 + delta))
     assert torch.allclose(q.weight, w0 + delta)
     with pytest.raises(ConfigError, match="lora_on"):
-        METHODS.get("efficientdm")().quantize(None, None, None, {"lora_on": "fp"})
+        quantize_bundle("efficientdm", None, None, None, {"lora_on": "fp"})
 
 
 def test_learned_activation_zero_point_moves_stays_integer_and_is_saved():
@@ -572,7 +577,7 @@ def test_efficientdm_trains_zero_points_and_lora_unclipped_but_not_its_8_bit_lay
 
     monkeypatch.setattr(edm, "distill", spy)
     plan = BitPlan.uniform(micro_model.quant_targets(), 4, 4)
-    METHODS.get("efficientdm")().quantize(micro_model, micro_calib, plan, FAST["efficientdm"])
+    quantize_bundle("efficientdm", micro_model, micro_calib, plan, FAST["efficientdm"])
     assert trained and all(trained)
     assert eight_bit and all(eight_bit)
     ((got, expected),) = lora_lrs
@@ -585,7 +590,7 @@ def test_block_capture_stops_the_forward_at_the_block(micro_model, micro_calib, 
     block's input runs the network only up to the block, its output only through it: nothing
     after it runs, and what is captured is what a full forward feeds it and gets from it."""
     plan = BitPlan.uniform(micro_model.quant_targets(), 4, 4)
-    micro_model = METHODS.get("maxmin")().quantize(micro_model, micro_calib, plan, {})
+    micro_model = quantize_bundle("maxmin", micro_model, micro_calib, plan, {}).model
     blocks = find_blocks(micro_model, micro_images)
     block = blocks[len(blocks) // 2].name
     later = blocks[-1].name
@@ -634,12 +639,12 @@ def test_qdiffusion_max_units_reconstructs_an_evenly_spaced_subset(
         qd.QDiffusion, "_reconstruct_unit", lambda self, m, fp, blk, *a: done.append(blk.name)
     )
     plan = BitPlan.uniform(micro_model.quant_targets(), 4, 4)
-    q = METHODS.get("qdiffusion")().quantize(
-        micro_model, micro_calib, plan, {**FAST["qdiffusion"], "max_units": 3}
-    )
+    notes = quantize_bundle(
+        "qdiffusion", micro_model, micro_calib, plan, {**FAST["qdiffusion"], "max_units": 3}
+    ).notes
     step = len(found) / 3
     assert len(found) > 6 and done == [found[int(i * step)] for i in range(3)]
-    assert f"3 of {len(found)} units" in q.plan_notes["qdiffusion"]
+    assert f"3 of {len(found)} units" in notes["qdiffusion"]
     done.clear()
-    q = METHODS.get("qdiffusion")().quantize(micro_model, micro_calib, plan, FAST["qdiffusion"])
-    assert done == found and "qdiffusion" not in q.plan_notes
+    notes = quantize_bundle("qdiffusion", micro_model, micro_calib, plan, FAST["qdiffusion"]).notes
+    assert done == found and "qdiffusion" not in notes

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from quantface.methods.pipeline import quantize_bundle, wrapped_copy
 from quantface.models.base import RestorerBundle
 from quantface.models.checkpoint import load_bundle, save_bundle
 from quantface.quant.apply import current_layout, plan_of
@@ -13,7 +14,6 @@ from quantface.quant.calibration import collect_calibration
 from quantface.quant.cost import cost_table
 from quantface.quant.layers import QuantLayerMixin, set_quant_mode
 from quantface.quant.plan import BitPlan
-from quantface.registry import METHODS
 
 METHODS_UNDER_TEST = ["smoothquant", "quarot", "svdquant"]
 
@@ -35,7 +35,7 @@ def test_method_on_micro_model(method, micro_model, micro_images, micro_calib, t
     psnr = {}
     for bits in (8, 4):
         plan = BitPlan.uniform(micro_model.quant_targets(), bits, bits)
-        q = METHODS.get(method)().quantize(micro_model, micro_calib, plan, {})
+        q = quantize_bundle(method, micro_model, micro_calib, plan, {}).model
         out = q.restore(micro_images)
         psnr[bits] = _psnr(out, ref)
         save_bundle(q, tmp_path / "q.pt", layout=current_layout(q), meta={"method": method})
@@ -79,7 +79,7 @@ def _outlier_errors(bits):
     plan = BitPlan.uniform(fp.quant_targets(), *bits)
     models, err = {}, {}
     for m in ["maxmin", *METHODS_UNDER_TEST]:
-        models[m] = METHODS.get(m)().quantize(fp, calib, plan, {})
+        models[m] = quantize_bundle(m, fp, calib, plan, {}).model
         with torch.no_grad():
             err[m] = ((models[m].restore(test) - ref) ** 2).mean().item()
     return fp, test, models, err
@@ -132,7 +132,7 @@ def test_unknown_option_is_named(micro_model, micro_calib):
 
     plan = BitPlan.uniform(micro_model.quant_targets(), 8, 8)
     with pytest.raises(ConfigError, match="alpah"):
-        METHODS.get("smoothquant")().quantize(micro_model, micro_calib, plan, {"alpah": 0.5})
+        quantize_bundle("smoothquant", micro_model, micro_calib, plan, {"alpah": 0.5})
 
 
 def test_method_options_are_checked_by_the_schema():
@@ -184,7 +184,8 @@ def _svdquant_search():
     calib = collect_calibration(copy.deepcopy(fp), imgs, 2, 64)
     plan = BitPlan.uniform(fp.quant_targets(), 4, 4)
     method = SVDQuant()
-    model, groups, _ = method.prepare(fp, plan, SVDQuantOptions())
+    model, _, _ = wrapped_copy("svdquant", fp, calib, plan)
+    _, groups = method.smoothing_plan(copy.deepcopy(fp), plan, SVDQuantOptions())
     return method, model, groups, calib
 
 
@@ -269,7 +270,7 @@ def test_svdquant_branch_layers_follow_the_official_skip_list(micro_model, micro
     leaves = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
     expected = {n for n in plan if n.endswith(leaves)}
     assert chosen == expected  # no resblock, embedding, proj_in/out, sampler or VAE conv
-    q = METHODS.get("svdquant")().quantize(micro_model, micro_calib, plan, {})
+    q = quantize_bundle("svdquant", micro_model, micro_calib, plan, {}).model
     res = q.get_submodule("unet.down_blocks.1.resnets.0.conv1")
     assert not res.transform_spec().active
     ff = q.get_submodule("unet.mid_block.attentions.0.transformer_blocks.0.ff.net.2")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from quantface.methods.options import Options
 from quantface.models.base import RestorerBundle
@@ -10,30 +10,36 @@ from quantface.quant.calibration import CalibrationSet
 from quantface.quant.plan import BitPlan
 from quantface.quant.scheme import QuantScheme
 
+if TYPE_CHECKING:
+    from quantface.methods.pipeline import Recipe
+
 
 class Method(Protocol):
-    """`quantize` returns a new bundle whose target layers carry frozen quantizers.
+    """A quantization method: its options, its paper's quantizers and its recipe.
 
-        The FP bundle passed in is never modified. Any higher-precision exception a method makes is
-        visible in the returned model's layout (and so in plan.json and cost.json). `native_scheme`
-        gives the quantizers of the method's paper for its options (its `options` dataclass,
-    `quantface.methods.options`, read once from the `cfg` dict); `quantize` runs with
-        it unless a `scheme` is given (the matched protocol: one scheme for every method, the
-        method's algorithm unchanged).
+    `options` is its options dataclass (`quantface.methods.options`), read once from the
+    `method_options` dict; `native_scheme` gives the quantizers of the method's paper for those
+    options; `recipe` says what the method does to `model`, the pipeline's copy of the FP model
+    `fp` (it may edit the copy FP-exactly before wrapping; `fp` is only read), with `scheme` (the native one, or the matched
+    protocol's: one scheme for every method, the algorithm unchanged).
+    `quantface.methods.pipeline.quantize_bundle` runs it; any higher-precision exception the
+    recipe makes is visible in the quantized model's layout (so in plan.json and cost.json).
     """
 
     name: str
+    options: type[Options]
 
     def native_scheme(self, opts: Options) -> QuantScheme: ...
 
-    def quantize(
+    def recipe(
         self,
+        model: RestorerBundle,
         fp: RestorerBundle,
         calib: CalibrationSet,
         plan: BitPlan,
-        cfg: dict[str, Any],
-        scheme: QuantScheme | None = None,
-    ) -> RestorerBundle: ...
+        opts: Options,
+        scheme: QuantScheme,
+    ) -> Recipe: ...
 
 
 def smoothable(model: RestorerBundle, plan: BitPlan) -> list[str]:

@@ -24,11 +24,10 @@ distillation), lam (1.0 = allocation by quantization error only).
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -44,6 +43,7 @@ from quantface.methods.allocation import (
     solve_allocation,
 )
 from quantface.methods.base import smoothable
+from quantface.methods.pipeline import Recipe
 from quantface.methods.qdlora import (
     branch_parameters,
     branch_ranks,
@@ -57,10 +57,9 @@ from quantface.methods.quantface_options import (
 )
 from quantface.methods.rotation_scaling import apply_balancing, plan_balancing
 from quantface.models.base import RestorerBundle
-from quantface.quant.apply import calibrate_weights, observe_activation_ranges
 from quantface.quant.calibration import CalibrationSet
 from quantface.quant.distill import DistillConfig, distill, fp_targets, random_crops
-from quantface.quant.layers import InputTransform, wrap_model
+from quantface.quant.layers import InputTransform
 from quantface.quant.learnable import clamp_scales_, learnable_scales
 from quantface.quant.plan import BitPlan
 from quantface.quant.rotation import rotate_attention_heads
@@ -77,17 +76,16 @@ def native_scheme(opts: QuantFaceOptions) -> QuantScheme:
     return QuantScheme(weight_init=opts.weight_observer, act_granularity=opts.act_granularity)
 
 
-def build_balanced(
-    fp: RestorerBundle,
+def balanced_recipe(
+    model: RestorerBundle,
     calib: CalibrationSet,
     plan: BitPlan,
     opts: QuantFaceOptions,
-    scheme: QuantScheme | None = None,
-) -> RestorerBundle:
-    """Balanced, split and calibrated (not yet trained) QuantFace model; FP-exact with quantizers
-    off. `scheme`: the quantizers (default: QuantFace's own)."""
-    scheme = scheme or native_scheme(opts)
-    model = copy.deepcopy(fp)
+    refine: Callable[[RestorerBundle], dict[str, str]] | None = None,
+) -> Recipe:
+    """QuantFace's model before training: attention heads rotated (on `model`, before
+    wrapping), every ungrouped layer balanced and split into a quantized residual plus SVD and
+    LoRA branches; FP-exact with quantizers off. `refine`: what trains it."""
     sites = model.quant_targets()
     layers = smoothable(model, plan)
     if opts.rotate_attention and opts.balancing in ("both", "rht"):
@@ -106,15 +104,14 @@ def build_balanced(
     transforms = {
         n: InputTransform(n in online_scale, n in rotated, sum(r)) for n, r in ranks.items()
     }
-    layout = scheme.layout(model, sites, plan, transforms)
-    wrap_model(model, layout)
-    apply_balancing(model, calib, groups, opts.alpha, opts.seed)
-    gen = torch.Generator().manual_seed(opts.seed)
-    for name, (svd_rank, lora_rank) in ranks.items():
-        init_qdlora(model.get_submodule(name), svd_rank, lora_rank, gen)
-    calibrate_weights(model, scheme.weight_init)
-    observe_activation_ranges(model, calib.images, observer=scheme.act_init)
-    return model
+
+    def balance(model: RestorerBundle) -> None:
+        apply_balancing(model, calib, groups, opts.alpha, opts.seed)
+        gen = torch.Generator().manual_seed(opts.seed)
+        for name, (svd_rank, lora_rank) in ranks.items():
+            init_qdlora(model.get_submodule(name), svd_rank, lora_rank, gen)
+
+    return Recipe(plan, transforms, transform=balance, refine=refine)
 
 
 def train_qdlora(
@@ -153,19 +150,19 @@ class QuantFace:
     def native_scheme(self, opts: QuantFaceOptions) -> QuantScheme:
         return native_scheme(opts)
 
-    def quantize(
+    def recipe(
         self,
+        model: RestorerBundle,
         fp: RestorerBundle,
         calib: CalibrationSet,
         plan: BitPlan,
-        cfg: dict[str, Any],
-        scheme: QuantScheme | None = None,
-    ) -> RestorerBundle:
-        opts = QuantFaceOptions.from_dict(cfg, self.name)
-        model = build_balanced(fp, calib, plan, opts, scheme)
-        curve = train_qdlora(model, fp, calib, opts)
-        model.plan_notes = _curve_notes(curve)
-        return model.eval()
+        opts: QuantFaceOptions,
+        scheme: QuantScheme,
+    ) -> Recipe:
+        """Balanced and split (`balanced_recipe`), then QD-LoRA distilled from `fp`."""
+        return balanced_recipe(
+            model, calib, plan, opts, lambda m: _curve_notes(train_qdlora(m, fp, calib, opts))
+        )
 
 
 @METHODS.register("quantface_mp")
@@ -181,59 +178,65 @@ class QuantFaceMP:
     def native_scheme(self, opts: QuantFaceOptions) -> QuantScheme:
         return native_scheme(opts)
 
-    def quantize(
+    def recipe(
         self,
+        model: RestorerBundle,
         fp: RestorerBundle,
         calib: CalibrationSet,
         plan: BitPlan,
-        cfg: dict[str, Any],
-        scheme: QuantScheme | None = None,
-    ) -> RestorerBundle:
-        opts = QuantFaceMPOptions.from_dict(cfg, self.name)
+        opts: QuantFaceMPOptions,
+        scheme: QuantScheme,
+    ) -> Recipe:
+        """Balanced and split, activation bits allocated by the ILP from measured sensitivities,
+        then QD-LoRA distilled under the final plan."""
         budget = float(opts.budget or _plan_act_bits(plan))
         candidates = sorted(opts.candidates)
-        model = build_balanced(fp, calib, plan, opts, scheme)
-        images = random_crops(
-            calib.images[: opts.sensitivity_images],
-            opts.sensitivity_crop,
-            1,
-            opts.seed + 1,
-        )
-        perceptual = perceptual_distance(
-            opts.perceptual, Path(opts.weights_dir), module_device(model)
-        )
-        every = list(activation_sites(model))
-        only = spaced_subset(every, opts.sensitivity_sites)
-        e_q, e_p = layer_sensitivity(model, images, candidates, perceptual, opts.batch_size, only)
-        e_q, e_p = fill_unmeasured(e_q, every), fill_unmeasured(e_p, every)
-        weight = activation_elements(model, list(e_q))
-        problem = AllocationProblem(combine_costs(e_q, e_p, opts.lam), weight, budget)
-        alloc = solve_allocation(problem)
-        sites = activation_sites(model)
-        for name, bits in alloc.bits.items():
-            for q in sites[name]:
-                q.set_bits(bits)
-        curve = train_qdlora(model, fp, calib, opts)
-        model.plan_notes = {
-            **_curve_notes(curve),
-            "allocation": json.dumps(
-                {
-                    "budget": budget,
-                    "average_act_bits": round(alloc.average_bits, 4),
-                    "candidates": candidates,
-                    "lam": opts.lam,
-                    "perceptual": opts.perceptual,
-                    "sensitivity_sites": f"{len(only or every)} of {len(every)}",
-                    "weighting": "activation elements per image",
-                    "ilp_variables": alloc.n_variables,
-                    "ilp_constraints": alloc.n_constraints,
-                    "ilp_status": alloc.status,
-                    "ilp_seconds": round(alloc.solve_s, 4),
-                    "objective": alloc.objective,
-                }
-            ),
-        }
-        return model.eval()
+
+        def allocate_then_train(model: RestorerBundle) -> dict[str, str]:
+            images = random_crops(
+                calib.images[: opts.sensitivity_images],
+                opts.sensitivity_crop,
+                1,
+                opts.seed + 1,
+            )
+            perceptual = perceptual_distance(
+                opts.perceptual, Path(opts.weights_dir), module_device(model)
+            )
+            every = list(activation_sites(model))
+            only = spaced_subset(every, opts.sensitivity_sites)
+            e_q, e_p = layer_sensitivity(
+                model, images, candidates, perceptual, opts.batch_size, only
+            )
+            e_q, e_p = fill_unmeasured(e_q, every), fill_unmeasured(e_p, every)
+            weight = activation_elements(model, list(e_q))
+            problem = AllocationProblem(combine_costs(e_q, e_p, opts.lam), weight, budget)
+            alloc = solve_allocation(problem)
+            sites = activation_sites(model)
+            for name, bits in alloc.bits.items():
+                for q in sites[name]:
+                    q.set_bits(bits)
+            curve = train_qdlora(model, fp, calib, opts)
+            return {
+                **_curve_notes(curve),
+                "allocation": json.dumps(
+                    {
+                        "budget": budget,
+                        "average_act_bits": round(alloc.average_bits, 4),
+                        "candidates": candidates,
+                        "lam": opts.lam,
+                        "perceptual": opts.perceptual,
+                        "sensitivity_sites": f"{len(only or every)} of {len(every)}",
+                        "weighting": "activation elements per image",
+                        "ilp_variables": alloc.n_variables,
+                        "ilp_constraints": alloc.n_constraints,
+                        "ilp_status": alloc.status,
+                        "ilp_seconds": round(alloc.solve_s, 4),
+                        "objective": alloc.objective,
+                    }
+                ),
+            }
+
+        return balanced_recipe(model, calib, plan, opts, allocate_then_train)
 
 
 def _plan_act_bits(plan: BitPlan) -> int:

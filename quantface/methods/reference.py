@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import copy
-from typing import Any
-
+from quantface.methods.options import Options
+from quantface.methods.pipeline import Recipe
 from quantface.models.base import RestorerBundle
 from quantface.quant.calibration import CalibrationSet
 from quantface.quant.plan import BitPlan
@@ -20,13 +19,19 @@ class FullPrecision:
 
     name = "fp"
 
-    def quantize(
+    options = Options  # no options
+
+    def native_scheme(self, opts: Options) -> QuantScheme:
+        return QuantScheme()  # never used: nothing is planned
+
+    def recipe(
         self,
+        model: RestorerBundle,
         fp: RestorerBundle,
         calib: CalibrationSet,
         plan: BitPlan,
-        cfg: dict[str, Any],
-        scheme: QuantScheme | None = None,
-    ) -> RestorerBundle:
-        """A copy of `fp`; nothing is quantized, so no scheme changes it."""
-        return copy.deepcopy(fp)
+        opts: Options,
+        scheme: QuantScheme,
+    ) -> Recipe:
+        """Nothing planned, nothing wrapped: the pipeline's copy of the FP model as it is."""
+        return Recipe(BitPlan({}), act_ranges="none")

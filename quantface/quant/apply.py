@@ -11,7 +11,6 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from quantface.models.base import RestorerBundle
 from quantface.quant.calibration import CalibrationSet
 from quantface.quant.layers import (
     LayerQuant,
@@ -21,6 +20,7 @@ from quantface.quant.layers import (
 )
 from quantface.quant.observers import MinMaxObserver, make_observer
 from quantface.quant.plan import BitPlan, LayerBits
+from quantface.quant.target import QuantTarget
 from quantface.timing import timed
 
 
@@ -68,7 +68,7 @@ def _calibrate_weights(model: nn.Module, observer: str, **kwargs) -> None:
 
 
 def set_activation_ranges(
-    model: RestorerBundle, calib: CalibrationSet, observer: str = "minmax", **kwargs
+    model: QuantTarget, calib: CalibrationSet, observer: str = "minmax", **kwargs
 ) -> None:
     """Static activation ranges from the cached FP statistics (no forward pass needed).
 
@@ -125,7 +125,7 @@ def _is_weight_quantizer(model: nn.Module, qname: str) -> bool:
 
 @torch.no_grad()
 def observe_activation_ranges(
-    model: RestorerBundle,
+    model: QuantTarget,
     images: torch.Tensor,
     batch_size: int = 8,
     observer: str = "minmax",

@@ -32,9 +32,9 @@ from quantface import __version__
 from quantface.device import module_device, to_cpu
 from quantface.errors import CheckpointError
 from quantface.io import atomic_torch_save, file_sha256, load_tensors
-from quantface.models.base import RestorerBundle
 from quantface.quant.layers import LayerQuant, quantizers, unwrap_model, wrap_model
 from quantface.quant.quantizer import QuantSpec
+from quantface.quant.target import QuantTarget
 from quantface.timing import log_timing
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def _operand_names(kind: str) -> tuple[str, str]:
 
 @torch.no_grad()
 def collect_calibration(
-    bundle: RestorerBundle,
+    bundle: QuantTarget,
     images: Tensor,
     batch_size: int = 8,
     sample_rows: int = 512,
@@ -158,7 +158,7 @@ def collect_calibration(
 
 @torch.no_grad()
 def observe_quantizer_inputs(
-    bundle: RestorerBundle,
+    bundle: QuantTarget,
     images: Tensor,
     sites: dict[str, str],
     batch_size: int,

@@ -33,7 +33,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from quantface.models.base import RestorerBundle
 from quantface.quant.hadamard import hadamard_ops
 from quantface.quant.layers import (
     LayerQuant,
@@ -43,6 +42,7 @@ from quantface.quant.layers import (
 )
 from quantface.quant.plan import BitPlan
 from quantface.quant.quantizer import QuantSpec
+from quantface.quant.target import QuantTarget
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ EXTRA_KEYS = ("lowrank_macs", "online_scale_ops", "online_hadamard_ops")
 
 
 @contextlib.contextmanager
-def _countable_matmuls(bundle: RestorerBundle, sites: dict[str, str]) -> Iterator[None]:
+def _countable_matmuls(bundle: QuantTarget, sites: dict[str, str]) -> Iterator[None]:
     """Temporarily give full-precision attention a pass-through QuantMatMul to hook."""
     added, processors = [], {}
     for name, kind in sites.items():
@@ -127,7 +127,7 @@ def on_meta(module: nn.Module) -> Iterator[None]:
 
 @torch.no_grad()
 def measure_macs(
-    bundle: RestorerBundle,
+    bundle: QuantTarget,
     sites: dict[str, str],
     extra: dict[str, dict[str, int]] | None = None,
     meta: bool = True,
@@ -209,7 +209,7 @@ def transform_storage(mod: nn.Module) -> tuple[int, int, int]:
     return values, bits + buffer_bits, buffer_bits
 
 
-def cost_table(bundle: RestorerBundle, plan: BitPlan) -> dict[str, Any]:
+def cost_table(bundle: QuantTarget, plan: BitPlan) -> dict[str, Any]:
     """Per-site rows and totals for a (possibly quantized) bundle."""
     sites = bundle.quant_targets()
     extra: dict[str, dict[str, int]] = {}

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from quantface.errors import NumericsError
-from quantface.models.base import RestorerBundle
+from quantface.quant.target import QuantTarget
 from quantface.timing import log_timing, timed
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,9 @@ CHECKPOINT_ABOVE_PX = 128
 
 
 @contextmanager
-def block_checkpointing(model: RestorerBundle, side: int) -> Iterator[None]:
-    """Gradient checkpointing of the UNet and VAE blocks while distilling inputs of `side` px.
+def block_checkpointing(model: QuantTarget, side: int) -> Iterator[None]:
+    """Gradient checkpointing of the UNet and VAE blocks while distilling inputs of `side` px
+    (every diffusers model among the model's children that supports it).
 
     Why: one full-size step keeps every block's activations for the backward pass, attention
     maps at 4,096 tokens and 512 x 512 VAE feature maps among them, many GB beside the 3.5 GB
@@ -44,7 +45,11 @@ def block_checkpointing(model: RestorerBundle, side: int) -> Iterator[None]:
     kept graph to the block inputs. The recomputation is the same computation, so gradients are
     unchanged; at <= CHECKPOINT_ABOVE_PX (the tiny model's 128 px) nothing changes at all.
     """
-    parts = [m for m in (model.unet, model.vae) if side > CHECKPOINT_ABOVE_PX]
+    parts = [
+        m
+        for m in model.children()
+        if getattr(m, "_supports_gradient_checkpointing", False) and side > CHECKPOINT_ABOVE_PX
+    ]
     for m in parts:
         m.enable_gradient_checkpointing()
     try:
@@ -84,14 +89,14 @@ def random_crops(images: Tensor, size: int, per_image: int, seed: int) -> Tensor
 
 
 @torch.no_grad()
-def fp_targets(fp: RestorerBundle, images: Tensor, batch_size: int) -> Tensor:
+def fp_targets(fp: QuantTarget, images: Tensor, batch_size: int) -> Tensor:
     """The FP model's restored images: the distillation targets, computed once."""
     with timed("fp_targets", len(images)):
         return torch.cat([fp.restore(b, clamp=False) for b in images.split(batch_size)])
 
 
 def distill(
-    model: RestorerBundle,
+    model: QuantTarget,
     images: Tensor,
     targets: Tensor,
     groups: list[dict],

@@ -42,9 +42,9 @@ from torch import Tensor
 
 from quantface.errors import CheckpointError
 from quantface.io import atomic_path
-from quantface.models.base import RestorerBundle
 from quantface.quant.layers import LayerQuant, QuantLayerMixin, wrap_model
 from quantface.quant.quantizer import UniformQuantizer, from_groups, to_groups
+from quantface.quant.target import QuantTarget
 from quantface.registry import MODELS
 
 FORMAT = "quantface-packed"
@@ -153,7 +153,7 @@ def _is_signs(t: Tensor) -> bool:
 
 
 def export_bundle(
-    bundle: RestorerBundle,
+    bundle: QuantTarget,
     layout: dict[str, LayerQuant],
     path: str | Path,
     meta: dict[str, Any] | None = None,
@@ -217,10 +217,10 @@ def _slice(tensors: dict[str, Tensor], entry: dict[str, Any], n: int) -> Tensor:
     return blob[entry["offset"] : entry["offset"] + n]
 
 
-def load_packed(path: str | Path) -> tuple[RestorerBundle, dict[str, LayerQuant], dict[str, Any]]:
+def load_packed(path: str | Path) -> tuple[QuantTarget, dict[str, LayerQuant], dict[str, Any]]:
     """Rebuild the bundle from a packed file; weights are the dequantized codes (exact)."""
     tensors, index = read_packed(path)
-    bundle: RestorerBundle = MODELS.get(index["model"])(index["config"])
+    bundle: QuantTarget = MODELS.get(index["model"])(index["config"])
     layout = {k: LayerQuant.from_dict(v) for k, v in index["layout"].items()}
     wrap_model(bundle, layout)
     state: dict[str, Tensor] = {}

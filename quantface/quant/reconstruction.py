@@ -31,8 +31,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from quantface.errors import NumericsError
-from quantface.models.base import RestorerBundle
 from quantface.quant.layers import QuantLayerMixin, QuantMatMul
+from quantface.quant.target import QuantTarget
 from quantface.timing import log_timing, timed
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class Block:
 
 
 def find_blocks(
-    model: RestorerBundle,
+    model: QuantTarget,
     images: Tensor,
     block_types: tuple[type[nn.Module], ...] = BLOCK_TYPES,
 ) -> list[Block]:
@@ -117,7 +117,7 @@ def first_tensor(out: Any) -> Tensor:
 
 @torch.no_grad()
 def capture(
-    model: RestorerBundle, block: str, images: Tensor, batch_size: int, what: str
+    model: QuantTarget, block: str, images: Tensor, batch_size: int, what: str
 ) -> list[Any]:
     """Per image batch: the block's (args, kwargs) ("input") or its main output ("output")."""
     mod = model.get_submodule(block)
