@@ -127,36 +127,41 @@ def test_block_checkpointing_leaves_the_distillation_unchanged(micro_model, monk
     assert c0 == c1 and all(torch.equal(a, b) for a, b in zip(p0, p1))
 
 
-def test_paper_cost_bills_measured_loops_and_never_labels_cpu_as_gpu(tmp_path, monkeypatch, capsys):
-    """A fake measured run: one efficientdm quantize job (a 1-step loop) and its restorations."""
+def _paper_cost_row(tmp_path, monkeypatch, capsys, method, stages, restore_s=None):
+    """paper_cost's table row for `method` from a fake measured run: one quantize job (100 s
+    wall) whose log has `stages` ((stage, n, seconds) timing lines, then quantize_total 90 s),
+    and optionally a restore_evaluate job of `restore_s` per image over both test sets."""
     import sys
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import paper_cost
 
     res = tmp_path / "results"
-    job = res / "benchmarks" / "quantize" / "osdface_random" / "efficientdm" / "w4a4.tsv"
+    job = res / "benchmarks" / "quantize" / "osdface_random" / method / "w4a4.tsv"
     job.parent.mkdir(parents=True)
     job.write_text("s\th:m:s\tmax_rss\tcpu_time\n100\t0:01:40\t2048\t100\n")
-    lines = [
-        "x INFO quantface: device: cpu",
-        "x INFO quantface.timing: timing stage=distill_step n=1 seconds=10.0 rss_gib=1",
-        "x INFO quantface.timing: timing stage=quantize_total n=1 seconds=90.0 rss_gib=1",
-    ]
-    log = res / "logs" / "quantize" / "osdface_random" / "efficientdm" / "w4a4.log"
+    timing = "x INFO quantface.timing: timing stage={} n={} seconds={} rss_gib=1"
+    lines = ["x INFO quantface: device: cpu"]
+    lines += [timing.format(*st) for st in [*stages, ("quantize_total", 1, 90.0)]]
+    log = res / "logs" / "quantize" / "osdface_random" / method / "w4a4.log"
     log.parent.mkdir(parents=True)
     log.write_text("\n".join(lines))
-    # one restore_evaluate job for both test sets: a timing line per set
-    r = res / "logs" / "restore_evaluate" / "osdface_random" / "efficientdm" / "w4a4.log"
-    r.parent.mkdir(parents=True, exist_ok=True)
-    r.write_text(
-        "x INFO quantface.timing: timing stage=restore_image n=1 seconds=2.0 rss_gib=1\n" * 2
-    )
+    if restore_s is not None:  # one restore_evaluate job for both test sets: a line per set
+        r = res / "logs" / "restore_evaluate" / "osdface_random" / method / "w4a4.log"
+        r.parent.mkdir(parents=True, exist_ok=True)
+        r.write_text((timing.format("restore_image", 1, restore_s) + "\n") * 2)
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, "argv", ["paper_cost.py", "--results", str(res)])
     paper_cost.main()
     out = capsys.readouterr().out
-    row = next(r for r in out.splitlines() if r.startswith("| efficientdm"))
+    return next(r for r in out.splitlines() if r.startswith(f"| {method}")), out
+
+
+def test_paper_cost_bills_measured_loops_and_never_labels_cpu_as_gpu(tmp_path, monkeypatch, capsys):
+    """A fake measured run: one efficientdm quantize job (a 1-step loop) and its restorations."""
+    row, out = _paper_cost_row(
+        tmp_path, monkeypatch, capsys, "efficientdm", [("distill_step", 1, 10.0)], 2.0
+    )
     # 90 s fixed + 16,000 steps x batch 4/1 x 10 s; restore 2 s x 6,088 images; 3 cells
     quant_h, restore_h = (100 - 10 + 16000 * 4 * 10.0) / 3600, 2.0 * 6088 / 3600
     assert f"| {quant_h:.1f} | {restore_h:.1f} | {3 * (quant_h + restore_h):.1f} |" in row
@@ -166,29 +171,8 @@ def test_paper_cost_bills_measured_loops_and_never_labels_cpu_as_gpu(tmp_path, m
 def test_paper_cost_scales_svdquant_search_and_refit(tmp_path, monkeypatch, capsys):
     """SVDQuant's smoothing search is billed per (layer, candidate) and its refit per (layer,
     iterate), from the scale run's 3 candidates / 2 iterates to the paper's 39 / 100."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import paper_cost
-
-    res = tmp_path / "results"
-    job = res / "benchmarks" / "quantize" / "osdface_random" / "svdquant" / "w4a4.tsv"
-    job.parent.mkdir(parents=True)
-    job.write_text("s\th:m:s\tmax_rss\tcpu_time\n100\t0:01:40\t2048\t100\n")
-    lines = [
-        "x INFO quantface: device: cpu",
-        "x INFO quantface.timing: timing stage=smooth_candidate n=30 seconds=3.0 rss_gib=1",
-        "x INFO quantface.timing: timing stage=lowrank_iter n=20 seconds=4.0 rss_gib=1",
-        "x INFO quantface.timing: timing stage=quantize_total n=1 seconds=90.0 rss_gib=1",
-    ]
-    log = res / "logs" / "quantize" / "osdface_random" / "svdquant" / "w4a4.log"
-    log.parent.mkdir(parents=True)
-    log.write_text("\n".join(lines))
-    monkeypatch.chdir(ROOT)
-    monkeypatch.setattr(sys, "argv", ["paper_cost.py", "--results", str(res)])
-    paper_cost.main()
-    out = capsys.readouterr().out
-    row = next(r for r in out.splitlines() if r.startswith("| svdquant"))
+    stages = [("smooth_candidate", 30, 3.0), ("lowrank_iter", 20, 4.0)]
+    row, _ = _paper_cost_row(tmp_path, monkeypatch, capsys, "svdquant", stages)
     quant_h = (100 - 7 + 0.1 * 30 * 39 / 3 + 0.2 * 20 * 100 / 2) / 3600
     assert f"| {quant_h:.2f}" in row or f"| {quant_h:.1f} |" in row, row
 
@@ -199,33 +183,10 @@ def test_paper_cost_bills_qdiffusion_for_every_unit_from_a_spaced_subset(
     """3 of 120 units measured (`max_units`): each loop is billed for all 120 units, at the
     paper's 20k/5k iterations x batch 4/1 and 64/2 calibration images; the input is captured
     twice per unit (weight and activation stage), so its measured count carries that factor."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import paper_cost
-
-    res = tmp_path / "results"
-    job = res / "benchmarks" / "quantize" / "osdface_random" / "qdiffusion" / "w4a4.tsv"
-    job.parent.mkdir(parents=True)
-    job.write_text("s\th:m:s\tmax_rss\tcpu_time\n100\t0:01:40\t2048\t100\n")
-    lines = [
-        "x INFO quantface: device: cpu",
-        "x INFO quantface.timing: timing stage=find_blocks n=120 seconds=1.0 rss_gib=1",
-        "x INFO quantface.timing: timing stage=units_reconstructed n=3 seconds=0.0 rss_gib=1",
-        "x INFO quantface.timing: timing stage=capture_output n=6 seconds=6.0 rss_gib=1",
-        "x INFO quantface.timing: timing stage=capture_input n=12 seconds=12.0 rss_gib=1",
-        "x INFO quantface.timing: timing stage=adaround_iter n=3 seconds=3.0 rss_gib=1",
-        "x INFO quantface.timing: timing stage=lsq_iter n=3 seconds=6.0 rss_gib=1",
-        "x INFO quantface.timing: timing stage=quantize_total n=1 seconds=90.0 rss_gib=1",
-    ]
-    log = res / "logs" / "quantize" / "osdface_random" / "qdiffusion" / "w4a4.log"
-    log.parent.mkdir(parents=True)
-    log.write_text("\n".join(lines))
-    monkeypatch.chdir(ROOT)
-    monkeypatch.setattr(sys, "argv", ["paper_cost.py", "--results", str(res)])
-    paper_cost.main()
-    out = capsys.readouterr().out
-    row = next(r for r in out.splitlines() if r.startswith("| qdiffusion"))
+    stages = [("find_blocks", 120, 1.0), ("units_reconstructed", 3, 0.0)]
+    stages += [("capture_output", 6, 6.0), ("capture_input", 12, 12.0)]
+    stages += [("adaround_iter", 3, 3.0), ("lsq_iter", 3, 6.0)]
+    row, _ = _paper_cost_row(tmp_path, monkeypatch, capsys, "qdiffusion", stages)
     fixed = 100 - (6 + 12 + 3 + 6)
     capture = 1.0 * 120 * 64 * (1 + 2)  # 1 s per image, every unit, output once + input twice
     iters = 120 * 4 * (1.0 * 20000 + 2.0 * 5000)  # per unit, batch 4 over the measured batch 1
