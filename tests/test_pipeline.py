@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from typing import ClassVar
 
 import pytest
@@ -112,20 +113,12 @@ def test_the_pipeline_runs_the_stages_in_order_and_merges_the_notes(
     assert result.notes["known"] == "before" and result.notes["probe"] == "refined"
 
 
-def test_all_dynamic_activations_skip_the_range_forwards(micro_model, calib, monkeypatch):
+def test_all_dynamic_activations_skip_the_range_forwards(micro_model, calib, caplog):
     """Observing ranges is one FP forward over the calibration images; with every activation
     quantizer dynamic it would set nothing, so it does not run."""
-    from quantface.methods import pipeline
-
-    runs, real = [], pipeline.observe_activation_ranges
-
-    def counted(*args, **kwargs):
-        runs.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "observe_activation_ranges", counted)
     plan = BitPlan.uniform(micro_model.quant_targets(), 4, 4)
-    quantize_bundle("quarot", micro_model, calib, plan)  # per-token dynamic activations
-    assert runs == []
-    quantize_bundle("quarot", micro_model, calib, plan, scheme=QuantScheme())  # static
-    assert runs == [1]
+    with caplog.at_level(logging.INFO, logger="quantface.timing"):
+        quantize_bundle("quarot", micro_model, calib, plan)  # per-token dynamic activations
+        assert "stage=observe_ranges_image" not in caplog.text
+        quantize_bundle("quarot", micro_model, calib, plan, scheme=QuantScheme())  # static
+        assert "stage=observe_ranges_image" in caplog.text

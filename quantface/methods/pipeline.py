@@ -15,7 +15,7 @@ activations):
    balancing, low-rank branches, equivalent-transform initialisation);
 4. weight ranges (the scheme's `weight_init`), then static activation ranges: from the cached
    calibration statistics (`act_ranges="cached"`) or observed by FP forwards of the transformed
-   model (`"observed"`, skipped when no activation quantizer is static);
+   model (`"observed"`; none run when no activation quantizer is static);
 5. `refine`: reconstruction or distillation, returning notes for plan.json.
 
 The result (`QuantizeResult`) holds the model, the plan it really runs, its notes, the seconds
@@ -46,7 +46,7 @@ from quantface.quant.apply import (
 )
 from quantface.quant.cost import cost_table
 from quantface.quant.describe import quantizer_summary
-from quantface.quant.layers import InputTransform, LayerQuant, quantizer_roles, wrap_model
+from quantface.quant.layers import InputTransform, LayerQuant, wrap_model
 from quantface.quant.plan import BitPlan
 from quantface.quant.scheme import QuantScheme
 
@@ -133,7 +133,7 @@ def quantize_bundle(
     calibrate_weights(model, scheme_used.weight_init)
     if recipe.act_ranges == "cached":
         set_activation_ranges(model, calib, scheme_used.act_init)
-    elif recipe.act_ranges == "observed" and _has_static_activations(model):
+    elif recipe.act_ranges == "observed":
         images = calib.images if recipe.range_images is None else recipe.range_images
         observe_activation_ranges(model, images, recipe.range_batch, scheme_used.act_init)
     notes = {**recipe.plan.notes, **recipe.notes}
@@ -180,11 +180,6 @@ def wrapped_copy(
     )
     wrap_model(model, {**layout, **recipe.overrides})
     return model, recipe, scheme
-
-
-def _has_static_activations(model: RestorerBundle) -> bool:
-    """Whether any activation quantizer takes a static range (else observing sets nothing)."""
-    return any(role == "act" and not q.spec.dynamic for q, role in quantizer_roles(model))
 
 
 def _check_finite(model: RestorerBundle) -> None:

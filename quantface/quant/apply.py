@@ -136,13 +136,16 @@ def observe_activation_ranges(
     The cached calibration statistics describe the original model's activations; once a method
     has folded scales into norms or rotated values (to_v rows), the inputs some quantizers see
     differ, so their ranges are re-observed here by one FP forward over the calibration images
-    (weights unquantized, every static activation quantizer observing). Dynamic ones need nothing.
+    (weights unquantized, every static activation quantizer observing). Dynamic ones need nothing:
+    with no static activation quantizer the forwards would set nothing, so none runs.
     `observer` "mse" runs the Lp clip search on the real activations (extremes included), which
     the cached row sample cannot do: a uniform row sample rarely holds the outliers.
     """
     qs = quantizers(model)
     act = {n: q for n, q in qs.items() if not _is_weight_quantizer(model, n)}
     static = {n: q for n, q in act.items() if not q.spec.dynamic}
+    if not static:
+        return
     modes = {n: q.mode for n, q in qs.items()}
     try:
         for n, q in qs.items():
