@@ -42,9 +42,9 @@ Adaptation here:
   `vae.post_quant_conv`, `vae.encoder.conv_out`, `vae.decoder.conv_out`); those layers run at W8A8 (when the setting is lower), noted in plan.json and paid for in cost.json;
 - LET on every ungrouped Linear/Conv2d, the shift on all of them: written `x − d` (exact, unlike
   the code's Linear `x + d`); on a zero-padded conv the correction is the official border-exact
-  `conv(d broadcast, W_fp)`, computed per call from the per-tap sums `W_fp d` (layers.py); the
+  `conv(d broadcast, W_fp)`, computed per call from the per-tap sums `W_fp d` (quant/transforms.py); the
   transformation is online (InputTransform scale/shift, counted in cost.json);
-- the attention LET as in the official code (`inner_scale` of each attention matmul, layers.py),
+- the attention LET as in the official code (`inner_scale` of each attention matmul, quant/transforms.py),
   on every quantized attention matmul: the UNet's, and the VAE's mid-block attention, whose
   matmuls the official code leaves in FP but the benchmark quantizes for every method. The init
   maxima are over the whole calibration set (one extra FP pass), not a first-batch init with a
@@ -80,7 +80,7 @@ from quantface.quant.apply import (
 from quantface.quant.bounds import keep_bounds_valid_, learnable_bounds
 from quantface.quant.calibration import CalibrationSet
 from quantface.quant.distill import DistillConfig, distill, fp_targets
-from quantface.quant.layers import InputTransform, QuantMatMul
+from quantface.quant.layers import QuantMatMul
 from quantface.quant.let import (
     dynamic_ranges,
     learnable_let,
@@ -92,6 +92,7 @@ from quantface.quant.let import (
 from quantface.quant.plan import BitPlan
 from quantface.quant.scheme import QuantScheme
 from quantface.quant.smoothing import calib_absmax
+from quantface.quant.specs import InputTransform
 from quantface.registry import METHODS
 
 log = logging.getLogger(__name__)

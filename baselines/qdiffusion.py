@@ -74,12 +74,7 @@ from quantface.methods.pipeline import Recipe
 from quantface.models.base import RestorerBundle
 from quantface.quant.adaround import adaround, temperature
 from quantface.quant.calibration import CalibrationSet
-from quantface.quant.layers import (
-    LayerQuant,
-    QuantLayerMixin,
-    QuantMatMul,
-    set_quant_mode,
-)
+from quantface.quant.layers import QuantLayerMixin, QuantMatMul
 from quantface.quant.learnable import clamp_scales_, learnable_scales, static_quantizers
 from quantface.quant.observers import RunningMinMaxObserver
 from quantface.quant.plan import BitPlan
@@ -93,6 +88,8 @@ from quantface.quant.reconstruction import (
     reconstruct,
 )
 from quantface.quant.scheme import QuantScheme
+from quantface.quant.specs import LayerQuant
+from quantface.quant.wrap import set_quant_mode
 from quantface.registry import METHODS
 from quantface.subsample import spaced_subset
 from quantface.timing import log_timing

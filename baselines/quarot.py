@@ -43,10 +43,11 @@ from quantface.methods.pipeline import Recipe
 from quantface.models.base import RestorerBundle
 from quantface.quant.calibration import CalibrationSet
 from quantface.quant.hadamard import layer_seed, random_signs, randomized_hadamard
-from quantface.quant.layers import InputTransform, QuantLayerMixin
+from quantface.quant.layers import QuantLayerMixin
 from quantface.quant.plan import BitPlan
 from quantface.quant.rotation import rotate_attention_heads
 from quantface.quant.scheme import QuantScheme
+from quantface.quant.specs import InputTransform
 from quantface.registry import METHODS
 
 

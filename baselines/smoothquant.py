@@ -39,10 +39,10 @@ from quantface.methods.options import Options
 from quantface.methods.pipeline import Recipe
 from quantface.models.base import RestorerBundle
 from quantface.quant.calibration import CalibrationSet
-from quantface.quant.layers import InputTransform
 from quantface.quant.plan import BitPlan
 from quantface.quant.scheme import QuantScheme
 from quantface.quant.smoothing import apply_smoothing, calib_absmax, smoothing_groups
+from quantface.quant.specs import InputTransform
 from quantface.registry import METHODS
 
 

@@ -94,7 +94,7 @@ from quantface.methods.options import Options
 from quantface.methods.pipeline import Recipe
 from quantface.models.base import RestorerBundle
 from quantface.quant.calibration import CalibrationSet
-from quantface.quant.layers import InputTransform, QuantLayerMixin
+from quantface.quant.layers import QuantLayerMixin
 from quantface.quant.lowrank import capped_rank, refit_lowrank, scaled_svd_factors
 from quantface.quant.plan import BitPlan
 from quantface.quant.quantizer import QuantSpec, UniformQuantizer
@@ -108,6 +108,7 @@ from quantface.quant.smoothing import (
     smoothing_groups,
     smoothing_scales,
 )
+from quantface.quant.specs import InputTransform
 from quantface.registry import METHODS
 from quantface.timing import log_timing
 

@@ -39,9 +39,10 @@ from quantface.models.sd21 import SD21_UNET, SD21_VAE, sd21_osdface
 from quantface.quant.apply import calibrate_weights, current_layout, plan_of
 from quantface.quant.calibration import collect_calibration
 from quantface.quant.cost import FP_BITS, LOWRANK_BITS, cost_table
-from quantface.quant.layers import LayerQuant, quantizers, wrap_model
 from quantface.quant.lowrank import capped_rank
 from quantface.quant.plan import BitPlan, parse_bits
+from quantface.quant.specs import LayerQuant
+from quantface.quant.wrap import quantizers, wrap_model
 
 METHODS_AND_BITS = [
     ("maxmin", "w4a4"),

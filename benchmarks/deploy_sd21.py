@@ -46,18 +46,12 @@ from quantface.deploy.runtime import SHARED_NOTE, machine, peak_memory, session,
 from quantface.io import atomic_write_text
 from quantface.models.sd21 import SD21_UNET
 from quantface.quant.apply import calibrate_weights, observe_activation_ranges
-from quantface.quant.layers import (
-    InputTransform,
-    LayerQuant,
-    QuantConv2d,
-    QuantLinear,
-    QuantMatMul,
-    quant_sites,
-    wrap_model,
-)
+from quantface.quant.layers import QuantConv2d, QuantLinear, QuantMatMul
 from quantface.quant.plan import BitPlan
 from quantface.quant.quantizer import QuantSpec
 from quantface.quant.scheme import QuantScheme
+from quantface.quant.specs import InputTransform, LayerQuant
+from quantface.quant.wrap import quant_sites, wrap_model
 
 # (name, kind, in, out, kernel, latent side): SD-2.1's widest-resolution level and its middle
 LAYERS = [

@@ -41,10 +41,11 @@ from quantface.quant.apply import calibrate_weights, current_layout, plan_of
 from quantface.quant.calibration import collect_calibration
 from quantface.quant.cost import cost_table
 from quantface.quant.intkernels import IntConv2d, IntLinear, convert_to_int, int_bmm
-from quantface.quant.layers import LayerQuant, QuantConv2d, QuantLinear
+from quantface.quant.layers import QuantConv2d, QuantLinear
 from quantface.quant.pack import export_bundle, load_packed
 from quantface.quant.plan import BitPlan
 from quantface.quant.quantizer import QuantSpec, UniformQuantizer
+from quantface.quant.specs import LayerQuant
 
 
 def timed(fn, repeats: int) -> float:

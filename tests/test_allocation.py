@@ -21,10 +21,10 @@ from quantface.methods.allocation import (
 )
 from quantface.quant.apply import calibrate_weights, set_activation_ranges
 from quantface.quant.calibration import collect_calibration
-from quantface.quant.layers import wrap_model
 from quantface.quant.plan import BitPlan
 from quantface.quant.quantizer import QuantSpec, UniformQuantizer
 from quantface.quant.scheme import QuantScheme
+from quantface.quant.wrap import wrap_model
 
 CANDIDATES = (3, 4, 5, 6)
 

@@ -36,9 +36,11 @@ from quantface.models.checkpoint import save_bundle
 from quantface.models.tiny import TinyRestorer
 from quantface.quant.apply import calibrate_weights, current_layout, observe_activation_ranges
 from quantface.quant.calibration import collect_calibration
-from quantface.quant.layers import InputTransform, LayerQuant, QuantMatMul, wrap_model
+from quantface.quant.layers import QuantMatMul
 from quantface.quant.plan import BitPlan
 from quantface.quant.quantizer import QuantSpec
+from quantface.quant.specs import InputTransform, LayerQuant
+from quantface.quant.wrap import wrap_model
 from tests.conftest import MICRO_ARCH
 from tests.test_scheme import ONE_STEP
 

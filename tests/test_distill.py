@@ -11,10 +11,10 @@ from quantface.errors import NumericsError
 from quantface.quant.apply import calibrate_weights, set_activation_ranges
 from quantface.quant.calibration import collect_calibration
 from quantface.quant.distill import DistillConfig, distill, fp_targets
-from quantface.quant.layers import wrap_model
 from quantface.quant.learnable import clamp_scales_, learnable_scales
 from quantface.quant.plan import BitPlan
 from quantface.quant.scheme import QuantScheme
+from quantface.quant.wrap import wrap_model
 
 
 def _w4a4(micro_model, micro_images):

@@ -19,8 +19,9 @@ from quantface.quant.intkernels import (
     int_bmm,
     unsupported,
 )
-from quantface.quant.layers import InputTransform, LayerQuant, QuantConv2d, QuantLinear
+from quantface.quant.layers import QuantConv2d, QuantLinear
 from quantface.quant.quantizer import QuantSpec, UniformQuantizer
+from quantface.quant.specs import InputTransform, LayerQuant
 
 EPS = 2.0**-23
 

@@ -4,20 +4,14 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from quantface.quant.apply import calibrate_weights, plan_of, set_activation_ranges
+from quantface.quant.attention import QuantAttnProcessor
 from quantface.quant.calibration import collect_calibration
-from quantface.quant.layers import (
-    LayerQuant,
-    QuantAttnProcessor,
-    QuantConv2d,
-    QuantLinear,
-    QuantMatMul,
-    set_quant_mode,
-    unwrap_model,
-    wrap_model,
-)
+from quantface.quant.layers import QuantConv2d, QuantLinear, QuantMatMul
 from quantface.quant.plan import BitPlan
 from quantface.quant.quantizer import QuantSpec
 from quantface.quant.scheme import QuantScheme
+from quantface.quant.specs import LayerQuant
+from quantface.quant.wrap import set_quant_mode, unwrap_model, wrap_model
 
 
 def _psnr(a, b):

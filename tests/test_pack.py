@@ -17,7 +17,6 @@ from quantface.quant.apply import (
 )
 from quantface.quant.calibration import collect_calibration
 from quantface.quant.cost import cost_table
-from quantface.quant.layers import InputTransform, wrap_model
 from quantface.quant.pack import (
     dequantize,
     export_bundle,
@@ -30,6 +29,8 @@ from quantface.quant.pack import (
 from quantface.quant.plan import BitPlan, LayerBits
 from quantface.quant.quantizer import QuantSpec, UniformQuantizer, reduce_range
 from quantface.quant.scheme import QuantScheme
+from quantface.quant.specs import InputTransform
+from quantface.quant.wrap import wrap_model
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 7, 8, 12, 16])

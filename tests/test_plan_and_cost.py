@@ -12,9 +12,10 @@ from quantface.models.sd21 import sd21_osdface
 from quantface.quant.apply import calibrate_weights
 from quantface.quant.cost import cost_table
 from quantface.quant.hadamard import hadamard_ops
-from quantface.quant.layers import InputTransform, quantizers, wrap_model
 from quantface.quant.plan import BitPlan, LayerBits, parse_bits
 from quantface.quant.scheme import QuantScheme
+from quantface.quant.specs import InputTransform
+from quantface.quant.wrap import quantizers, wrap_model
 
 PARTS = ("unet", "vae", "embedder")
 

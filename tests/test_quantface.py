@@ -15,9 +15,11 @@ from quantface.methods.quantface_options import QuantFaceOptions
 from quantface.models.checkpoint import load_bundle, save_bundle
 from quantface.quant.apply import current_layout, plan_of
 from quantface.quant.calibration import collect_calibration
-from quantface.quant.layers import InputTransform, LayerQuant, QuantLinear, set_quant_mode
+from quantface.quant.layers import QuantLinear
 from quantface.quant.plan import BitPlan
 from quantface.quant.quantizer import QuantSpec
+from quantface.quant.specs import InputTransform, LayerQuant
+from quantface.quant.wrap import set_quant_mode
 from tests.test_transform_baselines import OutlierBundle
 
 

@@ -22,19 +22,7 @@ from quantface.quant.apply import (
 from quantface.quant.bounds import learnable_bounds
 from quantface.quant.calibration import collect_calibration
 from quantface.quant.cost import cost_table
-from quantface.quant.layers import (
-    InputTransform,
-    LayerQuant,
-    QuantConv2d,
-    QuantLayerMixin,
-    QuantLinear,
-    QuantMatMul,
-    border_dependent,
-    border_shift_map,
-    set_quant_mode,
-    shift_taps,
-    wrap_model,
-)
+from quantface.quant.layers import QuantConv2d, QuantLayerMixin, QuantLinear, QuantMatMul
 from quantface.quant.learnable import clamp_scales_, learnable_scales, learnable_zero_points
 from quantface.quant.let import learnable_let, matmul_init_scale
 from quantface.quant.lora import weight_lora
@@ -49,6 +37,9 @@ from quantface.quant.reconstruction import (
     reconstruct,
 )
 from quantface.quant.scheme import QuantScheme
+from quantface.quant.specs import InputTransform, LayerQuant
+from quantface.quant.transforms import border_dependent, border_shift_map, shift_taps
+from quantface.quant.wrap import set_quant_mode, wrap_model
 
 FAST = {
     "qdiffusion": {"w_iters": 8, "a_iters": 4, "n_samples": 4, "batch_size": 2},

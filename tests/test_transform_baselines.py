@@ -12,8 +12,9 @@ from quantface.models.checkpoint import load_bundle, save_bundle
 from quantface.quant.apply import current_layout, plan_of
 from quantface.quant.calibration import collect_calibration
 from quantface.quant.cost import cost_table
-from quantface.quant.layers import QuantLayerMixin, set_quant_mode
+from quantface.quant.layers import QuantLayerMixin
 from quantface.quant.plan import BitPlan
+from quantface.quant.wrap import set_quant_mode
 
 METHODS_UNDER_TEST = ["smoothquant", "quarot", "svdquant"]
 

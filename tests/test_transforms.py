@@ -11,15 +11,7 @@ from quantface.models.checkpoint import load_bundle, save_bundle
 from quantface.quant.apply import calibrate_weights, current_layout, plan_of
 from quantface.quant.cost import cost_table
 from quantface.quant.hadamard import hadamard_ops, random_signs, randomized_hadamard
-from quantface.quant.layers import (
-    InputTransform,
-    LayerQuant,
-    QuantConv2d,
-    QuantLinear,
-    set_quant_mode,
-    unwrap_model,
-    wrap_model,
-)
+from quantface.quant.layers import QuantConv2d, QuantLinear
 from quantface.quant.lowrank import capped_rank, lowrank_split
 from quantface.quant.quantizer import QuantSpec
 from quantface.quant.smoothing import (
@@ -28,6 +20,8 @@ from quantface.quant.smoothing import (
     smoothing_groups,
     smoothing_scales,
 )
+from quantface.quant.specs import InputTransform, LayerQuant
+from quantface.quant.wrap import set_quant_mode, unwrap_model, wrap_model
 
 
 def test_smoothing_scales_formula_and_dead_channels():

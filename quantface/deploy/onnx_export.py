@@ -76,6 +76,7 @@ from quantface.models.base import RestorerBundle
 from quantface.quant.layers import QuantConv2d, QuantLayerMixin, QuantLinear, QuantMatMul
 from quantface.quant.pack import weight_codes
 from quantface.quant.quantizer import _EPS, UniformQuantizer, from_groups, to_groups
+from quantface.quant.transforms import HADAMARD, INNER, transforms_of
 
 OPSET = 17
 # protobuf caps a message at 2 GB: larger models keep their tensors in a data file
@@ -445,9 +446,13 @@ def _transform(mod: QuantLayerMixin, had: Tensor | None) -> Any:
     constant product: a MatMul for a Linear, a 1x1 Conv over the channels for a conv."""
 
     def transform(x: Tensor) -> Tensor:
-        x = mod.shift_and_scale(x)
-        if had is not None:
-            x = F.conv2d(x, had.t()[:, :, None, None]) if isinstance(mod, nn.Conv2d) else x @ had
+        for t in transforms_of(mod):
+            if t is not HADAMARD:
+                x = t.on_input(mod, x)
+            elif isinstance(mod, nn.Conv2d):
+                x = F.conv2d(x, had.t()[:, :, None, None])
+            else:
+                x = x @ had
         return x
 
     return transform
@@ -486,7 +491,7 @@ def _float_input(mod: QuantLayerMixin, x: Tensor) -> Tensor:
 
 
 def _layer_forward(mod: QuantLayerMixin, site: _Site | None, flavor: str) -> Any:
-    h = mod._modules.get("input_hadamard")
+    h = mod._modules.get(HADAMARD.keys[0])
     transform = _transform(mod, h.matrix().float() if h is not None else None)
     core = _core(site, flavor) if site is not None else None
     w_hat = mod.quantized_weight().detach()  # float sites: the dequantized weight, a constant
@@ -508,9 +513,8 @@ def _matmul_forward(mod: QuantMatMul, site: _Site | None, flavor: str) -> Any:
     core = _core(site, flavor) if site is not None else None
 
     def forward(a: Tensor, b: Tensor) -> Tensor:
-        s = mod._buffers.get("inner_scale")
-        if s is not None:
-            a, b = a * s, b / s.unsqueeze(-1)
+        if INNER.present(mod):
+            a, b = INNER.on_operands(mod, a, b)
         if core is not None:
             return core(a, b)
         return torch.bmm(_fake_quant(mod.act_quantizer, a), _fake_quant(mod.weight_quantizer, b))

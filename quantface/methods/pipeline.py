@@ -46,9 +46,10 @@ from quantface.quant.apply import (
 )
 from quantface.quant.cost import cost_table
 from quantface.quant.describe import quantizer_summary
-from quantface.quant.layers import InputTransform, LayerQuant, wrap_model
 from quantface.quant.plan import BitPlan
 from quantface.quant.scheme import QuantScheme
+from quantface.quant.specs import InputTransform, LayerQuant
+from quantface.quant.wrap import wrap_model
 
 if TYPE_CHECKING:
     from quantface.models.base import RestorerBundle

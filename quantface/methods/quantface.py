@@ -59,11 +59,11 @@ from quantface.methods.rotation_scaling import apply_balancing, plan_balancing
 from quantface.models.base import RestorerBundle
 from quantface.quant.calibration import CalibrationSet
 from quantface.quant.distill import DistillConfig, distill, fp_targets, random_crops
-from quantface.quant.layers import InputTransform
 from quantface.quant.learnable import clamp_scales_, learnable_scales
 from quantface.quant.plan import BitPlan
 from quantface.quant.rotation import rotate_attention_heads
 from quantface.quant.scheme import QuantScheme
+from quantface.quant.specs import InputTransform
 from quantface.registry import METHODS
 from quantface.subsample import spaced_subset
 

@@ -27,9 +27,11 @@ import torch
 from quantface.models.base import RestorerBundle
 from quantface.quant.calibration import CalibrationSet, observe_quantizer_inputs
 from quantface.quant.hadamard import layer_seed, random_signs, randomized_hadamard
-from quantface.quant.layers import InputTransform, LayerQuant, QuantLayerMixin, wrap_model
+from quantface.quant.layers import QuantLayerMixin
 from quantface.quant.quantizer import QuantSpec
 from quantface.quant.smoothing import SmoothGroup, apply_smoothing, calib_absmax, smoothing_groups
+from quantface.quant.specs import InputTransform, LayerQuant
+from quantface.quant.wrap import wrap_model
 
 MODES = ("both", "scale", "rht", "none")
 

@@ -15,7 +15,7 @@ import torch
 from diffusers import DDPMScheduler
 from torch import Tensor, nn
 
-from quantface.quant.layers import quant_sites
+from quantface.quant.wrap import quant_sites
 
 
 def alpha_bar(t: int, beta_start: float = 0.00085, beta_end: float = 0.012, steps: int = 1000):

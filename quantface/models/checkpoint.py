@@ -19,7 +19,8 @@ from quantface import __version__
 from quantface.errors import CheckpointError, first_line
 from quantface.io import atomic_torch_save, load_tensors
 from quantface.models.base import RestorerBundle
-from quantface.quant.layers import LayerQuant, wrap_model
+from quantface.quant.specs import LayerQuant
+from quantface.quant.wrap import wrap_model
 from quantface.registry import MODELS
 
 FORMAT = "quantface-bundle"

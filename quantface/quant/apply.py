@@ -12,15 +12,12 @@ import torch
 from torch import nn
 
 from quantface.quant.calibration import CalibrationSet
-from quantface.quant.layers import (
-    LayerQuant,
-    QuantLayerMixin,
-    QuantMatMul,
-    quantizers,
-)
+from quantface.quant.layers import QuantLayerMixin, QuantMatMul
 from quantface.quant.observers import MinMaxObserver, make_observer
 from quantface.quant.plan import BitPlan, LayerBits
+from quantface.quant.specs import LayerQuant
 from quantface.quant.target import QuantTarget
+from quantface.quant.wrap import quantizers
 from quantface.timing import timed
 
 

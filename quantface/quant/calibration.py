@@ -32,9 +32,10 @@ from quantface import __version__
 from quantface.device import module_device, to_cpu
 from quantface.errors import CheckpointError
 from quantface.io import atomic_torch_save, file_sha256, load_tensors
-from quantface.quant.layers import LayerQuant, quantizers, unwrap_model, wrap_model
 from quantface.quant.quantizer import QuantSpec
+from quantface.quant.specs import LayerQuant
 from quantface.quant.target import QuantTarget
+from quantface.quant.wrap import quantizers, unwrap_model, wrap_model
 from quantface.timing import log_timing
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ How we count (also written under every cost table):
 - Parameter bits: quantized weights at w_bits, plus each quantizer's step size and zero point at
   32 bits; every other parameter (biases, norms, the FP embedder) at 32 bits. Reduction is
   relative to the same model entirely in FP32.
-- Input transforms a method could not fold (layers.InputTransform) are extra, never hidden:
+- Input transforms a method could not fold (transforms.py) are extra, never hidden:
   a low-rank branch's weights are stored at 16 bits and its MACs (positions x r x (fan_in + O))
   count in `lowrank_macs` and in BOPs at 16 x 16; a run-time smoothing vector is C_in FP32
   values and C_in multiplies per input position (`online_scale_ops`), a shift as many
@@ -20,7 +20,9 @@ How we count (also written under every cost table):
   (`online_scale_ops`); an online Hadamard is
   C_in sign bits and `hadamard_ops(C_in)` additions per position (`online_hadamard_ops`).
   Run-time multiplies/adds are reported beside BOPs, not inside them (an add is no MAC), like
-  norms; `extra_fp_params` / `extra_fp_param_bits` total what the transforms store.
+  norms; `extra_fp_params` / `extra_fp_param_bits` total what the transforms store. Each
+  transform declares its own work (`Transform.run_ops`) and storage (`Transform.stored`); this
+  module only sums them, so a new transform is counted without a change here.
 """
 
 from __future__ import annotations
@@ -33,23 +35,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from quantface.quant.hadamard import hadamard_ops
-from quantface.quant.layers import (
-    LayerQuant,
-    QuantAttnProcessor,
-    QuantLayerMixin,
-    QuantMatMul,
-)
+from quantface.quant.attention import QuantAttnProcessor
+from quantface.quant.layers import QuantLayerMixin, QuantMatMul
 from quantface.quant.plan import BitPlan
 from quantface.quant.quantizer import QuantSpec
+from quantface.quant.specs import LayerQuant
 from quantface.quant.target import QuantTarget
+from quantface.quant.transforms import (
+    EXTRA_KEYS,
+    FP_BITS,
+    LOWRANK_BITS,
+    stored_tensors,
+    transform_ops,
+)
 
 log = logging.getLogger(__name__)
-
-FP_BITS = 32
-LOWRANK_BITS = 16
-SIGN_BITS = 1
-EXTRA_KEYS = ("lowrank_macs", "online_scale_ops", "online_hadamard_ops")
 
 
 @contextlib.contextmanager
@@ -75,32 +75,6 @@ def _countable_matmuls(bundle: QuantTarget, sites: dict[str, str]) -> Iterator[N
             delattr(attn, attr)
         for attn, proc in processors.values():
             attn.set_processor(proc)
-
-
-def _transform_ops(mod: nn.Module, args: tuple, out: torch.Tensor) -> dict[str, int]:
-    """Extra run-time work of a transformed site for one call (see the module docstring)."""
-    ops = dict.fromkeys(EXTRA_KEYS, 0)
-    if isinstance(mod, QuantMatMul) and mod.transform_spec().inner:
-        ops["online_scale_ops"] = args[0].numel() + args[1].numel()
-    if not isinstance(mod, QuantLayerMixin):
-        return ops
-    x = args[0]
-    t = mod.transform_spec()
-    c_in = x.shape[mod.channel_dim]
-    positions_in = x.numel() // c_in
-    if t.scale:
-        ops["online_scale_ops"] = positions_in * c_in
-    if t.shift:  # x - d per element; W d is foldable into the bias except on a zero-padded conv
-        ops["online_scale_ops"] += positions_in * c_in
-        if "shift_taps" in mod._buffers:
-            ops["online_scale_ops"] += out.numel()
-    if t.hadamard:
-        ops["online_hadamard_ops"] = positions_in * hadamard_ops(c_in)
-    if t.lowrank:
-        c_out = out.shape[mod.channel_dim]
-        fan_in = mod.weight[0].numel()
-        ops["lowrank_macs"] = (out.numel() // c_out) * t.lowrank * (fan_in + c_out)
-    return ops
 
 
 @contextlib.contextmanager
@@ -153,7 +127,7 @@ def measure_macs(
             macs[name] = macs.get(name, 0) + int(n)
             if extra is not None:
                 e = extra.setdefault(name, dict.fromkeys(EXTRA_KEYS, 0))
-                for k, v in _transform_ops(mod, args, out).items():
+                for k, v in transform_ops(mod, args, out).items():
                     e[k] += int(v)
 
         return hook
@@ -185,28 +159,6 @@ def measure_macs(
             for h in handles:
                 h.remove()
     return macs
-
-
-def transform_storage(mod: nn.Module) -> tuple[int, int, int]:
-    """(extra values, their bits, of which buffer bits) that a layer's input transforms store."""
-    if not isinstance(mod, QuantLayerMixin | QuantMatMul):
-        return 0, 0, 0
-    values = bits = buffer_bits = 0
-    lr = mod._modules.get("lowrank")
-    if lr is not None:
-        n = sum(p.numel() for p in lr.parameters())
-        values, bits = values + n, bits + n * LOWRANK_BITS
-    for key in ("input_scale", "input_shift", "shift_bias", "shift_taps", "inner_scale"):
-        s = mod._buffers.get(key)
-        if s is not None:
-            values, buffer_bits = values + s.numel(), buffer_bits + s.numel() * FP_BITS
-    had = mod._modules.get("input_hadamard")
-    if had is not None:
-        values, buffer_bits = (
-            values + had.signs.numel(),
-            buffer_bits + had.signs.numel() * SIGN_BITS,
-        )
-    return values, bits + buffer_bits, buffer_bits
 
 
 def cost_table(bundle: QuantTarget, plan: BitPlan) -> dict[str, Any]:
@@ -241,12 +193,15 @@ def cost_table(bundle: QuantTarget, plan: BitPlan) -> dict[str, Any]:
         if isinstance(mod, QuantLayerMixin):
             weight_bits[id(mod.weight)] = w_bits
             quantized.add(id(mod.weight))
-            lr = mod._modules.get("lowrank")
-            for p in lr.parameters() if lr is not None else ():
-                weight_bits[id(p)] = LOWRANK_BITS
-                added.add(id(p))
-        x_values, x_bits, x_buffer_bits = transform_storage(mod)
-        buffer_bits += x_buffer_bits
+        stored = stored_tensors(mod) if mod is not None else []
+        for st in stored:
+            if st.parameter:
+                weight_bits[id(st.tensor)] = st.bits
+                added.add(id(st.tensor))
+            else:
+                buffer_bits += st.tensor.numel() * st.bits
+        x_values = sum(st.tensor.numel() for st in stored)
+        x_bits = sum(st.tensor.numel() * st.bits for st in stored)
         extra_bits.append(x_bits)
         m = macs.get(name, 0)
         ops = extra.get(name, dict.fromkeys(EXTRA_KEYS, 0))

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from quantface.quant.layers import LayerQuant
 from quantface.quant.quantizer import QuantSpec
+from quantface.quant.specs import LayerQuant
 
 FULL_PRECISION = 16  # a spec at 16 bits or more is an FP/high-precision exception, not a grid
 

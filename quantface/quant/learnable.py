@@ -24,8 +24,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from quantface.quant.layers import quantizer_roles
 from quantface.quant.quantizer import UniformQuantizer, round_ste
+from quantface.quant.wrap import quantizer_roles
 
 _MIN_SCALE = 1e-8
 

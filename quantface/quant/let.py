@@ -11,7 +11,7 @@ exponents α as in PassionSR's code, unlike SmoothQuant's α / 1−α), d at 0. 
 from (W_fp, s, d) on every call, so gradients reach s and d; on exit the final values are stored
 in the layer's ordinary parameter and buffers (InputTransform scale/shift: saved, loaded, counted).
 The shift's correction `W d` is a saved vector where it is a constant (Linear, unpadded conv)
-and the per-tap sums of `W_fp d` on a zero-padded conv, whose border-exact map layers.py adds.
+and the per-tap sums of `W_fp d` on a zero-padded conv, whose border-exact map transforms.py adds.
 
 The attention LET (`learnable_matmul_scales`) is PassionSR's `scale_factor_qk`/`scale_factor_vw`:
 one scale over each attention matmul's contraction dim, `a diag(s) @ diag(s)^-1 b` (q s, k / s per
@@ -29,9 +29,11 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from quantface.quant.layers import QuantLayerMixin, QuantMatMul, quantizer_roles, shift_taps
+from quantface.quant.layers import QuantLayerMixin, QuantMatMul
 from quantface.quant.learnable import static_quantizers
 from quantface.quant.smoothing import channel_absmax
+from quantface.quant.transforms import shift_taps
+from quantface.quant.wrap import quantizer_roles
 
 S_MIN = 1e-5
 

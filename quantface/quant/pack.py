@@ -14,6 +14,9 @@ writes what a deployment would store, as one safetensors file:
 - low-rank branches in FP16 (their values are FP16-rounded by the methods; checked, else FP32);
 - online-Hadamard signs (+-1) at one bit each.
 
+Which transform tensor is stored at how many bits is the transform's own declaration
+(`transforms.Transform.stored`), the same one the cost model counts.
+
 Tensors of one storage kind are concatenated into one blob (`blob.codes`, `blob.float32`, ...)
 and a zlib-compressed JSON index (names, shapes, offsets, bits, plus the model name, config and
 quantization layout) is stored as a uint8 tensor. One tensor per parameter would cost ~100 header
@@ -42,9 +45,12 @@ from torch import Tensor
 
 from quantface.errors import CheckpointError
 from quantface.io import atomic_path
-from quantface.quant.layers import LayerQuant, QuantLayerMixin, wrap_model
+from quantface.quant.layers import QuantLayerMixin
 from quantface.quant.quantizer import UniformQuantizer, from_groups, to_groups
+from quantface.quant.specs import LayerQuant
 from quantface.quant.target import QuantTarget
+from quantface.quant.transforms import LOWRANK_BITS, SIGN_BITS, stored_tensors
+from quantface.quant.wrap import wrap_model
 from quantface.registry import MODELS
 
 FORMAT = "quantface-packed"
@@ -160,16 +166,20 @@ def export_bundle(
 ) -> dict[str, int]:
     """Write the packed file atomically; returns bytes per storage kind (and the file size)."""
     modules = dict(bundle.named_modules())
+    transform_bits = {
+        f"{name}.{st.key}": st.bits for name, mod in modules.items() for st in stored_tensors(mod)
+    }
     blobs = _Blobs()
     for key, t in bundle.state_dict().items():
         t = t.detach().cpu()
         owner, _, attr = key.rpartition(".")
         mod = modules.get(owner)
+        bits = transform_bits.get(key)
         if attr == "weight" and isinstance(mod, QuantLayerMixin) and _calibrated(mod):
             _encode_codes(blobs, key, t, mod)
-        elif attr == "signs" and owner.endswith("input_hadamard") and _is_signs(t):
+        elif bits == SIGN_BITS and _is_signs(t):
             blobs.add(key, "codes", pack_codes(t > 0, 1), encoding="signs", shape=list(t.shape))
-        elif owner.endswith(".lowrank") and torch.equal(t.half().float(), t):
+        elif bits == LOWRANK_BITS and torch.equal(t.half().float(), t):
             blobs.add(key, "float16", t.half(), encoding="raw", shape=list(t.shape))
         else:
             kind = str(t.dtype).removeprefix("torch.")

@@ -33,9 +33,9 @@ from quantface.errors import ConfigError
 if TYPE_CHECKING:  # the config check builds schemes without torch: specs are imported on use
     from torch import nn
 
-    from quantface.quant.layers import InputTransform, LayerQuant
     from quantface.quant.plan import BitPlan
     from quantface.quant.quantizer import QuantSpec
+    from quantface.quant.specs import InputTransform, LayerQuant
 
 CHOICES: dict[str, tuple[Any, ...]] = {
     "weight_granularity": ("channel", "group"),
@@ -148,7 +148,7 @@ class QuantScheme:
     ) -> dict[str, LayerQuant]:
         """Every planned site's quantizers; sites missing from the plan stay full precision.
         `transforms` and `splits` carry a method's run-time transforms and split inputs."""
-        from quantface.quant.layers import InputTransform, LayerQuant
+        from quantface.quant.specs import InputTransform, LayerQuant
 
         transforms, splits = transforms or {}, splits or {}
         layout = {}
