@@ -375,3 +375,25 @@ def test_whole_unet_benchmark_runs_every_engine_and_leaves_no_files(tmp_path):
     assert [r[0] for r in rows] == ["| torch FP32", "| ORT FP32", "| ORT MaxMin W8A8"]
     assert float(rows[1][5]) < 1e-5  # ORT FP32 against torch FP32
     assert list(tmp_path.iterdir()) == []
+
+
+def test_osdface_with_its_vre_and_seeded_posterior_sample_exports_and_agrees(tmp_path):
+    """The paper's model exports whole: the VRE's token selection and OSDFace's seeded
+    posterior sample (a constant of the graph) have ONNX forms; FP and MaxMin W8A8 agree."""
+    from quantface.models.osdface import OSDFaceRestorer
+    from tests.paper_assets import IMAGE_SIZE, TINY_ARCH, write_osdface_assets
+
+    assets = write_osdface_assets(tmp_path / "assets")
+    fp = OSDFaceRestorer.from_assets({k: str(v) for k, v in assets.items()}, TINY_ARCH).eval()
+    x = torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(3))
+    export_onnx(fp, tmp_path / "fp.onnx")
+    with torch.no_grad():
+        ref = fp.restore(x).numpy()
+    assert np.abs(_ort(tmp_path / "fp.onnx", x) - ref).max() < 1e-4
+    calib = collect_calibration(fp, x, 2, 64)
+    q = quantize_bundle("maxmin", fp, calib, BitPlan.uniform(fp.quant_targets(), 8, 8)).model
+    info = export_onnx(q, tmp_path / "q.onnx")
+    assert INT_CONV in info["paths"]
+    with torch.no_grad():
+        sim = q.restore(x).numpy()
+    assert psnr(_ort(tmp_path / "q.onnx", x), sim) >= AGREEMENT_DB

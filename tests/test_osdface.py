@@ -196,3 +196,17 @@ def test_lora_of_the_wrong_rank_is_refused(assets):
     paths = {k: str(v) for k, v in assets.items()}
     with pytest.raises(CheckpointError, match="rank 4"):
         OSDFaceRestorer.from_assets(paths, {**TINY_ARCH, "lora_rank": 16})
+
+
+def test_the_export_form_of_token_selection_is_the_same_selection(monkeypatch):
+    """Under ONNX export the selection runs as TopK and a dense first-rank min (no stable sort
+    or scatter-min the exporter lacks); it picks the same tokens, zero rows included."""
+    torch.manual_seed(1)
+    for n_embed in (24, 512):
+        vre = OSDFaceVRE({**TINY_VRE, "n_embed": n_embed})
+        z = torch.randn(3, 16, 16, 16)
+        eager = vre.vqvae.quantize(z)
+        monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+        exported = vre.vqvae.quantize(z)
+        monkeypatch.undo()
+        assert torch.equal(exported, eager), n_embed

@@ -122,8 +122,10 @@ class OSDFaceRestorer(RestorerBundle):
                     )
                     for _ in range(lq.shape[0])
                 ]
-            ).to(dist.mean)
-            z = dist.mean + dist.std * noise
+            )
+            if torch.onnx.is_in_onnx_export():  # a constant of the graph (the seed fixes it),
+                noise = torch.from_numpy(noise.numpy())  # not a random op it cannot export
+            z = dist.mean + dist.std * noise.to(dist.mean)
         return z * self.latent_scale
 
     @staticmethod

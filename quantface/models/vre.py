@@ -168,19 +168,37 @@ class TokenSelector(nn.Module):
             flat.pow(2).sum(-1, keepdim=True) + book.pow(2).sum(-1) - 2 * flat @ book.t()
         )  # (B, N, K): the same expansion OSDFace uses, so ties break the same way
         dmin, code = dist.min(dim=-1)  # (B, N)
-        order = torch.sort(dmin, dim=1, stable=True).indices
-        seq = code.gather(1, order)  # codes in order of increasing distance
-        n, k = seq.shape[1], book.shape[0]
-        pos = torch.arange(n, device=z.device).expand(b, n)
-        first = torch.full((b, k), n, dtype=torch.long, device=z.device)
-        first = first.scatter_reduce(1, seq, pos, reduce="amin")  # first rank of each code
-        chosen = first.argsort(dim=1, stable=True)[:, : self.n_tokens]
+        n, k = dmin.shape[1], book.shape[0]
+        if torch.onnx.is_in_onnx_export():
+            first, chosen = _select_for_export(dmin, code, k, self.n_tokens)
+        else:
+            order = torch.sort(dmin, dim=1, stable=True).indices
+            seq = code.gather(1, order)  # codes in order of increasing distance
+            pos = torch.arange(n, device=z.device).expand(b, n)
+            first = torch.full((b, k), n, dtype=torch.long, device=z.device)
+            first = first.scatter_reduce(1, seq, pos, reduce="amin")  # first rank of each code
+            chosen = first.argsort(dim=1, stable=True)[:, : self.n_tokens]
         valid = first.gather(1, chosen) < n  # fewer distinct codes than tokens -> zero rows
         tokens = book[chosen] * valid[..., None].to(book.dtype)
         if tokens.shape[1] < self.n_tokens:  # a dictionary smaller than the token count
             pad = tokens.new_zeros(b, self.n_tokens - tokens.shape[1], c)
             tokens = torch.cat([tokens, pad], dim=1)
         return tokens
+
+
+def _select_for_export(dmin: Tensor, code: Tensor, k: int, n_tokens: int) -> tuple[Tensor, Tensor]:
+    """(first rank of each code, chosen codes): the same selection in operators the ONNX exporter has (opset 17): no stable sort, no
+    scatter-min. Sorting becomes TopK, which ONNX defines to put the lower index first on ties,
+    as a stable sort does; each code's first rank is a dense min over the positions holding it.
+    Codes that never occur all rank n and are zeroed by `valid`, so their order is immaterial."""
+    n = dmin.shape[1]
+    order = torch.topk(dmin, n, dim=1, largest=False, sorted=True).indices
+    seq = code.gather(1, order)
+    codes = torch.arange(k, device=code.device)
+    pos = torch.arange(n, device=code.device).view(1, n, 1)
+    first = torch.where(seq.unsqueeze(-1) == codes, pos, n).amin(dim=1)  # (B, K)
+    chosen = torch.topk(first, min(n_tokens, k), dim=1, largest=False, sorted=True).indices
+    return first, chosen
 
 
 class EmbeddingChange(nn.Module):
