@@ -126,6 +126,22 @@ def test_above_the_size_limit_tensors_go_to_one_data_file_ort_loads(calib, faces
     np.testing.assert_array_equal(_ort(split, faces), _ort(one, faces))
 
 
+def test_the_optimized_graph_keeps_large_tensors_beside_it(tmp_path, monkeypatch):
+    """ORT writes the graph it runs with its large initializers in a data file, as the export
+    does, so a graph above protobuf's 2 GB (the SD-2.1-size FP model) can be written and its
+    operators counted; forced here with a 1-byte threshold."""
+    import quantface.deploy.runtime as runtime
+
+    lin = torch.nn.Linear(64, 32)
+    torch.onnx.export(lin, (torch.randn(1, 64),), tmp_path / "l.onnx", dynamo=False)
+    monkeypatch.setattr(runtime, "EXTERNAL_MIN_BYTES", 1)
+    out = tmp_path / "opt" / "l.onnx"
+    out.parent.mkdir()
+    session(tmp_path / "l.onnx", 1, optimized=out)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["l.onnx", "l.onnx.data"]
+    assert runtime.optimized_ops(tmp_path / "l.onnx")["Gemm"] == 1
+
+
 def test_static_w4a4_clips_to_4_bit_codes_and_agrees(calib, faces, tmp_path):
     fp = _micro()
     plan = BitPlan.uniform(fp.quant_targets(), 4, 4)

@@ -44,6 +44,11 @@ class EngineError(QuantFaceError):
     """The engine cannot load or run the model (an operator or type it has no kernel for)."""
 
 
+EXTERNAL_FILE_KEY = "session.optimized_model_external_initializers_file_name"
+EXTERNAL_MIN_KEY = "session.optimized_model_external_initializers_min_size_in_bytes"
+EXTERNAL_MIN_BYTES = 1 << 20
+
+
 def session(path: str | Path, threads: int, optimized: str | Path | None = None) -> Any:
     """A CPU InferenceSession with fixed threads; a model it cannot run raises one line naming
     the operator (and the file). `optimized`: also write the graph ORT will run there."""
@@ -55,6 +60,11 @@ def session(path: str | Path, threads: int, optimized: str | Path | None = None)
     opts.log_severity_level = 3  # the optimized-model note on NCHWc layouts is not a problem
     if optimized is not None:
         opts.optimized_model_filepath = str(optimized)
+        # large initializers beside it, as the export does: one protobuf holds at most 2 GB,
+        # and the SD-2.1-size graphs are larger
+        data = Path(optimized).name + ".data"
+        opts.add_session_config_entry(EXTERNAL_FILE_KEY, data)
+        opts.add_session_config_entry(EXTERNAL_MIN_KEY, str(EXTERNAL_MIN_BYTES))
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except _ort_errors() as e:
@@ -104,7 +114,8 @@ def optimized_ops(path: str | Path, threads: int = 1) -> Counter[str]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "optimized.onnx"
         session(path, threads, out)
-        return Counter(n.op_type for n in onnx.load(str(out)).graph.node)
+        graph = onnx.load(str(out), load_external_data=False).graph
+        return Counter(n.op_type for n in graph.node)
 
 
 def integer_ops(ops: Counter[str]) -> dict[str, int]:
