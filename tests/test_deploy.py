@@ -126,11 +126,36 @@ def test_above_the_size_limit_tensors_go_to_one_data_file_ort_loads(calib, faces
     np.testing.assert_array_equal(_ort(split, faces), _ort(one, faces))
 
 
+def test_above_the_size_limit_constant_nodes_go_to_the_data_file_too(calib, faces, tmp_path):
+    """A per-token method's graph holds its Hadamards and its float sites' weights as Constant
+    nodes, not initializers: they must leave the protobuf as well, or a graph above 2 GB cannot
+    be written (QuaRot and SVDQuant at SD-2.1 size failed so)."""
+    fp = _micro()
+    plan = BitPlan.uniform(fp.quant_targets(), 8, 8)
+    q = quantize_bundle("quarot", fp, calib, plan, {}).model
+    path = tmp_path / "m.onnx"
+    export_onnx(q, path, external_above=0)
+    model = onnx.load(str(path), load_external_data=False)
+    constants = [a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute]
+    itemsize = {
+        t.data_type: helper.tensor_dtype_to_np_dtype(t.data_type).itemsize for t in constants
+    }
+    large = [t for t in constants if np.prod(t.dims) * itemsize[t.data_type] >= 1024]
+    assert large and all(t.data_location == TensorProto.EXTERNAL for t in large)
+    np.testing.assert_allclose(_ort(path, faces), _ort_one(q, tmp_path, faces), atol=1e-6)
+
+
+def _ort_one(q, tmp_path, faces) -> np.ndarray:
+    one = tmp_path / "one" / "m.onnx"
+    export_onnx(q, one)
+    return _ort(one, faces)
+
+
 def test_the_optimized_graph_keeps_large_tensors_beside_it(tmp_path, monkeypatch):
     """ORT writes the graph it runs with its large initializers in a data file, as the export
     does, so a graph above protobuf's 2 GB (the SD-2.1-size FP model) can be written and its
     operators counted; forced here with a 1-byte threshold."""
-    import quantface.deploy.runtime as runtime
+    from quantface.deploy import runtime
 
     lin = torch.nn.Linear(64, 32)
     torch.onnx.export(lin, (torch.randn(1, 64),), tmp_path / "l.onnx", dynamo=False)

@@ -643,6 +643,7 @@ def save_onnx(
                 save_as_external_data=True,
                 all_tensors_to_one_file=True,
                 location=data.name,
+                convert_attribute=True,  # Constant nodes too (Hadamards, float sites' weights)
             )
             del model
             with atomic_path(data) as tmp_data:
