@@ -630,7 +630,10 @@ def save_onnx(
                 input_names=input_names,
                 output_names=output_names,
             )
-            if sum(f.stat().st_size for f in work.iterdir()) <= external_above:
+            files = list(work.iterdir())
+            # torch writes tensors beside the .onnx by its own measure of the proto's size, which
+            # need not agree with ours: any file beside it means the data-file path
+            if files == [raw] and raw.stat().st_size <= external_above:
                 os.replace(raw, tmp)
                 return
             model = onnx.load(str(raw))  # reads torch's per-tensor files back
