@@ -147,6 +147,29 @@ def test_above_the_size_limit_constant_nodes_go_to_the_data_file_too(calib, face
     assert psnr(_ort(path, faces), sim) >= AGREEMENT_DB
 
 
+def test_tensor_files_torch_writes_below_our_limit_still_go_to_one_data_file(
+    calib, faces, tmp_path, monkeypatch
+):
+    """torch decides by its own measure when to write tensors beside the .onnx; where it does
+    so below our size limit (Q-Diffusion at SD-2.1 size), the export must still keep them."""
+    real_export = torch.onnx.export
+
+    def export_with_tensor_files(module, args, f, **kwargs):
+        real_export(module, args, f, **kwargs)
+        model = onnx.load(f)
+        onnx.save_model(model, f, save_as_external_data=True, all_tensors_to_one_file=False)
+
+    monkeypatch.setattr(torch.onnx, "export", export_with_tensor_files)
+    fp = _micro()
+    q = quantize_bundle("maxmin", fp, calib, BitPlan.uniform(fp.quant_targets(), 8, 8)).model
+    path = tmp_path / "out" / "m.onnx"
+    export_onnx(q, path)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["m.onnx", "m.onnx.data"]
+    with torch.no_grad():
+        sim = q.restore(faces).numpy()
+    assert psnr(_ort(path, faces), sim) >= AGREEMENT_DB
+
+
 def test_the_optimized_graph_keeps_large_tensors_beside_it(tmp_path, monkeypatch):
     """ORT writes the graph it runs with its large initializers in a data file, as the export
     does, so a graph above protobuf's 2 GB (the SD-2.1-size FP model) can be written and its
