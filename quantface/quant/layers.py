@@ -28,6 +28,7 @@ from quantface.quant.transforms import (
     LAYER_TRANSFORMS,
     MATMUL_TRANSFORMS,
     Transform,
+    spec_of,
     transforms_of,
 )
 
@@ -77,7 +78,7 @@ class QuantLayerMixin:
                 kind.attach(self, t, n_in)
 
     def transform_spec(self) -> InputTransform:
-        return InputTransform(**{t.field: t.spec_value(self) for t in transforms_of(self)})
+        return spec_of(self)
 
     def transform_input(self, x: Tensor) -> Tensor:
         """x -> H((x - d) / s), the input the quantizer and the low-rank branch see."""
@@ -193,7 +194,7 @@ class QuantMatMul(nn.Module):
             INNER.attach(self, InputTransform(inner=n), n)
 
     def transform_spec(self) -> InputTransform:
-        return InputTransform(**{t.field: t.spec_value(self) for t in transforms_of(self)})
+        return spec_of(self)
 
     def layer_quantizers(self) -> list[tuple[UniformQuantizer, str]]:
         """Both operands are activations: `weight_quantizer` names the second one's slot only."""

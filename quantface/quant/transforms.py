@@ -341,6 +341,11 @@ def transforms_of(host: nn.Module) -> list[Transform]:
     return [t for t in kinds if t.present(host)]
 
 
+def spec_of(host: nn.Module) -> InputTransform:
+    """The InputTransform a host's present transforms amount to (what its layout records)."""
+    return InputTransform(**{t.field: t.spec_value(host) for t in transforms_of(host)})
+
+
 def transform_ops(host: nn.Module, args: tuple, out: Tensor) -> dict[str, int]:
     """The summed extra run-time work of a host's transforms for one call, by cost key."""
     ops = dict.fromkeys(EXTRA_KEYS, 0)
