@@ -116,3 +116,23 @@ def test_even_indices_stay_in_bounds_past_float32_precision():
     obs = MSEObserver(QuantSpec(4), max_rows=4096)
     obs.update(torch.zeros(n))  # raised IndexError with a float32 linspace
     assert obs.samples[0].numel() == k
+
+
+def test_per_tensor_search_evaluates_one_batch_budget_across_all_batches(monkeypatch):
+    """Four batches, each at the per-batch cap: the Lp error is evaluated on `max_rows * 64`
+    values in all (not four times that), drawn from every batch, against the range of all."""
+    obs = MSEObserver(QuantSpec(4), max_rows=4)
+    seen = {}
+    search = obs._search_rows
+
+    def spy(rows, lo, hi):
+        seen["rows"] = rows.clone()
+        return search(rows, lo, hi)
+
+    monkeypatch.setattr(obs, "_search_rows", spy)
+    for b in range(4):
+        obs.update(torch.full((256,), float(b)))
+    obs.compute()
+    rows = seen["rows"]
+    assert rows.numel() == 4 * 64
+    assert set(rows.unique().tolist()) == {0.0, 1.0, 2.0, 3.0}

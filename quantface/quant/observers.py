@@ -99,6 +99,10 @@ class MSEObserver(MinMaxObserver):
 
     The LAPQ/Q-Diffusion search: error `mean|x - Q(x)|^p` with p=2.4, evaluated per quantization
     unit, so per-channel weights pick their own clip. Tensors are kept (subsampled) for the search.
+    A per-tensor search evaluates its error on at most `max_rows * 64` values however many
+    batches were observed: an even sample across all of them (the range to shrink is still the
+    min-max of everything seen). The official code initialises each activation range on one
+    calibration batch; this keeps every batch's values in the sample at one batch's cost.
     """
 
     def __init__(
@@ -123,12 +127,13 @@ class MSEObserver(MinMaxObserver):
 
     def compute(self) -> tuple[Tensor, Tensor]:
         lo, hi = super().compute()
-        if self.spec.granularity in ("tensor", "channel"):
-            data = (
-                torch.cat([s.flatten() for s in self.samples])
-                if self.spec.granularity == "tensor"
-                else torch.cat(self.samples, dim=self._cat_dim(self.samples[0].dim()))
-            )
+        if self.spec.granularity == "tensor":
+            data = torch.cat([s.flatten() for s in self.samples])
+            cap = self.max_rows * 64
+            if data.numel() > cap:  # the error of every batch together, on one batch's budget
+                data = data[even_indices(data.numel(), cap, data.device)]
+        elif self.spec.granularity == "channel":
+            data = torch.cat(self.samples, dim=self._cat_dim(self.samples[0].dim()))
         else:
             return lo, hi  # token/group ranges are dynamic or weight-only; min-max there
         if self.spec.granularity == "channel":

@@ -44,9 +44,12 @@ SEED_NAMES = sorted({c for c, _ in SEED_CELLS})
 BITS = list(config["bits"])
 DATASET_NAMES = list(config["data"]["datasets"])
 # torch threads per job are fixed, not taken from --cores, so results do not depend on the
-# scheduler: 2 for calibration/quantization, 1 for training (the shipped restorer's count) and
-# for restoration and scoring (jobs that run side by side).
+# scheduler: 2 for calibration (one job that every other waits for), 1 for everything else:
+# training (the shipped restorer's count), quantization, restoration and scoring run side by
+# side, one core each, which uses two cores better than one 2-thread job at a time (measured:
+# a 2-thread quantize job kept 1.13 cores busy).
 TORCH_THREADS = 2
+QUANTIZE_THREADS = 1
 # Where computing jobs run: the config's `device` (validated above against this machine). It is
 # a resource, not a param, so a profile can move single rules to a GPU (slurm-gpu sets
 # `device: cuda` beside `gpu: 1`) and switching devices does not rerun finished jobs.

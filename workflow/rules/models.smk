@@ -81,7 +81,7 @@ rule calibrate_balanced:
         "results/logs/calibrate_balanced/{model}.log",
     benchmark:
         "results/benchmarks/calibrate_balanced/{model}.tsv"
-    threads: 2
+    threads: QUANTIZE_THREADS
     resources:
         mem_mb=4000,
         runtime=30,
@@ -89,7 +89,7 @@ rule calibrate_balanced:
     shell:
         "quantface calibrate --balanced {input.calib} --model {input.model} --out {output}"
         " --batch-size {params.batch} --options {params.options} --device {resources.device}"
-        " --threads " + str(TORCH_THREADS) + " 2> {log}"
+        " --threads " + str(QUANTIZE_THREADS) + " 2> {log}"
 
 
 # `seeds`: each extra global seed draws its own calibration set (results/<model>/seed<s>/calib/)

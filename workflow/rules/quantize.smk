@@ -16,7 +16,7 @@ rule quantize:
         "results/logs/quantize/{model}/{method}/{bits}.log",
     benchmark:
         "results/benchmarks/quantize/{model}/{method}/{bits}.tsv"
-    threads: 2
+    threads: QUANTIZE_THREADS
     resources:
         mem_mb=6000,
         runtime=120,
@@ -26,4 +26,4 @@ rule quantize:
         " --bits {wildcards.bits} --calib {input.calib} --out {params.folder}"
         " --options {params.options} {params.scheme} --label {wildcards.method}"
         " --seed {params.seed} --device {resources.device}"
-        " --threads " + str(TORCH_THREADS) + " 2> {log}"
+        " --threads " + str(QUANTIZE_THREADS) + " 2> {log}"
