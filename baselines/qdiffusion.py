@@ -40,6 +40,9 @@ Adaptation here:
   `true` runs it on every activation quantizer, `false` on none;
 - where it runs the Lp-2.4 init is overwritten before it is ever used quantized, as in the
   code; it stays because the unit search runs the quantized model once before any unit is done;
+- the units' FP targets come from one FP forward per batch (hooks on every unit) while they
+  fit `FP_TARGET_BYTES`, not one early-stopped FP forward per unit: the FP network never
+  changes, so they are bitwise the same tensors;
 - `av_matmul`'s first operand (softmax output P) at `sm_abit` bits (16): recorded in plan.json
   (that site's a_bits = 16) with a note, and its BOPs are counted at 16 x a_bits in cost.json;
 - iteration counts are config options (small in the embedded default; the paper's in
@@ -84,6 +87,7 @@ from quantface.quant.reconstruction import (
     Block,
     ReconConfig,
     capture,
+    capture_outputs,
     find_blocks,
     reconstruct,
 )
@@ -137,6 +141,9 @@ class QDiffusionOptions(Options):
 # `running_stat`: "auto" runs it on the >= 8-bit activation quantizers only, as the official
 # commands use it (README: SD and LSUN-bedroom at --act_bit 8; none at lower bits)
 RUNNING_STAT_MIN_BITS = {True: 0, "auto": 8}
+# The units' FP targets are taken in one FP pass while they fit this much memory (the tiny
+# default: all of them, ~15 s of a W4A4 job saved); the rest are captured unit by unit.
+FP_TARGET_BYTES = 1 << 30
 SOFTMAX_NOTE = "softmax output P of the AV matmul kept at {b} bit (Q-Diffusion --sm_abit {b})"
 
 
@@ -271,9 +278,13 @@ class QDiffusion:
             chosen = spaced_subset(blocks, opts.max_units) or blocks
             log_timing("units_reconstructed", len(chosen), 0.0)
             names = {blk.name for blk in chosen}
+            order = [blk.name for blk in blocks if blk.name in names]
+            targets = capture_outputs(fp, order, images, opts.batch_size, FP_TARGET_BYTES)
             for k, blk in enumerate(blocks):
                 if blk.name in names:
-                    self._reconstruct_unit(model, fp, blk, images, opts, f"{k}:{blk.name}")
+                    self._reconstruct_unit(
+                        model, fp, blk, images, opts, f"{k}:{blk.name}", targets.pop(blk.name, None)
+                    )
             log.info(
                 "qdiffusion: %d of %d units reconstructed in %.1f s",
                 len(chosen),
@@ -305,8 +316,10 @@ class QDiffusion:
         images: Tensor,
         opts: QDiffusionOptions,
         desc: str,
+        targets: list[Tensor] | None = None,
     ) -> None:
         """Weight stage, running min-max, activation stage of one unit (see the module docstring).
+        `targets`: the unit's FP outputs when already captured (else captured here).
 
         The weight stage reads its input from the network with *no* activation quantized, as the
         code's `asym` capture under `set_quant_state(True, False)`; the activation stages read it
@@ -314,7 +327,8 @@ class QDiffusion:
         """
         bs = opts.batch_size
         module = model.get_submodule(blk.name)
-        targets = capture(fp, blk.name, images, bs, "output")
+        if targets is None:
+            targets = capture(fp, blk.name, images, bs, "output")
         if blk.layers:
             layers = {n: model.get_submodule(n) for n in blk.layers}
             with activations_off(model, opts.weight_stage_attn_operands == "off"):

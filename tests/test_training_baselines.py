@@ -33,6 +33,7 @@ from quantface.quant.reconstruction import (
     ReconConfig,
     block_error,
     capture,
+    capture_outputs,
     find_blocks,
     reconstruct,
 )
@@ -639,3 +640,22 @@ def test_qdiffusion_max_units_reconstructs_an_evenly_spaced_subset(
     done.clear()
     notes = quantize_bundle("qdiffusion", micro_model, micro_calib, plan, FAST["qdiffusion"]).notes
     assert done == found and "qdiffusion" not in notes
+
+
+def test_one_pass_block_outputs_equal_block_by_block_captures_within_the_budget(
+    micro_model, micro_images, micro_calib
+):
+    """Q-Diffusion's FP targets from one forward per batch are bitwise the early-stopped
+    per-block captures; blocks past the memory budget are left to the per-block path."""
+    plan = BitPlan.uniform(micro_model.quant_targets(), 4, 4)
+    micro_model = quantize_bundle("maxmin", micro_model, micro_calib, plan, {}).model
+    names = [b.name for b in find_blocks(micro_model, micro_images)]
+    every = capture_outputs(micro_model, names, micro_images, 2, 1 << 30)
+    assert list(every) == names and len(names) > 3
+    for name in names:
+        one = capture(micro_model, name, micro_images, 2, "output")
+        assert len(one) == len(every[name]) == 2
+        assert all(torch.equal(a, b) for a, b in zip(one, every[name], strict=True)), name
+    first = sum(t.numel() * t.element_size() for t in every[names[0]])
+    some = capture_outputs(micro_model, names, micro_images, 2, first)
+    assert list(some) == names[:1]

@@ -148,6 +148,53 @@ def capture(
     return got
 
 
+@torch.no_grad()
+def capture_outputs(
+    model: QuantTarget, blocks: list[str], images: Tensor, batch_size: int, max_bytes: int
+) -> dict[str, list[Tensor]]:
+    """The main output of many blocks from one forward per image batch: what `capture(...,
+    "output")` gives block by block, for as many blocks (in execution order) as fit `max_bytes`.
+
+    For a network that does not change (the FP targets of a reconstruction) one pass replaces
+    a forward per block; the same operations on the same inputs give bitwise the same outputs.
+    Blocks past the budget are left out (the caller captures those one by one)."""
+    wanted = set(blocks)
+    got: dict[str, list[Tensor]] = {}
+    used = 0
+    hooks = []
+
+    def hook(name: str):
+        def post(m, args, out):
+            nonlocal used
+            if name not in wanted or name in seen:
+                return
+            seen.add(name)
+            y = first_tensor(out).detach()
+            if name not in got:  # the first batch decides which blocks fit
+                if used + y.numel() * y.element_size() * n_batches > max_bytes:
+                    wanted.discard(name)
+                    return
+                used += y.numel() * y.element_size() * n_batches
+                got[name] = []
+            got[name].append(y)
+
+        return post
+
+    batches = images.split(batch_size)
+    n_batches = len(batches)
+    for name in blocks:
+        hooks.append(model.get_submodule(name).register_forward_hook(hook(name)))
+    try:
+        with timed("capture_outputs", len(images)):
+            for batch in batches:
+                seen: set[str] = set()
+                model.restore(batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    return got
+
+
 def lp_loss(pred: Tensor, target: Tensor, p: float) -> Tensor:
     """BRECQ/Q-Diffusion's reconstruction loss: |pred - target|^p summed over dim 1, averaged."""
     err = (pred - target).abs().pow(p)
