@@ -73,7 +73,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
                 f"known: {', '.join(known)}"
             )
     if config["model"].get("train"):
-        from quantface.models.train import DEFAULT_TRAIN
+        from quantface.models.train_defaults import DEFAULT_TRAIN
 
         for k in config["model"]["train"]:
             if k not in DEFAULT_TRAIN:

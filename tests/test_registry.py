@@ -58,8 +58,9 @@ def test_the_config_check_imports_no_heavy_library():
             check_model_assets, load_config, merge_configs, validate_config
         )
         from quantface.registry import DATASETS
-        for files in (["config/config.yaml"], ["config/config.yaml", "config/ablation.yaml"]):
-            config = merge_configs([load_config(f, validate=False) for f in files])
+        retrain = {"model": {"train": {"from_scratch": True}}}  # model.train keys are checked
+        for files in (["config/config.yaml"], ["config/config.yaml", "config/ablation.yaml"], ["config/config.yaml", retrain]):
+            config = merge_configs([load_config(f, validate=False) if isinstance(f, str) else f for f in files])
             validate_config(config)
             check_model_assets(config)  # the Snakefile's parse runs these three
             [DATASETS.get(d)().paired for d in config["data"]["datasets"]]

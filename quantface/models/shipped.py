@@ -47,7 +47,7 @@ def training_recipe(
     default out in a config does not count as a change. `from_scratch` is not part of it: it
     says whether to use a matching shipped file, not what to train."""
     from quantface.data.degradation import DegradationConfig
-    from quantface.models.train import DEFAULT_TRAIN
+    from quantface.models.train_defaults import DEFAULT_TRAIN
     from quantface.registry import MODELS
 
     default_arch = getattr(MODELS.get(model_name), "default_arch", {})

@@ -29,23 +29,10 @@ from quantface.data.degradation import DegradationConfig, degrade
 from quantface.data.synthetic_faces import generate_face
 from quantface.io import to_tensor
 from quantface.models.base import RestorerBundle
+from quantface.models.train_defaults import DEFAULT_TRAIN
 from quantface.registry import MODELS
 
 log = logging.getLogger(__name__)
-
-DEFAULT_TRAIN: dict[str, Any] = {
-    "vae_steps": 800,
-    "latent_steps": 1200,
-    "pixel_steps": 100,
-    "batch_size": 8,
-    "crop": 64,
-    "lr": 2.0e-3,
-    "tune_decoder": False,  # stage 3 tunes UNet + embedder; OSDFace keeps the VAE decoder frozen
-    "pool_size": 256,
-    "face_seed_offset": 1_000_000,  # training faces never overlap test/calibration faces
-    # train even when the shipped restorer was made from this very recipe (models/shipped.py)
-    "from_scratch": False,
-}
 
 
 class PairSampler:
