@@ -65,3 +65,16 @@ def test_unet_attention_levels_follow_the_arch_and_a_wrong_length_is_named():
     ]
     with pytest.raises(ConfigError, match="unet_attention has 1 entries for 2"):
         TinyRestorer({**MICRO_ARCH, "unet_attention": [True]})
+
+
+def test_eps_skip_starts_training_from_the_lq_latent_and_off_is_plain_ddpm(micro_images):
+    """With `eps_skip` (the default) the zero-initialised noise head returns the LQ latent
+    itself, so the restorer starts as decode(encode(lq)); without it the same zero eps gives
+    OSDFace's plain x0 estimate z / sqrt(a_t), 1.53 z at t = 399."""
+    torch.manual_seed(0)
+    skip, plain = TinyRestorer(MICRO_ARCH).eval(), TinyRestorer({**MICRO_ARCH, "eps_skip": False})
+    plain.load_state_dict(skip.state_dict())
+    with torch.no_grad():
+        z = skip.encode(micro_images)
+        torch.testing.assert_close(skip.restore_latent(micro_images), z)
+        torch.testing.assert_close(plain.eval().restore_latent(micro_images), z / skip._ab**0.5)

@@ -34,6 +34,10 @@ class RestorerBundle(nn.Module):
 
     name: str = "base"
     quant_prefixes: tuple[str, ...] = ("unet", "vae")
+    # eps = unet(z) + noise_skip * z. 0 is OSDFace's (and DDPM's) parameterisation; a subclass
+    # trained from scratch may set (1 - sqrt(a_t)) / sqrt(1 - a_t), which makes a zero UNet output
+    # return z itself, so the UNet learns the restoration residual instead of a near-identity.
+    noise_skip: float = 0.0
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
@@ -62,6 +66,8 @@ class RestorerBundle(nn.Module):
         """One UNet evaluation at t on the LQ latent, then the DDPM x0 estimate."""
         t = torch.full((z.shape[0],), self.timestep, dtype=torch.long, device=z.device)
         eps = self.unet(z, t, encoder_hidden_states=context).sample
+        if self.noise_skip:
+            eps = eps + self.noise_skip * z
         return (z - math.sqrt(1 - self._ab) * eps) / math.sqrt(self._ab)
 
     def restore(self, lq: Tensor, clamp: bool = True) -> Tensor:

@@ -8,13 +8,13 @@ from typing import Any
 
 DEFAULT_TRAIN: dict[str, Any] = {
     "vae_steps": 800,
-    "latent_steps": 1200,
-    "pixel_steps": 100,
+    "latent_steps": 4000,
+    "pixel_steps": 1000,
     "batch_size": 8,
     "crop": 64,
     "lr": 2.0e-3,
     "tune_decoder": False,  # stage 3 tunes UNet + embedder; OSDFace keeps the VAE decoder frozen
-    "pool_size": 256,
+    "pool_size": 1024,
     "face_seed_offset": 1_000_000,  # training faces never overlap test/calibration faces
     # train even when the shipped restorer was made from this very recipe (models/shipped.py)
     "from_scratch": False,
