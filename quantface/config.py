@@ -19,6 +19,7 @@ from quantface.device import check_device
 from quantface.errors import ConfigError, DeviceError, QuantFaceError, first_line
 from quantface.quant.plan import MP_RE, parse_bits
 from quantface.registry import DATASETS, METHODS, METRICS, MODELS
+from quantface.validation_cache import build_key, record_build, seen_to_build
 
 SCHEMA_FILE = "config.schema.yaml"
 
@@ -136,7 +137,8 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
 def _check_architecture(config: dict[str, Any]) -> None:
     """Build the configured (embedded, small) architecture once: a value every key accepts alone
     but that does not build (levels vs attention flags, groups that do not divide channels, a
-    shipped VAE of another shape) fails here, not in the training job."""
+    shipped VAE of another shape) fails here, not in the training job. A success is remembered
+    (quantface/validation_cache.py), so the Snakefile's parse builds each architecture once."""
     name = config["model"]["name"]
     default = MODELS.attr(name, "default_arch")
     overrides = config["model"].get("arch", {})
@@ -144,14 +146,19 @@ def _check_architecture(config: dict[str, Any]) -> None:
         not overrides and config["data"]["image_size"] == default.get("image_size")
     ):
         return  # no architecture, or the default one (the shipped restorer's, built by the tests)
+    arch = {**overrides, "image_size": config["data"]["image_size"]}
+    entry = MODELS.index().get(name)
+    key = build_key(name, entry.module if entry else None, arch)
+    if seen_to_build(key):
+        return  # built before with this code and these libraries (quantface/validation_cache.py)
     cls = MODELS.get(name)
     if hasattr(cls, "from_assets"):
         return  # converted from local weights: checked by check_model_assets
-    arch = {**overrides, "image_size": config["data"]["image_size"]}
     try:
         model = cls(arch)
         if model.config.get("pretrained_vae"):
             model.check_pretrained_vae()
+        record_build(key)
     except QuantFaceError as e:
         raise ConfigError(f"config key 'model.arch': {e}") from None
     except (ValueError, AssertionError, RuntimeError, TypeError) as e:  # diffusers' own checks

@@ -98,3 +98,64 @@ def test_seed_cells_repeat_every_native_cell_per_extra_seed(config):
     assert cell_seed("matched/quarot") is None
     assert resolve_scheme(config, "seed2/quarot") is None  # native quantizers
     assert resolve_method(config, "seed2/qdiffusion") == resolve_method(config, "qdiffusion")
+
+
+def test_a_custom_architecture_is_built_once_then_remembered(tmp_path):
+    """The Snakefile's parse validates a custom `model.arch` by building it; after one success a
+    fresh process checks the same architecture without importing torch, and an architecture
+    that does not build still fails (failures are never remembered)."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import sys
+        from quantface.config import load_config, merge_configs, validate_config
+        from quantface.errors import ConfigError
+        config = merge_configs([load_config(f, validate=False)
+                                for f in ("config/config.yaml", "config/micro.yaml")])
+        if sys.argv[1] == "bad":
+            config["model"]["arch"]["unet_norm_groups"] = 7
+            try:
+                validate_config(config)
+            except ConfigError as e:
+                print("rejected:", e)
+        else:
+            validate_config(config)
+        print("torch imported:", "torch" in sys.modules)
+        """
+    )
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+
+    def check(which: str) -> str:
+        cmd = [sys.executable, "-c", code, which]
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, check=False)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r.stdout
+
+    assert "torch imported: True" in check("good")  # built once
+    assert len(list((tmp_path / "quantface" / "architectures").iterdir())) == 1
+    assert "torch imported: False" in check("good")  # remembered
+    for _ in range(2):
+        out = check("bad")
+        assert "rejected:" in out and "divisible by num_groups (7)" in out, out
+
+
+def test_the_remembered_build_depends_on_the_libraries_and_the_model_code(monkeypatch):
+    from quantface import validation_cache
+
+    arch = {"unet_channels": [16, 32], "image_size": 32}
+    key = validation_cache.build_key("tiny", "quantface.models.tiny", arch)
+    assert key == validation_cache.build_key("tiny", "quantface.models.tiny", dict(arch))
+    assert key != validation_cache.build_key("tiny", "quantface.models.tiny", {**arch, "x": 1})
+    monkeypatch.setattr(validation_cache, "_version", lambda dist: "0.0-other")
+    assert key != validation_cache.build_key("tiny", "quantface.models.tiny", arch)
+    monkeypatch.undo()
+    real_read = Path.read_bytes
+    edited = ROOT / "quantface" / "models" / "tiny.py"
+    monkeypatch.setattr(
+        Path, "read_bytes", lambda p: real_read(p) + (b"#" if p.name == edited.name else b"")
+    )
+    assert key != validation_cache.build_key("tiny", "quantface.models.tiny", arch)
