@@ -78,6 +78,7 @@ IO_FLAGS = {
     "export": (("model",), ("out", "report")),
     "deploy-bench": (("model", "onnx", "fp", "images"), ("out",)),
     "deploy-report": (("bench",), ("out", "figure")),
+    "deploy-trt": (("onnx",), ("out", "report")),
     "evaluate": (("pred", "ref", "fp", "manifest"), ("out",)),
     "compare": (("input", "models"), ("out",)),
     "aggregate": (
@@ -363,7 +364,7 @@ def _deploy_extra() -> None:
     missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
     if missing:
         raise QuantFaceError(
-            f"{' and '.join(missing)} not installed: pip install 'quantface[deploy]'"
+            f"{' and '.join(missing)} not installed: pip install 'quantface-bench[deploy]'"
         )
 
 
@@ -443,6 +444,25 @@ def cmd_deploy_bench(args: argparse.Namespace) -> None:
         log.info(
             "%s: %.1f ms median, peak +%.0f MB", row["engine"], row["median_ms"], row["peak_mb"]
         )
+
+
+def cmd_deploy_trt(args: argparse.Namespace) -> None:
+    """A `--flavor qdq` ONNX as a TensorRT engine: its layout checked here first (any machine),
+    then built and timed on the GPU (quantface/deploy/tensorrt.py)."""
+    _deploy_extra()
+    from quantface.deploy.tensorrt import build_engine, check_layout, time_engine
+    from quantface.io import atomic_write_text
+
+    enter_stage("check layout")
+    layout = check_layout(args.onnx)
+    log.info("TensorRT layout: %s", ", ".join(f"{k} {v}" for k, v in layout.items()))
+    enter_stage("build engine")
+    report = build_engine(args.onnx, args.out, workspace_gib=args.workspace_gib)
+    enter_stage("time engine")
+    report["timing"] = time_engine(args.out, warmup=args.warmup, runs=args.runs)
+    if args.report:
+        atomic_write_text(args.report, json.dumps(report, indent=1))
+    log.info("%s: %.2f ms median", report["timing"]["engine"], report["timing"]["median_ms"])
 
 
 def cmd_deploy_report(args: argparse.Namespace) -> None:
@@ -765,6 +785,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--runs", type=int, default=10, help="timed runs (median and quartiles)")
     sp.add_argument("--seed", type=int, default=0, help="noise faces when --images is not given")
     sp.add_argument("--threads", type=int, default=1, help="intra-op threads of ORT and torch")
+
+    sp = add(
+        "deploy-trt",
+        cmd_deploy_trt,
+        "build a `--flavor qdq` ONNX into a TensorRT engine and time it (needs a CUDA GPU)",
+    )
+    sp.add_argument("--onnx", required=True, help="the ONNX file `export --flavor qdq` wrote")
+    sp.add_argument("--out", required=True, help="the serialized engine (.engine)")
+    sp.add_argument("--report", help="trt.json: the layout counts, versions and timing")
+    sp.add_argument("--workspace-gib", type=int, default=8, help="TensorRT's workspace limit")
+    sp.add_argument("--warmup", type=int, default=3, help="untimed runs first")
+    sp.add_argument("--runs", type=int, default=10, help="timed runs (median and quartiles)")
 
     sp = add(
         "deploy-report", cmd_deploy_report, "deploy table (md, csv) and quality-vs-latency figure"

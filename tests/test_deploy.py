@@ -457,3 +457,62 @@ def test_osdface_with_its_vre_and_seeded_posterior_sample_exports_and_agrees(tmp
     with torch.no_grad():
         sim = q.restore(x).numpy()
     assert psnr(_ort(tmp_path / "q.onnx", x), sim) >= AGREEMENT_DB
+
+
+# --- TensorRT: the layout checked here, the engine built and timed on a GPU ---------------------
+def _w8a8_onnx(calib, tmp_path, method: str, flavor: str):
+    fp = _micro()
+    q = quantize_bundle(method, fp, calib, BitPlan.uniform(fp.quant_targets(), 8, 8), {}).model
+    path = tmp_path / f"{method}_{flavor}.onnx"
+    export_onnx(q, path, flavor=flavor)
+    return path
+
+
+def test_tensorrt_layout_check_passes_the_symmetric_qdq_export_and_names_what_it_rejects(
+    calib, tmp_path
+):
+    from quantface.deploy.tensorrt import TensorRTError, check_layout
+
+    ok = check_layout(_w8a8_onnx(calib, tmp_path, "smoothquant", "qdq"))
+    assert ok["qdq_fed_ops"] > 0 and ok["quantize_linear"] > 0, ok
+    assert ok["dequantize_linear"] >= ok["quantize_linear"] + ok["qdq_fed_ops"] // 2, ok
+    with pytest.raises(TensorRTError, match=r"Q/DQ nodes with an asymmetric grid \(uint8 zero"):
+        check_layout(_w8a8_onnx(calib, tmp_path, "maxmin", "qdq"))  # asymmetric: uint8 codes
+    with pytest.raises(TensorRTError, match=r"ONNX Runtime integer operators \(ConvInteger"):
+        check_layout(_w8a8_onnx(calib, tmp_path, "smoothquant", "ort"))
+
+
+def test_deploy_trt_without_tensorrt_stops_after_the_layout_check_in_one_line(
+    calib, tmp_path, capsys, caplog, monkeypatch
+):
+    """Without TensorRT (CI, this machine) the command gets as far as it can: the graph passes
+    the layout check, then one line names the missing extra; no engine file appears."""
+    import importlib.util
+    import logging
+
+    caplog.set_level(logging.INFO)
+    path = _w8a8_onnx(calib, tmp_path, "smoothquant", "qdq")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tensorrt" else real(name, *a)
+    )
+    engine = tmp_path / "m.engine"
+    assert main(["deploy-trt", "--onnx", str(path), "--out", str(engine)]) == 2
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("quantface deploy-trt: error: tensorrt not installed"), line
+    assert "quantface-bench[tensorrt]" in line and "layout check above passed" in line
+    assert "TensorRT layout: quantize_linear" in caplog.text
+    assert not engine.exists()
+
+
+@pytest.mark.gpu
+def test_deploy_trt_builds_and_times_an_engine_on_the_gpu(calib, tmp_path):
+    pytest.importorskip("tensorrt")
+    path = _w8a8_onnx(calib, tmp_path, "smoothquant", "qdq")
+    engine, report = tmp_path / "m.engine", tmp_path / "trt.json"
+    argv = ["deploy-trt", "--onnx", str(path), "--out", str(engine), "--report", str(report)]
+    assert main([*argv, "--warmup", "1", "--runs", "3"]) == 0
+    result = json.loads(report.read_text())
+    assert engine.stat().st_size == result["engine_bytes"] > 0
+    assert result["timing"]["median_ms"] > 0 and result["qdq_fed_ops"] > 0
