@@ -146,8 +146,10 @@ def _check_architecture(config: dict[str, Any]) -> None:
         not overrides and config["data"]["image_size"] == default.get("image_size")
     ):
         return  # no architecture, or the default one (the shipped restorer's, built by the tests)
-    arch = {**overrides, "image_size": config["data"]["image_size"]}
     entry = MODELS.index().get(name)
+    if entry is not None and "from_assets" in entry.dynamic:
+        return  # converted from local weights (read from its source: no import)
+    arch = {**overrides, "image_size": config["data"]["image_size"]}
     key = build_key(name, entry.module if entry else None, arch)
     if seen_to_build(key):
         return  # built before with this code and these libraries (quantface/validation_cache.py)
