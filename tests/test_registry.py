@@ -93,16 +93,16 @@ def test_listings_import_no_heavy_library():
 
 def test_a_command_loads_diffusers_models_without_bitsandbytes_or_transformers():
     """A computing command's set-up loads diffusers' model code with its unused quantization
-    back-ends hidden (2.3 s of every job's start-up), and they stay importable afterwards."""
+    back-ends hidden (2.9 s of every job's start-up), and they stay importable afterwards."""
     code = textwrap.dedent(
         """
         import argparse, sys
         from quantface.cli import _setup
         _setup(argparse.Namespace(seed=0, threads=1))
-        from quantface.models.tiny import TinyRestorer  # diffusers UNet and VAE
-        loaded = [m for m in ("bitsandbytes", "transformers") if m in sys.modules]
+        from quantface.models.tiny import TinyRestorer  # diffusers UNet, VAE and scheduler
+        loaded = [m for m in ("bitsandbytes", "transformers", "scipy") if m in sys.modules]
         assert not loaded, loaded
-        import transformers  # a metric or a user's code may still use it
+        import scipy.stats, transformers  # a metric or a user's code may still use them
         """
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
