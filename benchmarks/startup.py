@@ -5,10 +5,12 @@
 Why: every Snakemake job is a fresh `quantface` process, so each one pays the imports its
 command needs (torch, diffusers, pyiqa, pandas, matplotlib, ...) before it computes anything;
 on a 2-core machine that start-up was a large share of the default run's short jobs. For each
-rule this script starts a fresh Python that imports exactly what that rule's command imports
-before its work (the CLI, then the modules its `cmd_*` function and the work it calls load
-first) and reports the median wall time over `--repeats` runs, beside the plain interpreter
-and the listing commands (`quantface methods`, which must stay cheap). Figures depend on the
+rule this script starts a fresh Python that does what that rule's command does before its work
+(the CLI, its set-up -- which loads diffusers' model code with its unused back-ends hidden,
+quantface/lean_imports.py -- then the modules its `cmd_*` function and the work it calls load
+first) and reports the median wall time over `--repeats` runs, beside the plain interpreter,
+`--help`, the listing commands and `check-config` on the default config (run as commands: they
+must stay cheap). Figures depend on the
 machine's load and disk cache: run it with nothing else running, after one warm-up.
 """
 
@@ -19,22 +21,38 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-# rule -> the imports its command performs before working (cli.py's cmd_* and what they call)
+ROOT = Path(__file__).resolve().parents[1]
+SETUP = "quantface.cli._setup"  # what every computing command runs first (lean diffusers import)
+
+# rule -> what its command does before working: the CLI's set-up, then the modules its cmd_*
+# function and the work it calls import first; the listings and check-config run the command
 RULES: dict[str, list[str]] = {
     "(python itself)": [],
-    "quantface --help / methods / models": ["quantface.cli", "quantface.registry"],
-    "check-config, Snakefile parse": ["quantface.cli", "quantface.config", "quantface.models.tiny"],
-    "prepare_data": ["quantface.cli", "quantface.data.datasets"],
-    "prepare_model": ["quantface.cli", "quantface.models.checkpoint", "quantface.models.tiny"],
+    "quantface --help": ["quantface.cli", "main --help"],
+    "quantface methods / models": ["quantface.cli", "main methods", "main models"],
+    "check-config (default config), Snakefile parse": [
+        "quantface.cli",
+        "main check-config config/config.yaml",
+    ],
+    "prepare_data": ["quantface.cli", SETUP, "quantface.data.datasets"],
+    "prepare_model": [
+        "quantface.cli",
+        SETUP,
+        "quantface.models.checkpoint",
+        "quantface.models.tiny",
+    ],
     "calibrate": [
         "quantface.cli",
+        SETUP,
         "quantface.api",
         "quantface.quant.calibration",
         "quantface.models.tiny",
     ],
     "quantize (maxmin)": [
         "quantface.cli",
+        SETUP,
         "quantface.api",
         "quantface.quant.cost",
         "quantface.models.tiny",
@@ -42,6 +60,7 @@ RULES: dict[str, list[str]] = {
     ],
     "restore_evaluate": [
         "quantface.cli",
+        SETUP,
         "quantface.cell",
         "quantface.models.tiny",
         "quantface.metrics.iqa",
@@ -52,10 +71,22 @@ RULES: dict[str, list[str]] = {
 }
 
 
-def time_imports(modules: list[str]) -> float:
-    code = "import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules)
+def _line(step: str) -> str:
+    if step == SETUP:
+        return "import argparse; cli._setup(argparse.Namespace(seed=0, threads=1))\n"
+    if step.startswith("main "):  # --help exits through argparse
+        return f"with contextlib.suppress(SystemExit): cli.main({step.split()[1:]!r})\n"
+    return f"importlib.import_module({step!r})\n"
+
+
+def time_imports(steps: list[str]) -> float:
+    code = "import contextlib, importlib, io\n"
+    if "quantface.cli" in steps:
+        code += "import quantface.cli as cli\n"
+    code += "with contextlib.redirect_stdout(io.StringIO()):\n"
+    code += "".join("    " + _line(s) for s in steps if s != "quantface.cli") + "    pass\n"
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=ROOT)
     return time.perf_counter() - t0
 
 
@@ -68,8 +99,8 @@ def main() -> None:
     print("| rule | imports | start-up s |\n|---|---|---:|")
     for rule, modules in RULES.items():
         t = statistics.median(time_imports(modules) for _ in range(args.repeats))
-        shown = ", ".join(m for m in modules if m != "quantface.cli") or "-"
-        print(f"| {rule} | {shown} | {t:.2f} |", flush=True)
+        shown = ", ".join(m for m in modules if m != "quantface.cli").replace(SETUP, "set-up")
+        print(f"| {rule} | {shown or '-'} | {t:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -98,7 +98,13 @@ def test_a_command_loads_diffusers_models_without_bitsandbytes_or_transformers()
         """
         import argparse, sys
         from quantface.cli import _setup
-        _setup(argparse.Namespace(seed=0, threads=1))
+        from quantface.cli import MODEL_FREE
+        _setup(argparse.Namespace(command="tables", seed=0, threads=1))
+        assert "tables" in MODEL_FREE and "diffusers" not in sys.modules  # skipped there
+        import quantface.data.datasets, quantface.report.aggregate, quantface.report.deploy
+        import quantface.report.tables
+        assert "diffusers" not in sys.modules  # and those commands' code never loads it
+        _setup(argparse.Namespace(command="quantize", seed=0, threads=1))
         from quantface.models.tiny import TinyRestorer  # diffusers UNet, VAE and scheduler
         loaded = [m for m in ("bitsandbytes", "transformers", "scipy") if m in sys.modules]
         assert not loaded, loaded
