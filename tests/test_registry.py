@@ -92,18 +92,13 @@ def test_listings_import_no_heavy_library():
 
 
 def test_a_command_loads_diffusers_models_without_bitsandbytes_or_transformers():
-    """A computing command's set-up loads diffusers' model code with its unused quantization
-    back-ends hidden (2.9 s of every job's start-up), and they stay importable afterwards."""
-    code = textwrap.dedent(
+    """A computing command's set-up loads diffusers' model code with its unused back-ends
+    hidden (2.9 s of every job's start-up), and they stay importable afterwards; a command that
+    loads no model skips diffusers altogether."""
+    model = textwrap.dedent(
         """
         import argparse, sys
         from quantface.cli import _setup
-        from quantface.cli import MODEL_FREE
-        _setup(argparse.Namespace(command="tables", seed=0, threads=1))
-        assert "tables" in MODEL_FREE and "diffusers" not in sys.modules  # skipped there
-        import quantface.data.datasets, quantface.report.aggregate, quantface.report.deploy
-        import quantface.report.tables
-        assert "diffusers" not in sys.modules  # and those commands' code never loads it
         _setup(argparse.Namespace(command="quantize", seed=0, threads=1))
         from quantface.models.tiny import TinyRestorer  # diffusers UNet, VAE and scheduler
         loaded = [m for m in ("bitsandbytes", "transformers", "scipy") if m in sys.modules]
@@ -111,8 +106,21 @@ def test_a_command_loads_diffusers_models_without_bitsandbytes_or_transformers()
         import scipy.stats, transformers  # a metric or a user's code may still use them
         """
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    assert r.returncode == 0, r.stderr[-2000:]
+    model_free = textwrap.dedent(
+        """
+        import argparse, sys
+        from quantface.cli import MODEL_FREE, _setup
+        _setup(argparse.Namespace(command="tables", seed=0, threads=1))
+        import quantface.data.datasets, quantface.report.aggregate, quantface.report.deploy
+        import quantface.report.tables
+        assert "tables" in MODEL_FREE and "diffusers" not in sys.modules
+        """
+    )
+    for code in (model, model_free):
+        r = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=False
+        )
+        assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_an_installed_package_adds_a_method_through_an_entry_point(tmp_path, monkeypatch):
