@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SETUP = "quantface.cli._setup"  # what every computing command runs first (lean diffusers import)
+SETUP = "set-up"  # what every computing command runs first: "set-up <command>" (cli._setup)
 
 # rule -> what its command does before working: the CLI's set-up, then the modules its cmd_*
 # function and the work it calls import first; the listings and check-config run the command
@@ -36,23 +36,23 @@ RULES: dict[str, list[str]] = {
         "quantface.cli",
         "main check-config config/config.yaml",
     ],
-    "prepare_data": ["quantface.cli", SETUP, "quantface.data.datasets"],
+    "prepare_data": ["quantface.cli", f"{SETUP} prepare-data", "quantface.data.datasets"],
     "prepare_model": [
         "quantface.cli",
-        SETUP,
+        f"{SETUP} prepare-model",
         "quantface.models.checkpoint",
         "quantface.models.tiny",
     ],
     "calibrate": [
         "quantface.cli",
-        SETUP,
+        f"{SETUP} calibrate",
         "quantface.api",
         "quantface.quant.calibration",
         "quantface.models.tiny",
     ],
     "quantize (maxmin)": [
         "quantface.cli",
-        SETUP,
+        f"{SETUP} quantize",
         "quantface.api",
         "quantface.quant.cost",
         "quantface.models.tiny",
@@ -60,20 +60,26 @@ RULES: dict[str, list[str]] = {
     ],
     "restore_evaluate": [
         "quantface.cli",
-        SETUP,
+        f"{SETUP} restore-evaluate",
         "quantface.cell",
         "quantface.models.tiny",
         "quantface.metrics.iqa",
         "pyiqa",
     ],
-    "aggregate, tables": ["quantface.cli", "quantface.report.tables"],
-    "figures": ["quantface.cli", "quantface.report.figures", "matplotlib.pyplot"],
+    "aggregate, tables": ["quantface.cli", f"{SETUP} tables", "quantface.report.tables"],
+    "figures": [
+        "quantface.cli",
+        f"{SETUP} figures",
+        "quantface.report.figures",
+        "matplotlib.pyplot",
+    ],
 }
 
 
 def _line(step: str) -> str:
-    if step == SETUP:
-        return "import argparse; cli._setup(argparse.Namespace(seed=0, threads=1))\n"
+    if step.startswith(SETUP):
+        command = step.split()[1]
+        return f"import argparse; cli._setup(argparse.Namespace(command={command!r}, seed=0, threads=1))\n"
     if step.startswith("main "):  # --help exits through argparse
         return f"with contextlib.suppress(SystemExit): cli.main({step.split()[1:]!r})\n"
     return f"importlib.import_module({step!r})\n"
@@ -99,7 +105,7 @@ def main() -> None:
     print("| rule | imports | start-up s |\n|---|---|---:|")
     for rule, modules in RULES.items():
         t = statistics.median(time_imports(modules) for _ in range(args.repeats))
-        shown = ", ".join(m for m in modules if m != "quantface.cli").replace(SETUP, "set-up")
+        shown = ", ".join(m for m in modules if m != "quantface.cli")
         print(f"| {rule} | {shown or '-'} | {t:.2f} |", flush=True)
 
 
