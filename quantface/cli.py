@@ -644,6 +644,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         return sp
 
+    def timing(sp: argparse.ArgumentParser) -> None:
+        """The engine benchmarks' run counts (deploy-bench, deploy-trt)."""
+        sp.add_argument("--warmup", type=int, default=3, help="untimed runs first")
+        sp.add_argument("--runs", type=int, default=10, help="timed runs (median and quartiles)")
+
     def common(sp: argparse.ArgumentParser, seed: bool = True) -> None:
         if seed:
             sp.add_argument(
@@ -786,8 +791,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--fp", help="the FP model.pt: PSNR-FP of the engine's output")
     sp.add_argument("--images", help="LQ face folder (default: seeded noise images)")
     sp.add_argument("--n-images", type=int, default=2, help="faces the agreement is measured on")
-    sp.add_argument("--warmup", type=int, default=3, help="untimed runs first")
-    sp.add_argument("--runs", type=int, default=10, help="timed runs (median and quartiles)")
+    timing(sp)
     sp.add_argument("--seed", type=int, default=0, help="noise faces when --images is not given")
     sp.add_argument("--threads", type=int, default=1, help="intra-op threads of ORT and torch")
 
@@ -800,8 +804,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="the serialized engine (.engine)")
     sp.add_argument("--report", help="trt.json: the layout counts, versions and timing")
     sp.add_argument("--workspace-gib", type=int, default=8, help="TensorRT's workspace limit")
-    sp.add_argument("--warmup", type=int, default=3, help="untimed runs first")
-    sp.add_argument("--runs", type=int, default=10, help="timed runs (median and quartiles)")
+    timing(sp)
 
     sp = add(
         "deploy-report", cmd_deploy_report, "deploy table (md, csv) and quality-vs-latency figure"
