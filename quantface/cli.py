@@ -37,7 +37,7 @@ log = logging.getLogger("quantface")
 LISTINGS = ("methods", "metrics", "datasets", "models", "check-config")  # no run log for these
 # commands that load no diffusers model (checked: their modules never import it): their set-up
 # skips the lean diffusers import
-MODEL_FREE = ("prepare-data", "aggregate", "tables", "deploy-report")
+MODEL_FREE = ("prepare-data", "aggregate", "tables", "deploy-report", "deploy-trt")
 
 
 def _json(text: str | None, flag: str = "--options") -> dict[str, Any]:

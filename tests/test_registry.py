@@ -112,7 +112,7 @@ def test_a_command_loads_diffusers_models_without_bitsandbytes_or_transformers()
         from quantface.cli import MODEL_FREE, _setup
         _setup(argparse.Namespace(command="tables", seed=0, threads=1))
         import quantface.data.datasets, quantface.report.aggregate, quantface.report.deploy
-        import quantface.report.tables
+        import quantface.deploy.tensorrt, quantface.report.tables
         assert "tables" in MODEL_FREE and "diffusers" not in sys.modules
         """
     )
