@@ -131,6 +131,11 @@ def time_it(fn: Callable[[], Any], warmup: int, runs: int) -> dict[str, float]:
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1000)
+    return summary_ms(times)
+
+
+def summary_ms(times: list[float]) -> dict[str, float]:
+    """Median and quartiles of timed runs (ms), as every engine row reports them."""
     q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     return {"median_ms": statistics.median(times), "q1_ms": q[0], "q3_ms": q[2]}
 

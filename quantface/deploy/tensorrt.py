@@ -23,11 +23,11 @@ TensorRT and a CUDA device; they stop with one line saying which is missing.
 from __future__ import annotations
 
 import importlib.util
-import statistics
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from quantface.deploy.runtime import summary_ms
 from quantface.errors import QuantFaceError
 
 # ONNX Runtime's integer operators: the `ort` flavour's layout, not importable by TensorRT
@@ -178,13 +178,10 @@ def time_engine(engine_path: str | Path, warmup: int = 3, runs: int = 10) -> dic
         end.synchronize()
         if step >= warmup:
             times.append(start.elapsed_time(end))
-    q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (times[0],) * 3
     return {
         "engine": f"TensorRT {trt.__version__}",
         "device": torch.cuda.get_device_name(),
-        "median_ms": statistics.median(times),
-        "q1_ms": q1,
-        "q3_ms": q3,
+        **summary_ms(times),
         "warmup": warmup,
         "runs": runs,
     }
