@@ -23,6 +23,15 @@ include: "workflow/rules/deploy.smk"
 
 onstart:
     hang_up_like_terminate()
+    start_forkserver(workflow)
+
+
+onsuccess:
+    stop_forkserver()
+
+
+onerror:
+    stop_forkserver()
 
 
 rule all:

@@ -960,6 +960,12 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # a process of its own: a workflow's warm fork server may run it instead
+        from quantface.forkserver import run_remote
+
+        code = run_remote(sys.argv[1:])
+        if code is not None:
+            return code
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

