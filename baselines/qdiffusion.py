@@ -43,6 +43,9 @@ Adaptation here:
 - the units' FP targets come from one FP forward per batch (hooks on every unit) while they
   fit `FP_TARGET_BYTES`, not one early-stopped FP forward per unit: the FP network never
   changes, so they are bitwise the same tensors;
+- a unit's input is captured from the latest intermediate upstream units can no longer change
+  (quantface/models/staged.py: the LQ latent for a UNet unit, the restored latent for a decoder
+  unit), per network state: bitwise the full pass's inputs, at about half the capture time;
 - `av_matmul`'s first operand (softmax output P) at `sm_abit` bits (16): recorded in plan.json
   (that site's a_bits = 16) with a note, and its BOPs are counted at 16 x a_bits in cost.json;
 - iteration counts are config options (small in the embedded default; the paper's in
@@ -63,6 +66,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -75,6 +79,7 @@ from torch import Tensor, nn
 from quantface.methods.options import Options
 from quantface.methods.pipeline import Recipe
 from quantface.models.base import RestorerBundle
+from quantface.models.staged import StagedRestore
 from quantface.quant.adaround import adaround, temperature
 from quantface.quant.calibration import CalibrationSet
 from quantface.quant.layers import QuantLayerMixin, QuantMatMul
@@ -280,10 +285,19 @@ class QDiffusion:
             names = {blk.name for blk in chosen}
             order = [blk.name for blk in blocks if blk.name in names]
             targets = capture_outputs(fp, order, images, opts.batch_size, FP_TARGET_BYTES)
+            batches = list(images.split(opts.batch_size))
+            stages = {state: StagedRestore(model, batches) for state in ("weights", "all")}
             for k, blk in enumerate(blocks):
                 if blk.name in names:
                     self._reconstruct_unit(
-                        model, fp, blk, images, opts, f"{k}:{blk.name}", targets.pop(blk.name, None)
+                        model,
+                        fp,
+                        blk,
+                        images,
+                        opts,
+                        f"{k}:{blk.name}",
+                        stages,
+                        targets.pop(blk.name, None),
                     )
             log.info(
                 "qdiffusion: %d of %d units reconstructed in %.1f s",
@@ -316,10 +330,14 @@ class QDiffusion:
         images: Tensor,
         opts: QDiffusionOptions,
         desc: str,
+        stages: dict[str, StagedRestore],
         targets: list[Tensor] | None = None,
     ) -> None:
         """Weight stage, running min-max, activation stage of one unit (see the module docstring).
-        `targets`: the unit's FP outputs when already captured (else captured here).
+        `targets`: the unit's FP outputs when already captured (else captured here). `stages`:
+        the intermediates upstream of the unit per network state ("weights": activations off;
+        "all"), kept from the first unit that needs them: units run in execution order, so what
+        is upstream is final by then and each capture is bitwise the full pass's.
 
         The weight stage reads its input from the network with *no* activation quantized, as the
         code's `asym` capture under `set_quant_state(True, False)`; the activation stages read it
@@ -332,9 +350,11 @@ class QDiffusion:
         if blk.layers:
             layers = {n: model.get_submodule(n) for n in blk.layers}
             with activations_off(model, opts.weight_stage_attn_operands == "off"):
-                inputs = capture(model, blk.name, images, bs, "input")
+                run = partial(stages["weights"].run, blk.name)
+                inputs = capture(model, blk.name, images, bs, "input", run)
                 self._weights(module, layers, inputs, targets, opts, f"{desc} W")
-        inputs = capture(model, blk.name, images, bs, "input")
+        run = partial(stages["all"].run, blk.name)
+        inputs = capture(model, blk.name, images, bs, "input", run)
         if opts.running_stat is not False:
             running_stat(module, inputs, min_bits=RUNNING_STAT_MIN_BITS[opts.running_stat])
         self._activations(module, inputs, targets, opts, f"{desc} A")

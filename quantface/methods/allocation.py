@@ -34,6 +34,7 @@ from tqdm import tqdm
 from quantface.device import module_device
 from quantface.errors import ConfigError, NumericsError
 from quantface.models.base import RestorerBundle
+from quantface.models.staged import StagedRestore
 from quantface.quant.layers import QuantLayerMixin, QuantMatMul
 from quantface.timing import log_timing
 
@@ -189,34 +190,19 @@ def fill_unmeasured(
 
 
 class _StagedRunner:
-    """Restores the sensitivity images, recomputing only what a quantized site can change.
-
-    The embedder is never quantized, so the context is fixed; a UNet site cannot change the LQ
-    latent and a decoder site cannot change the restored latent. Caching those full-precision
-    intermediates (taken while every quantizer is off) makes a decoder site's measurement a
-    decoder pass instead of a whole restoration.
-    """
+    """Restores the sensitivity images, recomputing only what a quantized site can change
+    (quantface/models/staged.py): the full-precision intermediates are taken at once, while
+    every quantizer is off, so a decoder site's measurement is a decoder pass."""
 
     def __init__(self, model: RestorerBundle, images: Tensor, batch_size: int) -> None:
-        self.model = model
-        self.batches = list(images.split(batch_size))
-        self.latents = [model.encode(b) for b in self.batches]
-        self.contexts = [model.condition(b) for b in self.batches]
-        self.restored = [
-            model.denoise(z, c) for z, c in zip(self.latents, self.contexts, strict=True)
-        ]
+        self.stages = StagedRestore(model, list(images.split(batch_size)))
+        self.stages.restored()
 
     def full(self) -> Tensor:
-        return torch.cat([self.model.restore(b) for b in self.batches])
+        return torch.cat([self.stages.model.restore(b) for b in self.stages.batches])
 
     def __call__(self, site: str) -> Tensor:
-        m = self.model
-        if site.startswith("unet."):
-            pairs = zip(self.latents, self.contexts, strict=True)
-            return torch.cat([m.decode(m.denoise(z, c)) for z, c in pairs])
-        if site.startswith(("vae.decoder.", "vae.post_quant_conv")):
-            return torch.cat([m.decode(z) for z in self.restored])
-        return self.full()
+        return torch.cat([self.stages.run(site, i) for i in range(len(self.stages.batches))])
 
 
 @torch.no_grad()

@@ -117,9 +117,17 @@ def first_tensor(out: Any) -> Tensor:
 
 @torch.no_grad()
 def capture(
-    model: QuantTarget, block: str, images: Tensor, batch_size: int, what: str
+    model: QuantTarget,
+    block: str,
+    images: Tensor,
+    batch_size: int,
+    what: str,
+    forward: Callable[[int], Any] | None = None,
 ) -> list[Any]:
-    """Per image batch: the block's (args, kwargs) ("input") or its main output ("output")."""
+    """Per image batch: the block's (args, kwargs) ("input") or its main output ("output").
+
+    `forward(i)` runs batch i through the network in place of `model.restore` (a caller that
+    keeps intermediates upstream of the block: quantface/models/staged.py)."""
     mod = model.get_submodule(block)
     got: list[Any] = []
 
@@ -138,9 +146,9 @@ def capture(
     )
     try:
         with timed(f"capture_{what}", len(images)):
-            for batch in images.split(batch_size):
+            for i, batch in enumerate(images.split(batch_size)):
                 try:
-                    model.restore(batch)
+                    forward(i) if forward is not None else model.restore(batch)
                 except _Stop:
                     pass
     finally:
