@@ -1015,7 +1015,16 @@ def main(argv: list[str] | None = None) -> int:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     if args.command not in LISTINGS:
-        log.info("%s done in %.1f s", args.command, time.perf_counter() - t0)
+        import resource
+
+        usage = resource.getrusage(resource.RUSAGE_SELF)  # a fork server's child: its own
+        log.info(
+            "%s done in %.1f s (CPU %.1f s, peak RSS %.2f GiB)",
+            args.command,
+            time.perf_counter() - t0,
+            usage.ru_utime + usage.ru_stime,
+            usage.ru_maxrss / 2**20,  # Linux: KiB
+        )
     return 0
 
 
