@@ -55,17 +55,20 @@ def _quantface(*args: str, server: str | None) -> subprocess.CompletedProcess:
     )
 
 
-def _long_prepare(out: Path) -> list[str]:
+def _prepare_args(out: Path, n: dict) -> list[str]:
     return [
-        *CLIENT,
         "prepare-data",
         "--dataset",
         "synthetic_faces",
         "--out",
         str(out),
         "--options",
-        json.dumps(N_IMAGES),
+        json.dumps(n),
     ]
+
+
+def _long_prepare(out: Path) -> list[str]:
+    return [*CLIENT, *_prepare_args(out, N_IMAGES)]
 
 
 def _digest(folder: Path) -> str:
@@ -78,16 +81,7 @@ def _digest(folder: Path) -> str:
 
 
 def _prepare(out: Path, server: str | None, n: dict) -> subprocess.CompletedProcess:
-    return _quantface(
-        "prepare-data",
-        "--dataset",
-        "synthetic_faces",
-        "--out",
-        str(out),
-        "--options",
-        json.dumps(n),
-        server=server,
-    )
+    return _quantface(*_prepare_args(out, n), server=server)
 
 
 def test_a_command_through_the_server_writes_what_it_writes_alone(server, tmp_path):
