@@ -63,24 +63,29 @@ def _send(sock: socket.socket, msg: dict, fds: list[int] | None = None) -> None:
         sock.sendall(payload)
 
 
+def _read(sock: socket.socket, n: int, n_fds: int = 0) -> tuple[bytes, list[int]]:
+    """Exactly n bytes (fewer at end of stream), the descriptors with the first: never more, so
+    a message that follows stays in the socket for the next read."""
+    buf, fds = b"", []
+    while len(buf) < n:
+        if n_fds and not buf:
+            chunk, fds, _, _ = socket.recv_fds(sock, n, n_fds)
+        else:
+            chunk = sock.recv(n - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    return buf, fds
+
+
 def _recv(sock: socket.socket, n_fds: int = 0) -> tuple[dict | None, list[int]]:
     """One message (and up to n_fds descriptors); None at end of stream."""
-    buf, fds = b"", []
-    while len(buf) < _HEADER.size:
-        if n_fds and not fds:
-            chunk, fds, _, _ = socket.recv_fds(sock, 1 << 16, n_fds)
-        else:
-            chunk = sock.recv(1 << 16)
-        if not chunk:
-            return None, fds
-        buf += chunk
-    (size,) = _HEADER.unpack_from(buf)
-    while len(buf) < _HEADER.size + size:
-        chunk = sock.recv(1 << 16)
-        if not chunk:
-            return None, fds
-        buf += chunk
-    return json.loads(buf[_HEADER.size : _HEADER.size + size]), fds
+    header, fds = _read(sock, _HEADER.size, n_fds)
+    if len(header) < _HEADER.size:
+        return None, fds
+    (size,) = _HEADER.unpack(header)
+    data, _ = _read(sock, size)
+    return (json.loads(data) if len(data) == size else None), fds
 
 
 def run_remote(argv: list[str]) -> int | None:
@@ -109,12 +114,7 @@ def run_remote(argv: list[str]) -> int | None:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
-    while True:
-        try:
-            done, _ = _recv(sock)
-            break
-        except InterruptedError:
-            continue
+    done, _ = _recv(sock)  # a forwarded signal interrupts nothing: Python retries the read
     sock.close()
     return 1 if done is None else int(done["exit"])
 
@@ -225,15 +225,14 @@ def serve(path: str, watch_pid: int, load: Callable[[], None] = preload) -> None
     signal.signal(signal.SIGINT, stop)
     try:
         while not stopping:
-            try:
-                ready, _, _ = select.select([listener], [], [], _TICK_S)
-            except InterruptedError:
-                continue
+            ready, _, _ = select.select([listener], [], [], _TICK_S)
             if ready:
                 conn, _ = listener.accept()
                 pid = os.fork()
                 if pid == 0:
                     listener.close()
+                    for other in conns.values():  # the other commands' connections
+                        other.close()
                     signal.signal(signal.SIGTERM, signal.SIG_DFL)
                     signal.signal(signal.SIGINT, signal.default_int_handler)
                     _child(conn)
@@ -277,7 +276,7 @@ def start(log_path: str | Path) -> str | None:
     every later child process inherits), or None when $QUANTFACE_FORKSERVER turns it off."""
     import subprocess
 
-    if os.environ.get(ENV, "").lower() in OFF and os.environ.get(ENV) is not None:
+    if os.environ.get(ENV, "").lower() in OFF:
         return None
     path = os.path.join(tempfile.mkdtemp(prefix="quantface-"), "fork.sock")
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)

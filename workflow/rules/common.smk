@@ -66,7 +66,7 @@ def hang_up_like_terminate():
 
 
 FORKSERVER = {}
-# The server's own start costs about one job's start-up (~5 s of CPU) while the first jobs run;
+# The server's own start costs about one job's start-up (6.3 s, 5.8 s of CPU) while the first jobs run;
 # a job started from it saves ~4.5 s. Below this many jobs that is not worth a process.
 FORKSERVER_MIN_JOBS = 4
 
