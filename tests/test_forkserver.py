@@ -113,9 +113,11 @@ def test_a_missing_or_dead_server_runs_the_command_itself(tmp_path):
 
 
 def _children(server_path: str) -> list[psutil.Process]:
-    (srv,) = [
+    found = [
         p for p in psutil.process_iter(["cmdline"]) if server_path in (p.info["cmdline"] or [])
     ]
+    pids = {p.pid for p in found}
+    (srv,) = [p for p in found if p.ppid() not in pids]  # its forked children share its cmdline
     return srv.children()
 
 
