@@ -134,7 +134,8 @@ def record_outputs(args: argparse.Namespace) -> None:
 
 
 def _setup(args: argparse.Namespace) -> None:
-    """Logging and the determinism pins every command shares (tests/test_determinism.py).
+    """Logging, the allocator (quantface/allocator.py) and the determinism pins every command
+    shares (tests/test_determinism.py).
 
     Intra-op threads come from `--threads` (rules pass a fixed number, never `{threads}`, which
     shrinks with `--cores`): a reduction split over another number of threads can round
@@ -146,6 +147,9 @@ def _setup(args: argparse.Namespace) -> None:
     import numpy as np
     import torch
 
+    from quantface.allocator import keep_freed_memory
+
+    keep_freed_memory()  # freed tensors' pages are reused, not faulted in anew (allocator.py)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.allow_tf32 = False  # FP32 means FP32 on a GPU too (torch: TF32 convs)

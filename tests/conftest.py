@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from quantface.allocator import keep_freed_memory
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 SHARED_FACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"
@@ -33,11 +35,20 @@ MICRO_ARCH = {
 
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
-    """Micro models are many tiny ops: thread hand-offs cost more than they save on 2 cores."""
+    """Micro models are many tiny ops: thread hand-offs cost more than they save on 2 cores.
+    The allocator thresholds every CLI command sets (quantface/allocator.py) hold here too."""
+    keep_freed_memory()
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _seeded_global_rng():
+    """Every test starts from the same global RNG state, so an outcome cannot depend on
+    which tests ran before it in its xdist worker (a default nn.Linear init reads it)."""
+    torch.manual_seed(0)
 
 
 @pytest.fixture(autouse=True)

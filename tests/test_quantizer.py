@@ -111,3 +111,23 @@ def test_quantizer_modes_and_state_dict_round_trip():
     q2 = UniformQuantizer(QuantSpec(4))
     q2.load_state_dict(q.state_dict())
     assert torch.equal(q2(x), y)
+
+
+@pytest.mark.parametrize("scale_shape", [(), (1, 6, 1, 1)])
+def test_fake_quant_without_autograd_gives_the_same_bits_as_with_it(scale_shape):
+    """The in-place inference path and the STE graph path compute identical values, ties and
+    values far outside the grid included; with a gradient the graph path still runs."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 6, 5, 7, generator=g) * torch.logspace(-3, 3, 7)
+    x.view(-1)[:40] = torch.arange(40) * 0.5 - 10  # exact halves: round-half-even ties
+    scale = torch.rand(scale_shape, generator=g) * 0.1 + 1e-3
+    zero = torch.round(torch.rand(scale_shape, generator=g) * 15)
+    xg = x.clone().requires_grad_(True)
+    graph = fake_quant(xg, scale, zero, 0, 15)
+    with torch.no_grad():
+        inplace = fake_quant(x, scale, zero, 0, 15)
+    assert graph.requires_grad and not inplace.requires_grad
+    assert torch.equal(graph.detach(), inplace)
+    graph.sum().backward()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0  # STE: gradient inside the grid
+    assert torch.equal(x, xg.detach())  # the input is never written in place

@@ -163,12 +163,14 @@ class TwoInputBundle(RestorerBundle):
         self.embedder = nn.ModuleList([nn.Linear(3, 32), nn.Linear(3, 32)])
         self.unet = nn.Sequential(nn.Linear(32, 32), nn.Linear(32, 32))
         self.vae = nn.Identity()
-        with torch.no_grad():
+        with torch.no_grad():  # zero biases: a default init would read the global RNG (test order)
             for e in self.embedder:
                 e.weight.copy_(torch.randn(32, 3, generator=g))
+                e.bias.zero_()
             self.embedder[0].weight[5] *= 60.0
             for lin in self.unet:
                 lin.weight.copy_(torch.randn(32, 32, generator=g) * 0.2)
+                lin.bias.zero_()
             self.unet[1].weight[:, 9] *= 40.0
 
     def restore(self, lq, clamp=True):
