@@ -73,7 +73,9 @@ def fake_quant(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: in
     difference is exact and the sum is representable). Tracing keeps the functional form.
     """
     if not _needs_graph(x, scale, zero_point):
-        return x.div(scale).round_().add_(zero_point).clamp_(qmin, qmax).sub_(zero_point).mul_(scale)
+        return (
+            x.div(scale).round_().add_(zero_point).clamp_(qmin, qmax).sub_(zero_point).mul_(scale)
+        )
     q = torch.clamp(round_ste(x / scale) + zero_point, qmin, qmax)
     return (q - zero_point) * scale
 
