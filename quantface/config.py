@@ -252,10 +252,12 @@ def protocol_schemes(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def protocol_cells(config: dict[str, Any]) -> list[tuple[str, str]]:
-    """("<protocol>/<method>", bits) jobs of the non-native protocols: at the `protocol_bits`
-    that are also in `bits` (each beside its native row), all of `bits` without the key."""
+    """("<protocol>/<method>", bits) jobs of the non-native protocols: for the
+    `protocol_methods` that are also in `methods`, at the `protocol_bits` that are also in
+    `bits` (each beside its native row); every method, or every bit setting, without the key."""
     bits = [b for b in config.get("protocol_bits", config["bits"]) if b in config["bits"]]
-    cells = quantized_cells(config["methods"], bits)
+    chosen = config.get("protocol_methods", config["methods"])
+    cells = quantized_cells([m for m in config["methods"] if m in chosen], bits)
     return [(f"{p}/{m}", b) for p in protocol_schemes(config) for m, b in cells]
 
 
@@ -354,6 +356,12 @@ def _check_protocols(config: dict[str, Any]) -> None:
             parse_bits(b)
         except ConfigError as e:
             raise ConfigError(f"config key 'protocol_bits': {e}") from None
+    for m in config.get("protocol_methods", []):  # those not in `methods` are not run
+        if m not in METHODS:
+            raise ConfigError(
+                f"config key 'protocol_methods': unknown method '{m}'; "
+                f"known: {', '.join(METHODS.names())}"
+            )
 
 
 def _check_seeds(config: dict[str, Any]) -> None:

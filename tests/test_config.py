@@ -44,6 +44,7 @@ def test_default_config_is_valid():
         (lambda c: c["protocols"]["matched"].update(act_granularity="pixel"), "protocols.matched"),
         (lambda c: c["protocols"].update(native={}), "'protocols'"),
         (lambda c: c.update(protocol_bits=["w4a"]), "'protocol_bits'"),
+        (lambda c: c.update(protocol_methods=["svdqaunt"]), "'protocol_methods': unknown method"),
         (lambda c: c.update(seeds=[1, 2]), "'seeds'"),  # the run's seed 0 is missing
         (lambda c: c.update(seeds=[0, 0]), "'seeds'"),
         (lambda c: c["protocols"].update(seed1={}), "protocols.seed1"),
@@ -68,9 +69,13 @@ def test_protocol_cells_pair_every_method_with_its_native_bits(config):
     from quantface.config import protocol_cells, resolve_method, resolve_scheme
 
     cells = protocol_cells(config)
-    assert ("matched/maxmin", "w4a4") in cells and ("matched/quantface_mp", "mp4") in cells
+    assert ("matched/maxmin", "w4a4") in cells and ("matched/quantface", "w4a4") in cells
     assert not any(b == "w6a6" for _, b in cells)  # protocol_bits: w4a4 and mp4 only
-    assert len(cells) == len(config["methods"])
+    assert [c for c, _ in cells] == [f"matched/{m}" for m in config["protocol_methods"]]
+    assert protocol_cells({**config, "methods": ["maxmin"]}) == [("matched/maxmin", "w4a4")]
+    del config["protocol_methods"]  # absent: every method, mp4 for the mixed-precision one
+    cells = protocol_cells(config)
+    assert len(cells) == len(config["methods"]) and ("matched/quantface_mp", "mp4") in cells
     assert resolve_method(config, "matched/quarot") == resolve_method(config, "quarot")
     assert resolve_scheme(config, "matched/quarot") == {"exceptions": False}
     assert resolve_scheme(config, "quarot") is None
