@@ -126,7 +126,7 @@ def test_staged_runner_matches_a_full_restoration(micro_model, micro_images):
     for name in _one_per_stage(model):
         for q in sites[name]:
             q.mode = "quant"
-        assert torch.allclose(run(name), run.full(), atol=1e-6), name
+        assert torch.allclose(run(name)[0], run.full(), atol=1e-6), name
         for q in sites[name]:
             q.mode = "off"
 
@@ -147,3 +147,47 @@ def test_sensitivity_falls_with_bits_and_leaves_the_model_as_it_was(micro_model,
     assert torch.equal(model.restore(micro_images), before)  # modes, bits and ranges restored
     counts = activation_elements(model, list(activation_sites(model)))
     assert all(c > 0 for c in counts.values())
+
+
+@torch.no_grad()
+def test_sensitivity_measures_every_candidate_of_a_site_in_one_pass(
+    micro_model, micro_images, monkeypatch
+):
+    """One staged pass per (site, batch), each candidate a copy of the images quantized at its
+    own width, gives what one pass per candidate gives (up to a larger batch's rounding)."""
+    from quantface.models.staged import StagedRestore
+
+    model = _quantized_micro(micro_model, micro_images)
+    only = _one_per_stage(model)
+
+    def mse_as_distance(a, b):
+        return float((a - b).pow(2).mean())
+
+    sites = activation_sites(model)
+    weight_qs = [m.weight_quantizer for m in model.modules() if hasattr(m, "weight_quantizer")]
+    for q in [q for qs in sites.values() for q in qs] + weight_qs:
+        q.mode = "off"
+    single = _StagedRunner(model, micro_images, batch_size=4)
+    reference = single.full()
+    expected = {}
+    for name in only:  # the one-candidate-at-a-time measurement, written out
+        expected[name] = {}
+        for bits in (3, 6):
+            for q in sites[name]:
+                q.set_bits(bits)
+                q.mode = "quant"
+            expected[name][bits] = float((single(name)[0] - reference).pow(2).mean())
+            for q in sites[name]:
+                q.mode = "off"
+    model = _quantized_micro(micro_model, micro_images)  # calibrated again: bits as they were
+    passes = []
+    run = StagedRestore.run
+    monkeypatch.setattr(
+        StagedRestore, "run", lambda self, s, i: passes.append(s) or run(self, s, i)
+    )
+    eq, ep = layer_sensitivity(model, micro_images, (3, 6), mse_as_distance, 4, only)
+    assert passes == only  # micro_images is one batch: one pass per site, not per candidate
+    for name in only:
+        for bits in (3, 6):
+            assert eq[name][bits] == pytest.approx(expected[name][bits], rel=1e-4, abs=1e-9)
+            assert ep[name][bits] == pytest.approx(eq[name][bits], rel=1e-6)
