@@ -7,7 +7,8 @@ nearly every one of them was new pages, each page a fault on first touch. Measur
 project's 2-core machine (one thread, float32): one training-mode fake quantization (eight
 elementwise ops) of an (8, 32, 128, 128) tensor took 62 ms with glibc's defaults and 14 ms with
 the settings below; restoring a batch of 8 faces with the EfficientDM W4A4 tiny restorer
-0.67-0.78 -> 0.49-0.54 s (six runs each). A training step gains little (its tensors stay alive through the backward pass).
+0.67-0.78 -> 0.49-0.54 s (four runs each). A training step gains little: its tensors stay
+alive through the backward pass.
 The numbers computed are bit for bit the same: only where the bytes live changes. PyTorch's CPU
 tuning guide makes the same point with jemalloc or tcmalloc; this needs no extra library.
 
