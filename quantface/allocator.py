@@ -3,19 +3,19 @@
 Why: glibc's malloc serves a large block (above its mmap threshold, 128 KiB to 32 MiB) with a
 fresh `mmap` and returns it with `munmap` when freed, and trims the heap's free top back to the
 kernel. Fake quantization allocates several activation-sized temporaries per layer, so on CPU
-nearly every one of them was new pages, each page a fault on first touch. Measured on the
-project's 2-core machine (one thread, float32): one training-mode fake quantization (eight
-elementwise ops) of an (8, 32, 128, 128) tensor took 62 ms with glibc's defaults and 14 ms with
-the settings below; restoring a batch of 8 faces with the EfficientDM W4A4 tiny restorer
-0.67-0.78 -> 0.49-0.54 s (four runs each). A training step gains little: its tensors stay
-alive through the backward pass.
+many of them were new pages, each page a fault on first touch. Measured on the project's 2-core
+machine (`python benchmarks/allocator.py`, one thread, a fresh process per figure): restoring a
+batch of 8 faces with the EfficientDM W4A4 tiny restorer took 0.575 s with glibc's defaults and
+0.492 s with the settings below (medians of 4; ranges 0.536-0.685 and 0.468-0.516). A training
+step gains little: its tensors stay alive through the backward pass.
 The numbers computed are bit for bit the same: only where the bytes live changes. PyTorch's CPU
 tuning guide makes the same point with jemalloc or tcmalloc; this needs no extra library.
 
-The cost: memory a process freed stays mapped to it (its RSS does not shrink after its peak;
-the peak itself is unchanged, since later allocations reuse it). Blocks of 1 GiB and more are
-still mapped and unmapped on their own.
-`QUANTFACE_MALLOC=default` keeps glibc's own behaviour.
+The cost: memory a process freed stays mapped to it, so its RSS never shrinks, and where later
+allocations do not fit the freed blocks the peak grows: in the default run the restore-and-score
+jobs peaked at 1.55 GiB instead of 0.82 GiB; the quantize jobs' peaks did not change.
+Blocks of 1 GiB and more are still mapped and unmapped on their own. `QUANTFACE_MALLOC=default`
+keeps glibc's own behaviour (for a run short of memory).
 """
 
 from __future__ import annotations
