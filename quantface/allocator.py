@@ -31,9 +31,8 @@ log = logging.getLogger(__name__)
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 MMAP_ABOVE = 1 << 30  # only blocks this large get their own mapping
-# -1: the heap's free top is never given back (mallopt's value is an int, so no threshold above
-# 2 GiB can be set; a training step frees more than 1 GiB of autograd graph at once, and a
-# 1 GiB threshold gave all of it back, to fault it in again in the next step)
+# -1: the heap's free top is never given back. mallopt's value is an int, so no threshold above
+# 2 GiB can be set, and a training step's autograd graph can free more than that at once.
 NEVER_TRIM = -1
 
 _applied = False

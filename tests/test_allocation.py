@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -191,3 +192,37 @@ def test_sensitivity_measures_every_candidate_of_a_site_in_one_pass(
         for bits in (3, 6):
             assert eq[name][bits] == pytest.approx(expected[name][bits], rel=1e-4, abs=1e-9)
             assert ep[name][bits] == pytest.approx(eq[name][bits], rel=1e-6)
+
+
+@torch.no_grad()
+def test_a_site_whose_batch_does_not_split_is_measured_one_candidate_at_a_time(
+    micro_model, micro_images, monkeypatch
+):
+    """The fallback (a quantizer input whose dim 0 is not images x copies) gives the numbers of
+    the one-pass measurement, up to a larger batch's rounding."""
+    from quantface.methods import allocation
+
+    only = _one_per_stage(_quantized_micro(micro_model, micro_images))
+
+    def mse_as_distance(a, b):
+        return float((a - b).pow(2).mean())
+
+    model = _quantized_micro(micro_model, micro_images)
+    batched, _ = layer_sensitivity(model, micro_images, (3, 6), mse_as_distance, 4, only)
+
+    @contextmanager
+    def never_splits(qs, candidates):
+        raise allocation._NotPerImage
+        yield
+
+    monkeypatch.setattr(allocation, "_bits_per_copy", never_splits)
+    model = _quantized_micro(micro_model, micro_images)
+    single, _ = layer_sensitivity(model, micro_images, (3, 6), mse_as_distance, 4, only)
+    assert single.keys() == batched.keys()
+    for name in only:
+        for bits in (3, 6):
+            assert single[name][bits] == pytest.approx(batched[name][bits], rel=1e-4, abs=1e-9)
+    assert torch.equal(
+        model.restore(micro_images),
+        _quantized_micro(micro_model, micro_images).restore(micro_images),
+    )

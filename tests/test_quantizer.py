@@ -131,3 +131,17 @@ def test_fake_quant_without_autograd_gives_the_same_bits_as_with_it(scale_shape)
     graph.sum().backward()
     assert xg.grad is not None and xg.grad.abs().sum() > 0  # STE: gradient inside the grid
     assert torch.equal(x, xg.detach())  # the input is never written in place
+
+
+def test_fake_quant_without_autograd_skips_the_straight_through_graph(monkeypatch):
+    """No gradient wanted: the in-place path runs, not round_ste's graph; with one it does."""
+    from quantface.quant import quantizer
+
+    calls = []
+    monkeypatch.setattr(quantizer, "round_ste", lambda v: calls.append(v) or v.round())
+    x, scale, zero = torch.randn(4, 8), torch.tensor(0.1), torch.tensor(3.0)
+    with torch.no_grad():
+        fake_quant(x, scale, zero, 0, 15)
+    assert calls == []
+    fake_quant(x.requires_grad_(True), scale, zero, 0, 15)
+    assert len(calls) == 1
