@@ -87,6 +87,8 @@ class EfficientDMOptions(Options):
     A init.
     """
 
+    budget = ("steps",)  # the training budget (Options.budget)
+
     rank: int = 32
     max_rank_fraction: float = 0.5
     steps: int = 80

@@ -107,6 +107,8 @@ class PassionSROptions(Options):
     the LET shift; attn_let: attention LET; keep_8bit: PassionSR's W8A8 layers.
     """
 
+    budget = ("let_steps", "lbq_steps")  # the training budget (Options.budget)
+
     alpha: float = 0.3
     let_steps: int = 40
     lbq_steps: int = 40

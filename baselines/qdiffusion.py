@@ -123,6 +123,8 @@ class QDiffusionOptions(Options):
     budget cut, so benchmarks/paper_cost.py can bill all units from a few measured ones).
     """
 
+    budget = ("w_iters", "a_iters")  # the training budget (Options.budget)
+
     w_iters: int = 60
     a_iters: int = 30
     w_lr: float = 1e-3

@@ -1,22 +1,25 @@
 """Quality against training budget for every learned method on the default model: where is the knee?
 
     PYTHONPATH=. python benchmarks/budget_curves.py [--config config/config.yaml] [--bits w4a4]
-        [--methods qdiffusion passionsr efficientdm quantface quantface_mp] [--scales 0 0.5 1 2]
+        [--methods qdiffusion passionsr efficientdm quantface quantface_mp]
+        [--scales 0 0.25 0.5 1 2 4]
         [--threads 1] [--out budget_curves.csv]
 
 Why: the learned methods' iteration counts are most of the default run's time, and a budget is
 only worth its seconds while quality still rises with it. For each method this script quantizes
 the embedded default's FP restorer (the shipped one, the config's calibration settings and
-seed) with its default budget from the config scaled by each `--scale` (every budget key of the
-method together: Q-Diffusion's AdaRound and LSQ iterations, PassionSR's LET and LBQ steps, the
-distillation steps of EfficientDM and QuantFace), restores the default run's synthetic test faces
+seed) with a budget unit (`GRID_UNIT`, else the config's budget) scaled by each `--scale` (every
+budget key of the method together, `Options.budget`: Q-Diffusion's AdaRound and LSQ iterations,
+PassionSR's LET and LBQ steps, the distillation steps of EfficientDM and QuantFace), restores the default run's synthetic test faces
 and prints PSNR-FP (dB, pyiqa `psnr` of the 8-bit quantized output against the 8-bit FP output,
 mean over images, as in the tables) and the quantization seconds.
 
-The knee rule, the same for every method: the smallest budget whose per-image PSNR-FP is not
-worse than the largest budget's beyond noise, i.e. the 95% paired-bootstrap interval of the
-difference (the tables' tie rule, `quantface.report.stats`) reaches 0. Timings are wall seconds
-on the machine it runs on, single process, `--threads` torch threads.
+The knee rule, the same for every method (`quantface.report.knee`): zero iterations if no
+budget beats zero beyond noise (95% paired bootstrap over images), else Kneedle over the grid of
+scales: the budget whose min-max-scaled PSNR-FP lies farthest above the chord from the first to
+the last point. The grid is part of the result (Kneedle depends on the range measured), so the
+scales must start at 0. Timings are wall seconds on the machine it runs on, single process,
+`--threads` torch threads. `--out` writes every point with its per-image scores.
 """
 
 from __future__ import annotations
@@ -35,15 +38,18 @@ from quantface.data.datasets import SyntheticFaces
 from quantface.data.degradation import DegradationConfig
 from quantface.io import to_tensor
 from quantface.models.shipped import fp_restorer
-from quantface.registry import METRICS
-from quantface.report.stats import paired_difference_interval
+from quantface.registry import METHODS, METRICS
+from quantface.report.knee import knee_index
 
-BUDGET_KEYS = {
-    "qdiffusion": ("w_iters", "a_iters"),
-    "passionsr": ("let_steps", "lbq_steps"),
-    "efficientdm": ("steps",),
-    "quantface": ("steps",),
-    "quantface_mp": ("steps",),
+# The budget each grid multiplies (scale 1): the embedded default's budgets before the knee rule
+# set them, so the grid, and with it the knee, stays the one the README reports. A method not
+# named here scales its budget from the config.
+GRID_UNIT = {
+    "qdiffusion": {"w_iters": 30, "a_iters": 15},
+    "passionsr": {"let_steps": 20, "lbq_steps": 20},
+    "efficientdm": {"steps": 40},
+    "quantface": {"steps": 60},
+    "quantface_mp": {"steps": 60},
 }
 
 
@@ -52,25 +58,21 @@ def eight_bit(x: torch.Tensor) -> torch.Tensor:
     return (x.clamp(0, 1) * 255).round() / 255
 
 
-def knee(points: list[dict], seed: int) -> dict:
-    """The smallest budget tied with the largest one (module docstring)."""
-    best = points[-1]["per_image"]
-    for p in points:
-        _, hi = paired_difference_interval(p["per_image"], best, seed)
-        if hi >= 0:
-            return p
-    return points[-1]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="config/config.yaml")
     ap.add_argument("--bits", default="w4a4")
-    ap.add_argument("--methods", nargs="+", default=list(BUDGET_KEYS))
-    ap.add_argument("--scales", nargs="+", type=float, default=[0, 0.25, 0.5, 1, 2])
+    ap.add_argument(
+        "--methods", nargs="+", default=None, help="default: every method with a budget"
+    )
+    ap.add_argument("--scales", nargs="+", type=float, default=[0, 0.25, 0.5, 1, 2, 4])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="also write the points as CSV")
     args = ap.parse_args()
+    budget_keys = {m: METHODS.get(m).options.budget for m in (args.methods or METHODS)}
+    budget_keys = {m: keys for m, keys in budget_keys.items() if keys or args.methods}
+    if args.scales[0] != 0 or sorted(set(args.scales)) != args.scales:
+        ap.error("--scales must rise from 0 (the knee rule compares every budget with zero)")
     torch.set_num_threads(args.threads)
 
     config = load_config(args.config)
@@ -103,15 +105,15 @@ def main() -> None:
     rows = []
     print(f"model {name} (shipped FP), {args.bits}, {n} synthetic test faces, "
           f"seed {config['seed']}, {args.threads} thread(s)")  # fmt: skip
-    for method in args.methods:
+    for method in budget_keys:
         base = resolve_method(config, method)[1]
-        missing = [k for k in BUDGET_KEYS[method] if k not in base]
-        if missing:
-            raise SystemExit(f"method_options.{method} needs {missing}: the budget to scale")
+        unit = GRID_UNIT.get(method) or {k: base.get(k) for k in budget_keys[method]}
+        if any(not unit.get(k) for k in budget_keys[method]):
+            raise SystemExit(f"method_options.{method}: {unit} has no budget to scale")
         bits = "mp" + args.bits.split("a")[1] if method == "quantface_mp" else args.bits
         points = []
         for scale in args.scales:
-            budget = {k: round(scale * base[k]) for k in BUDGET_KEYS[method]}
+            budget = {k: round(scale * unit[k]) for k in budget_keys[method]}
             t0 = time.perf_counter()
             result = quantize(fp, method, bits, calib, {**base, **budget},
                               seed=job_seed(config["seed"], "quantize", name, method, bits),
@@ -123,16 +125,17 @@ def main() -> None:
             points.append({"budget": budget, "seconds": seconds, "per_image": per_image})
             print(f"  {method:13s} {bits:5s} {budget!s:36s} PSNR-FP {per_image.mean():6.2f} dB"
                   f"  {seconds:6.1f} s", flush=True)  # fmt: skip
-        k = knee(points, config["seed"])
+        k = points[knee_index(args.scales, [p["per_image"] for p in points], config["seed"])]
         print(
-            f"  {method}: knee at {k['budget']} ({k['seconds']:.0f} s; default "
-            f"{ {key: base.get(key) for key in BUDGET_KEYS[method]} })",
+            f"  {method}: knee at {k['budget']} ({k['seconds']:.0f} s; config "
+            f"{ {key: base.get(key) for key in budget_keys[method]} })",
             flush=True,
         )
         for p in points:
             rows.append({"method": method, "bits": bits, **{f"budget_{key}": v for key, v in p["budget"].items()},
                          "psnr_fp": round(float(p["per_image"].mean()), 4),
-                         "seconds": round(p["seconds"], 1), "knee": p is k})  # fmt: skip
+                         "seconds": round(p["seconds"], 1), "knee": p is k,
+                         "per_image_psnr_fp": " ".join(f"{v:.4f}" for v in p["per_image"])})  # fmt: skip
     if args.out:
         keys = sorted({key for r in rows for key in r}, key=lambda x: (x != "method", x))
         with args.out.open("w", newline="") as f:

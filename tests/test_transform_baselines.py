@@ -187,7 +187,7 @@ def _svdquant_search():
     calib = collect_calibration(copy.deepcopy(fp), imgs, 2, 64)
     plan = BitPlan.uniform(fp.quant_targets(), 4, 4)
     method = SVDQuant()
-    model, _, _ = wrapped_copy("svdquant", fp, calib, plan)
+    model, *_ = wrapped_copy("svdquant", fp, calib, plan)
     _, groups = method.smoothing_plan(copy.deepcopy(fp), plan, SVDQuantOptions())
     return method, model, groups, calib
 

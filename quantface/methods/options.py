@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Union
 
 from quantface.errors import ConfigError
 
@@ -26,7 +26,18 @@ _NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a strin
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-    """Base of the options dataclasses (a subclass with no fields: a method without options)."""
+    """Base of the options dataclasses (a subclass with no fields: a method without options).
+
+    `budget` names the options that are the method's training budget (iterations, steps): the
+    budget curves scale them together (benchmarks/budget_curves.py) and every table footnote
+    gives their values per row (cost.json `budget`). Empty: a method that does not train.
+    """
+
+    budget: ClassVar[tuple[str, ...]] = ()
+
+    def budget_summary(self) -> str:
+        """The training budget as cost.json records it: "steps 40", or "none"."""
+        return ", ".join(f"{k} {getattr(self, k)}" for k in self.budget) or "none"
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:

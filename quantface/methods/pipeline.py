@@ -52,6 +52,7 @@ from quantface.quant.specs import InputTransform, LayerQuant
 from quantface.quant.wrap import wrap_model
 
 if TYPE_CHECKING:
+    from quantface.methods.options import Options
     from quantface.models.base import RestorerBundle
     from quantface.quant.calibration import CalibrationSet
 
@@ -128,7 +129,7 @@ def quantize_bundle(
     """
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    model, recipe, scheme_used = wrapped_copy(method, fp, calib, plan, options, scheme)
+    model, recipe, scheme_used, opts = wrapped_copy(method, fp, calib, plan, options, scheme)
     if recipe.transform is not None:
         recipe.transform(model)
     calibrate_weights(model, scheme_used.weight_init)
@@ -154,6 +155,7 @@ def quantize_bundle(
         algorithm=method,
         quantizer=quantizer_summary(current_layout(model)),
         scheme=scheme.to_dict() if scheme else "native",
+        budget=opts.budget_summary(),
     )
     return QuantizeResult(model, final, seconds, method, bits, seed, cost, notes)
 
@@ -165,10 +167,10 @@ def wrapped_copy(
     plan: BitPlan,
     options: Mapping[str, Any] | None = None,
     scheme: QuantScheme | None = None,
-) -> tuple[RestorerBundle, Recipe, QuantScheme]:
+) -> tuple[RestorerBundle, Recipe, QuantScheme, Options]:
     """Stages 1-2 only: the copy of `fp` with the method's recipe wrapped in, before any
-    transform or range (what a test of one later stage starts from); the recipe and the scheme
-    it runs with."""
+    transform or range (what a test of one later stage starts from); the recipe, the scheme
+    it runs with and the method's options read from `options`."""
     from quantface.registry import METHODS
 
     algorithm = METHODS.get(method)()
@@ -180,7 +182,7 @@ def wrapped_copy(
         model, model.quant_targets(), recipe.plan, recipe.transforms, recipe.splits
     )
     wrap_model(model, {**layout, **recipe.overrides})
-    return model, recipe, scheme
+    return model, recipe, scheme, opts
 
 
 def _check_finite(model: RestorerBundle) -> None:

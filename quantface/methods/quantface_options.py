@@ -25,6 +25,8 @@ class QuantFaceOptions(Options):
     per-tensor static activations.
     """
 
+    budget = ("steps",)  # the training budget (Options.budget)
+
     balancing: Literal["both", "scale", "rht", "none"] = "both"
     alpha: float = 0.5
     rotate_attention: bool = True

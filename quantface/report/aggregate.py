@@ -35,6 +35,7 @@ COST_COLUMNS = [
     "bops_reduction",
     "calibration_seconds",
     "quantizer",
+    "budget",
 ]
 
 
@@ -105,6 +106,7 @@ def aggregate_costs(paths: list[Path], out: Path) -> pd.DataFrame:
                 **cost["total"],
                 "calibration_seconds": cost.get("calibration_seconds", 0.0),
                 "quantizer": cost.get("quantizer", "not recorded"),
+                "budget": cost.get("budget", "not recorded"),
             }
         )
     df = pd.DataFrame(rows, columns=COST_COLUMNS)

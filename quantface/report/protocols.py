@@ -40,7 +40,8 @@ def split_protocols(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, pd.DataFr
 def protocol_quantizers(
     quantizers: dict[tuple[str, str], str], protocol: str
 ) -> dict[tuple[str, str], str]:
-    """cost.csv's quantizer words of one protocol's rows, under the plain method names."""
+    """cost.csv's words (quantizers, budgets) of one protocol's rows, under the plain method
+    names."""
     prefix = f"{protocol}/"
     return {
         (m.removeprefix(prefix), b): q for (m, b), q in quantizers.items() if m.startswith(prefix)
@@ -190,9 +191,11 @@ def write_protocol_tables(
     out: Path,
     footnote: list[str],
     seed: int,
+    budgets: dict[tuple[str, str], str] | None = None,
 ) -> None:
     """For each protocol in the rows: its Table 1 / Table 3 (`sets`: stem -> datasets) and its
-    quantizer-effect table over all those datasets."""
+    quantizer-effect table over all those datasets. `quantizers`, `budgets`: cost.csv's words
+    per (method, bits), footnoted per row."""
     native, protocols = split_protocols(everything)
     native_images, protocol_images = (None, {})
     if scores is not None:
@@ -211,6 +214,7 @@ def write_protocol_tables(
             ),
             "seed": seed,
             "quantizers": protocol_quantizers(quantizers, p),
+            "budgets": protocol_quantizers(budgets or {}, p),
         }
         for stem, (title, datasets) in sets.items():
             table = pd.concat([reference, rows], ignore_index=True)

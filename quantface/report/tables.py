@@ -347,13 +347,13 @@ def _ranking_note(marks: dict, seed: int) -> str:
     )
 
 
-def _quantizer_note(quantizers: dict[tuple[str, str], str], rows: pd.DataFrame) -> list[str]:
-    """One footnote naming each row's quantizers as its saved layout records them (cost.csv),
-    a method once when all its bit settings share them."""
+def _row_note(heading: str, values: dict[tuple[str, str], str], rows: pd.DataFrame) -> list[str]:
+    """One footnote giving each row's value of a cost.csv column (its quantizers, its training
+    budget), a method once when all its bit settings share it."""
     by_method: dict[str, dict[str, str]] = {}
     for method, bits in sorted(set(zip(rows["method"], rows["bits"]))):
-        if method not in REFERENCE_ROWS and (method, bits) in quantizers:
-            by_method.setdefault(method, {})[bits] = quantizers[(method, bits)]
+        if method not in REFERENCE_ROWS and (method, bits) in values:
+            by_method.setdefault(method, {})[bits] = values[(method, bits)]
     parts = []
     for method, per_bits in by_method.items():
         label = METHODS.label(method)
@@ -361,10 +361,20 @@ def _quantizer_note(quantizers: dict[tuple[str, str], str], rows: pd.DataFrame) 
             parts.append(f"{label}: {next(iter(per_bits.values()))}")
         else:
             parts += [f"{label} {b.upper()}: {q}" for b, q in per_bits.items()]
-    return (
-        ["Quantizers per row (read from each saved model): " + " | ".join(parts) + "."]
-        if parts
-        else []
+    return [f"{heading}: " + " | ".join(parts) + "."] if parts else []
+
+
+def _quantizer_note(quantizers: dict[tuple[str, str], str], rows: pd.DataFrame) -> list[str]:
+    """Each row's quantizers as its saved layout records them (cost.csv)."""
+    return _row_note("Quantizers per row (read from each saved model)", quantizers, rows)
+
+
+def _budget_note(budgets: dict[tuple[str, str], str], rows: pd.DataFrame) -> list[str]:
+    """Each learned row's training budget as its quantize job recorded it (cost.csv); the
+    training-free methods ("none") are left out."""
+    trained = {k: v for k, v in budgets.items() if v not in ("none", "not recorded")}
+    return _row_note(
+        "Training budgets per row (iterations or steps, as each quantize job ran)", trained, rows
     )
 
 
@@ -378,6 +388,7 @@ def _write_table(
     per_image: pd.DataFrame | None = None,
     seed: int = 0,
     quantizers: dict[tuple[str, str], str] | None = None,
+    budgets: dict[tuple[str, str], str] | None = None,
 ) -> None:
     wide, marks = build_table(df, datasets, per_image, seed)
     if wide.empty:
@@ -394,6 +405,7 @@ def _write_table(
         f"Data: {counts}; seed {seeds}.",
         *CONVENTIONS,
         *_quantizer_note(quantizers or {}, sub),
+        *_budget_note(budgets or {}, sub),
         *_metric_notes(sub),
         _ranking_note(marks, seed),
     ]
@@ -491,12 +503,13 @@ def write_tables(
         costs = pd.concat(frames, ignore_index=True).drop_duplicates(
             subset=["model", "method", "bits"], keep="last"
         )
-    quantizers = (
-        dict(zip(zip(costs["method"], costs["bits"]), costs["quantizer"]))
-        if costs is not None and "quantizer" in costs
+    quantizers, budgets = (
+        dict(zip(zip(costs["method"], costs["bits"]), costs[column]))
+        if costs is not None and column in costs
         else {}
+        for column in ("quantizer", "budget")
     )
-    stats = {"per_image": scores, "seed": seed, "quantizers": quantizers}
+    stats = {"per_image": scores, "seed": seed, "quantizers": quantizers, "budgets": budgets}
     _write_table(
         df,
         synthetic,
@@ -523,7 +536,9 @@ def write_tables(
             "table1_synthetic": ("Table 1: synthetic test set (paired)", synthetic),
             "table3_realworld": ("Table 3: real-world test sets (no reference)", realworld),
         }
-        write_protocol_tables(everything, scores, quantizers, sets, out, footnote, seed)
+        write_protocol_tables(
+            everything, scores, quantizers, sets, out, footnote, seed, budgets=budgets
+        )
         write_seed_table(everything, seed, [*synthetic, *realworld], out, footnote)
     if ablation:
         keep = ["fp", *(ablation_reference or []), *ablation]
