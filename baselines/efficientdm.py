@@ -87,7 +87,7 @@ class EfficientDMOptions(Options):
     A init.
     """
 
-    budget = ("steps",)  # the training budget (Options.budget)
+    training_budget = ("steps",)  # the options that are its training budget
 
     rank: int = 32
     max_rank_fraction: float = 0.5

@@ -107,7 +107,7 @@ class PassionSROptions(Options):
     the LET shift; attn_let: attention LET; keep_8bit: PassionSR's W8A8 layers.
     """
 
-    budget = ("let_steps", "lbq_steps")  # the training budget (Options.budget)
+    training_budget = ("let_steps", "lbq_steps")  # the options that are its training budget
 
     alpha: float = 0.3
     let_steps: int = 40

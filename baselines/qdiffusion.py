@@ -123,7 +123,7 @@ class QDiffusionOptions(Options):
     budget cut, so benchmarks/paper_cost.py can bill all units from a few measured ones).
     """
 
-    budget = ("w_iters", "a_iters")  # the training budget (Options.budget)
+    training_budget = ("w_iters", "a_iters")  # the options that are its training budget
 
     w_iters: int = 60
     a_iters: int = 30

@@ -9,7 +9,7 @@ Why: the learned methods' iteration counts are most of the default run's time, a
 only worth its seconds while quality still rises with it. For each method this script quantizes
 the embedded default's FP restorer (the shipped one, the config's calibration settings and
 seed) with a budget unit (`GRID_UNIT`, else the config's budget) scaled by each `--scale` (every
-budget key of the method together, `Options.budget`: Q-Diffusion's AdaRound and LSQ iterations,
+budget key of the method together, `Options.training_budget`: Q-Diffusion's AdaRound and LSQ iterations,
 PassionSR's LET and LBQ steps, the distillation steps of EfficientDM and QuantFace), restores the default run's synthetic test faces
 and prints PSNR-FP (dB, pyiqa `psnr` of the 8-bit quantized output against the 8-bit FP output,
 mean over images, as in the tables) and the quantization seconds.
@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="also write the points as CSV")
     args = ap.parse_args()
-    budget_keys = {m: METHODS.get(m).options.budget for m in (args.methods or METHODS)}
+    budget_keys = {m: METHODS.get(m).options.training_budget for m in (args.methods or METHODS)}
     budget_keys = {m: keys for m, keys in budget_keys.items() if keys or args.methods}
     if args.scales[0] != 0 or sorted(set(args.scales)) != args.scales:
         ap.error("--scales must rise from 0 (the knee rule compares every budget with zero)")

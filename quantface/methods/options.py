@@ -28,16 +28,17 @@ _NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a strin
 class Options:
     """Base of the options dataclasses (a subclass with no fields: a method without options).
 
-    `budget` names the options that are the method's training budget (iterations, steps): the
-    budget curves scale them together (benchmarks/budget_curves.py) and every table footnote
-    gives their values per row (cost.json `budget`). Empty: a method that does not train.
+    `training_budget` names the options that are the method's training budget (iterations,
+    steps): the budget curves scale them together (benchmarks/budget_curves.py) and every table
+    footnote gives their values per row (cost.json `budget`). Empty: a method that does not
+    train. (A class attribute, not a field: QuantFace-MP's `budget` option is its bit budget.)
     """
 
-    budget: ClassVar[tuple[str, ...]] = ()
+    training_budget: ClassVar[tuple[str, ...]] = ()
 
     def budget_summary(self) -> str:
         """The training budget as cost.json records it: "steps 40", or "none"."""
-        return ", ".join(f"{k} {getattr(self, k)}" for k in self.budget) or "none"
+        return ", ".join(f"{k} {getattr(self, k)}" for k in self.training_budget) or "none"
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:

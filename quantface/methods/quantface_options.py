@@ -25,7 +25,7 @@ class QuantFaceOptions(Options):
     per-tensor static activations.
     """
 
-    budget = ("steps",)  # the training budget (Options.budget)
+    training_budget = ("steps",)  # the options that are its training budget
 
     balancing: Literal["both", "scale", "rht", "none"] = "both"
     alpha: float = 0.5
