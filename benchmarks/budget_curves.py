@@ -9,16 +9,17 @@ Why: the learned methods' iteration counts are most of the default run's time, a
 only worth its seconds while quality still rises with it. For each method this script quantizes
 the embedded default's FP restorer (the shipped one, the config's calibration settings and
 seed) with a budget unit (`GRID_UNIT`, else the config's budget) scaled by each `--scale` (every
-budget key of the method together, `Options.training_budget`: Q-Diffusion's AdaRound and LSQ iterations,
-PassionSR's LET and LBQ steps, the distillation steps of EfficientDM and QuantFace), restores the default run's synthetic test faces
-and prints PSNR-FP (dB, pyiqa `psnr` of the 8-bit quantized output against the 8-bit FP output,
-mean over images, as in the tables) and the quantization seconds.
+budget key of the method together, `Options.training_budget`: Q-Diffusion's AdaRound and LSQ
+iterations, PassionSR's LET and LBQ steps, the distillation steps of EfficientDM and QuantFace),
+restores the default run's synthetic test faces and prints PSNR-FP (dB, pyiqa `psnr` of the
+8-bit quantized output against the 8-bit FP output, mean over images, as in the tables) and the
+quantization seconds.
 
 The knee rule, the same for every method (`quantface.report.knee`): zero iterations if no
 budget beats zero beyond noise (95% paired bootstrap over images), else Kneedle over the grid of
-scales: the budget whose min-max-scaled PSNR-FP lies farthest above the chord from the first to
-the last point. The grid is part of the result (Kneedle depends on the range measured), so the
-scales must start at 0. Timings are wall seconds on the machine it runs on, single process,
+scales: the budget whose gain over zero, scaled by the largest gain, lies farthest above the
+diagonal. The grid is part of the result (Kneedle depends on the range measured), so the scales
+must start at 0. Timings are wall seconds on the machine it runs on, single process,
 `--threads` torch threads. `--out` writes every point with its per-image scores.
 """
 

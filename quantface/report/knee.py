@@ -2,7 +2,8 @@
 
 Why a rule at all: every learned method's default budget is chosen from its own curve, and the
 comparison is only fair if the same rule picks every one. The rule is Kneedle (Satopää et al.,
-ICDCS-W 2011) in its plain form, with a noise guard in front:
+ICDCS-W 2011), measured from the zero-iteration point rather than the curve's minimum, with a
+noise guard in front:
 
 1. *Noise guard.* If no budget's per-image scores beat the zero-iteration point beyond noise
    (the 95% paired-bootstrap interval of the difference stays at or below 0: the tables' tie rule,
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from quantface.report.stats import paired_difference_interval
+from quantface.report.stats import lead_is_significant
 
 
 def knee_index(budgets: Sequence[float], per_image: Sequence[np.ndarray], seed: int) -> int:
@@ -38,7 +39,7 @@ def knee_index(budgets: Sequence[float], per_image: Sequence[np.ndarray], seed: 
     if x[0] != 0 or np.any(np.diff(x) <= 0):
         raise ValueError(f"budgets must rise from 0: {list(x)}")
     zero = per_image[0]
-    if not any(paired_difference_interval(s, zero, seed)[0] > 0 for s in per_image[1:]):
+    if not any(lead_is_significant(s, zero, True, seed) for s in per_image[1:]):
         return 0
     gain = np.array([np.mean(s) for s in per_image]) - np.mean(zero)
     above = gain / gain.max() - x / x[-1]

@@ -37,15 +37,13 @@ def split_protocols(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, pd.DataFr
     return native, out
 
 
-def protocol_quantizers(
-    quantizers: dict[tuple[str, str], str], protocol: str
+def protocol_values(
+    values: dict[tuple[str, str], str], protocol: str
 ) -> dict[tuple[str, str], str]:
     """cost.csv's words (quantizers, budgets) of one protocol's rows, under the plain method
     names."""
     prefix = f"{protocol}/"
-    return {
-        (m.removeprefix(prefix), b): q for (m, b), q in quantizers.items() if m.startswith(prefix)
-    }
+    return {(m.removeprefix(prefix), b): v for (m, b), v in values.items() if m.startswith(prefix)}
 
 
 def effect_rows(
@@ -213,8 +211,8 @@ def write_protocol_tables(
                 ]
             ),
             "seed": seed,
-            "quantizers": protocol_quantizers(quantizers, p),
-            "budgets": protocol_quantizers(budgets or {}, p),
+            "quantizers": protocol_values(quantizers, p),
+            "budgets": protocol_values(budgets or {}, p),
         }
         for stem, (title, datasets) in sets.items():
             table = pd.concat([reference, rows], ignore_index=True)
